@@ -1,0 +1,45 @@
+# EdgeShrink — every target creates the virtual environment first if it is missing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+MODEL  ?= mobilenet_v3_small
+TARGET ?= host
+EPOCHS ?= 30
+
+.PHONY: setup test test-slow deploy bench train clean help
+
+help:
+	@echo "make deploy TARGET=host MODEL=mobilenet_v3_small   prune + INT8 + convert + verify + benchmark -> dist/<model>-<target>/"
+	@echo "make test                                         the test suite (tiny real models, real converters and runtimes)"
+	@echo "make bench [MODEL=..] [TARGET=..]                 re-benchmark a bundle: table + dist/<model>-<target>/bench.json"
+	@echo "make train MODEL=mobilenet_v3_small EPOCHS=30     train a model card's architecture on its dataset"
+	@echo "make test-slow                                    end-to-end runs on the real data (minutes)"
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+deploy: setup
+	$(BIN)/edgeshrink run --model $(MODEL) --target $(TARGET) \
+	  $(if $(FINETUNE_EPOCHS),--finetune-epochs $(FINETUNE_EPOCHS)) $(if $(DATA),--data $(DATA))
+
+bench: setup
+	$(BIN)/edgeshrink bench dist/$(MODEL)-$(TARGET)
+
+train: setup
+	$(BIN)/edgeshrink train --model $(MODEL) --epochs $(EPOCHS)
+
+clean:
+	rm -rf dist .pytest_cache

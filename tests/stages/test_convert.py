@@ -1,0 +1,108 @@
+"""Real converters and runtimes on a tiny real MobileNetV3: parity, full-integer INT8, QDQ."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from toolkit.errors import EdgeShrinkError
+from toolkit.paths import data_dir
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def real_images(count: int, size: int) -> np.ndarray:
+    """Real Imagenette images when the shared data is present (it is in CI), else generated ones."""
+    root = data_dir() / "imagenette2-224" / "val"
+    files = sorted(root.glob("*/*.JPEG"))[:: max(1, len(sorted(root.glob("*/*.JPEG"))) // count or 1)][:count] if root.is_dir() else []
+    if files:
+        from toolkit.preprocess import resize_image
+
+        return np.stack([resize_image(f, size, size) for f in files]).astype(np.float32) / 255.0
+    from toolkit.data.imagefolder import synthetic_split
+
+    return synthetic_split(4, count // 4 + 1, size, size, 0).images[:count].astype(np.float32) / 255.0
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    import torch
+
+    from toolkit.architectures import create_model
+    from toolkit.convert.onnx_to_qdq_int8 import onnx_to_qdq_int8
+    from toolkit.convert.onnx_to_tflite import onnx_to_tflite
+    from toolkit.convert.torch_to_onnx import torch_to_onnx
+
+    torch.manual_seed(0)
+    model = create_model("mobilenet_v3_small", num_classes=10, width_mult=0.5).eval()
+    with torch.no_grad():  # give BN non-trivial statistics so outputs are not near-constant
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    out = tmp_path_factory.mktemp("convert")
+    images = real_images(40, 64)
+    nchw = ((images - np.array(MEAN)) / np.array(STD)).astype(np.float32).transpose(0, 3, 1, 2)
+    onnx_path = torch_to_onnx(model, (1, 3, 64, 64), out / "m.onnx")
+    tfl = onnx_to_tflite(onnx_path, out, images[:32], MEAN, STD, int8=True, io_dtype="int8")
+    qdq = onnx_to_qdq_int8(onnx_path, out / "m_int8.onnx", nchw[:32])
+    with torch.no_grad():
+        ref = model(torch.from_numpy(nchw)).numpy()
+    return {"onnx": onnx_path, "tflite": tfl, "qdq": qdq, "x": nchw, "ref": ref}
+
+
+def outputs(runner, x):
+    return np.concatenate([runner(x[i:i + 1]) for i in range(len(x))])
+
+
+def test_float_files_match_torch_within_1e4(converted):
+    from toolkit.runtime.onnx import ONNXRunner
+    from toolkit.runtime.tflite import TFLiteRunner
+
+    for runner in (ONNXRunner(converted["onnx"], 1), TFLiteRunner(converted["tflite"].float32, 1)):
+        err = np.abs(outputs(runner, converted["x"]) - converted["ref"]).max()
+        assert err <= 1e-4, err
+
+
+def test_int8_tflite_is_full_integer_and_close(converted):
+    from toolkit.convert.tflite_check import float_compute_ops, io_dtypes, require_full_integer
+    from toolkit.runtime.tflite import TFLiteRunner
+
+    q = converted["tflite"].int8
+    require_full_integer(q, "int8")
+    assert io_dtypes(q) == ("int8", "int8")
+    # the check can fail: the FP32 file is full of float ops
+    assert len(float_compute_ops(converted["tflite"].float32)) > 10
+    with pytest.raises(EdgeShrinkError, match="not full-integer"):
+        require_full_integer(converted["tflite"].float32, "int8")
+    y = outputs(TFLiteRunner(q, 1), converted["x"])
+    ref = converted["ref"]
+    assert np.corrcoef(y.ravel(), ref.ravel())[0, 1] > 0.9
+    assert converted["tflite"].int8.stat().st_size < converted["tflite"].float32.stat().st_size / 2.5
+
+
+def test_qdq_onnx_is_per_channel_int8(converted):
+    import onnx
+    from onnx import numpy_helper
+
+    from toolkit.runtime.onnx import ONNXRunner
+
+    model = onnx.load(str(converted["qdq"]))
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    weight_scales = [inits[n.input[1]] for n in model.graph.node if n.op_type == "DequantizeLinear"
+                     and n.input[0] in inits and inits[n.input[0]].dtype == np.int8 and inits[n.input[0]].ndim == 4]
+    assert weight_scales and all(s.size > 1 for s in weight_scales)  # one scale per output channel
+    y = outputs(ONNXRunner(converted["qdq"], 1), converted["x"])
+    assert np.corrcoef(y.ravel(), converted["ref"].ravel())[0, 1] > 0.9
+
+
+def test_int8_without_calibration_is_refused(converted, tmp_path):
+    from toolkit.convert.onnx_to_qdq_int8 import onnx_to_qdq_int8
+    from toolkit.convert.onnx_to_tflite import onnx_to_tflite
+
+    with pytest.raises(EdgeShrinkError, match="calibration set is empty"):
+        onnx_to_tflite(converted["onnx"], tmp_path, np.zeros((0, 64, 64, 3), np.float32), MEAN, STD)
+    with pytest.raises(EdgeShrinkError, match="calibration set is empty"):
+        onnx_to_qdq_int8(converted["onnx"], tmp_path / "q.onnx", np.zeros((0, 3, 64, 64), np.float32))

@@ -1,0 +1,106 @@
+"""The whole pipeline on a tiny real model: every converter, every runtime, manifest and report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from toolkit.errors import EdgeShrinkError
+
+
+@pytest.fixture(scope="module")
+def bundle(workspace, tmp_path_factory):
+    import os
+
+    from toolkit.pipeline import RunOptions, run_pipeline
+
+    os.environ["EDGESHRINK_MODELS_DIR"] = str(workspace / "models")
+    os.environ["EDGESHRINK_TARGETS_DIR"] = str(workspace / "targets")
+    try:
+        out = tmp_path_factory.mktemp("dist")
+        return run_pipeline(RunOptions(model="tiny_mnv3", target="tiny", out_root=str(out), synthetic_data=True,
+                                       progress=False))
+    finally:
+        del os.environ["EDGESHRINK_MODELS_DIR"], os.environ["EDGESHRINK_TARGETS_DIR"]
+
+
+def test_bundle_holds_every_file_with_matching_hashes(bundle):
+    from toolkit.checkpoint import sha256_file
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    names = {a["name"] for a in manifest["artifacts"]}
+    assert names == {"dense-torch-fp32", "dense-onnx-fp32", "dense-tflite-fp32", "pruned-torch-fp32",
+                     "pruned-onnx-fp32", "pruned-onnx-int8", "pruned-tflite-fp32", "pruned-tflite-int8"}
+    for a in manifest["artifacts"]:
+        assert sha256_file(bundle / a["file"]) == a["sha256"], a["file"]
+        assert a["size_bytes"] == (bundle / a["file"]).stat().st_size
+        assert set(a["latency_ms"]) >= {"p50", "p90", "p99"} and a["fps"] > 0
+        assert "top1" in a["metrics"] and "agreement_top1" in a["metrics"]
+    assert not list(bundle.parent.glob(".*partial*"))
+
+
+def test_manifest_baseline_and_pruning(bundle):
+    m = json.loads((bundle / "manifest.json").read_text())
+    base = m["baseline"]
+    assert base["file"].endswith("_dense_fp32.tflite")
+    assert {"macs", "params", "size_bytes", "metrics", "latency_ms"} <= set(base)
+    pruned = {a["name"]: a for a in m["artifacts"]}["pruned-tflite-int8"]
+    assert pruned["macs"] <= 0.6 * base["macs"]
+    assert pruned["size_bytes"] * 3 < base["size_bytes"]
+    assert m["data"]["synthetic"] is True
+    assert m["input"]["layout"]["tflite"] == "NHWC" and m["input"]["mean"] == [0.485, 0.456, 0.406]
+    assert m["versions"]["torch"] and m["stage_seconds"]["prune"] >= 0
+
+
+def test_float_files_are_in_parity_and_agree(bundle):
+    m = json.loads((bundle / "manifest.json").read_text())
+    for a in m["artifacts"]:
+        if a["precision"] == "fp32" and a["format"] != "torch":
+            assert a["parity"]["ok"] and a["parity"]["max_abs_error"] <= 1e-4
+            twin = f"{a['stage']}-torch-fp32"
+            assert a["metrics"]["top1"] == {x["name"]: x for x in m["artifacts"]}[twin]["metrics"]["top1"]
+
+
+def test_int8_tflite_is_full_integer(bundle):
+    from toolkit.convert.tflite_check import float_compute_ops, io_dtypes
+
+    q = next(bundle.glob("*_pruned_int8.tflite"))
+    assert float_compute_ops(q) == [] and io_dtypes(q) == ("int8", "int8")
+
+
+def test_report_plot_and_config(bundle):
+    report = (bundle / "report.md").read_text()
+    assert "SYNTHETIC DATA" in report and "host numbers" in report and "p50 ms" in report
+    png = (bundle / "tradeoffs.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    config = json.loads((bundle / "config.json").read_text())
+    assert config["options"]["model"] == "tiny_mnv3" and config["pruning"]["target_macs"] == 0.6
+
+
+def test_failed_run_leaves_no_partial_output(use_workspace, tmp_path):
+    from toolkit.pipeline import RunOptions, run_pipeline
+
+    out = tmp_path / "dist"
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"\x00" * 100)
+    with pytest.raises(EdgeShrinkError, match="unreadable"):
+        run_pipeline(RunOptions(model="tiny_mnv3", target="tiny", out_root=str(out), checkpoint=str(bad),
+                                synthetic_data=True, progress=False))
+    with pytest.raises(EdgeShrinkError, match="calibration set is empty"):
+        run_pipeline(RunOptions(model="tiny_mnv3", target="tiny", out_root=str(out), calibration_size=0,
+                                synthetic_data=True, progress=False))
+    with pytest.raises(EdgeShrinkError, match="does not exist"):
+        run_pipeline(RunOptions(model="tiny_mnv3", target="tiny", out_root=str(out), data=str(tmp_path / "none"),
+                                progress=False))
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_bench_command_writes_json(bundle):
+    from toolkit.bench.bundle import bench_bundle, format_bench_table
+
+    result = bench_bundle(bundle, threads=1, min_runs=5, min_seconds=0.1, warmup=1)
+    assert (bundle / "bench.json").is_file() and len(result["rows"]) == 8
+    base = [r for r in result["rows"] if r["file"] == result["baseline"]][0]
+    assert base["speedup_vs_baseline"] == 1.0
+    assert "x faster" in format_bench_table(result)

@@ -1,0 +1,1 @@
+"""Latency harnesses: the same timing loop and results schema on the host and on devices."""

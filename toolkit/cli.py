@@ -1,0 +1,158 @@
+"""Command line: `edgeshrink <command>` (also `python -m toolkit`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from toolkit.errors import EdgeShrinkError
+
+
+def _cmd_train(args) -> int:
+    from pathlib import Path
+
+    from toolkit.cards import load_card
+    from toolkit.train import TrainConfig
+    from toolkit.train_card import train_classifier_card
+
+    card = load_card(args.model)
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+                      weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
+                      label_smoothing=args.label_smoothing, seed=args.seed)
+    out = Path(args.out or f"runs/train-{card.name}")
+    if card.task == "classification":
+        prov = train_classifier_card(card, cfg, out, args.data, args.synthetic_data)
+    else:
+        from toolkit.segmentation.train_card import train_segmenter_card
+
+        prov = train_segmenter_card(card, cfg, out, args.data, args.synthetic_data)
+    print(f"best checkpoint: {out / 'best.pt'}  sha256={prov['sha256']}")
+    return 0
+
+
+def _cmd_run(args) -> int:
+    import time
+
+    from toolkit.pipeline import RunOptions, run_pipeline
+
+    from toolkit.paths import DIST_DIR
+
+    opts = RunOptions(model=args.model, target=args.target, out_root=args.out or str(DIST_DIR), data=args.data,
+                      synthetic_data=args.synthetic_data, checkpoint=args.checkpoint,
+                      finetune_epochs=args.finetune_epochs, calibration_size=args.calibration_size,
+                      seed=args.seed, bench=not args.no_bench, progress=not args.quiet)
+    t0 = time.perf_counter()
+    bundle = run_pipeline(opts)
+    print((bundle / "report.md").read_text())
+    print(f"wrote {bundle} in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def _cmd_models(args) -> int:
+    from toolkit.architectures import list_models
+    from toolkit.cards import list_cards, load_card
+
+    print("model cards (models/*.yaml):")
+    for name in list_cards():
+        card = load_card(name)
+        ck = card.checkpoint_path()
+        state = "checkpoint ok" if ck and ck.is_file() else "no checkpoint"
+        print(f"  {name:28s} {card.architecture:20s} {card.task:15s} {card.input.size[0]}x{card.input.size[1]}  {state}")
+    print("architectures:", ", ".join(list_models()))
+    return 0
+
+
+def _cmd_targets(args) -> int:
+    from toolkit.targets import list_targets, load_target
+
+    for name in list_targets():
+        t = load_target(name)
+        print(f"  {name:18s} {t.device.soc:22s} {t.runtime.engine}/{t.runtime.delegate:8s} {'+'.join(t.precisions):9s} "
+              f"{t.deploy.transport:5s} {t.description}")
+    return 0
+
+
+def _cmd_validate(args) -> int:
+    from pathlib import Path
+
+    from toolkit.paths import targets_dir
+    from toolkit.targets import validate_target_file
+
+    files = [Path(f) for f in args.files] or sorted(targets_dir().glob("*.yaml"))
+    failed = 0
+    for f in files:
+        try:
+            validate_target_file(f)
+            print(f"ok      {f}")
+        except EdgeShrinkError as exc:
+            failed += 1
+            print(f"invalid {exc}")
+    return 1 if failed else 0
+
+
+def _cmd_bench(args) -> int:
+    from pathlib import Path
+
+    from toolkit.bench.bundle import bench_bundle, format_bench_table
+
+    result = bench_bundle(Path(args.bundle), args.threads, args.min_runs, args.min_seconds)
+    print(format_bench_table(result))
+    print(f"wrote {Path(args.bundle) / 'bench.json'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgeshrink", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model card's architecture on its dataset")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", help="dataset folder (default: $EDGESHRINK_DATA_DIR/<card dataset>)")
+    p.add_argument("--synthetic-data", action="store_true", help="use a small generated dataset (labelled synthetic)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="output folder (default runs/train-<model>)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("run", help="prune, quantize, convert, verify and benchmark a model for a target")
+    p.add_argument("--model", required=True)
+    p.add_argument("--target", default="host")
+    p.add_argument("--out", default=None, help="output root (default: dist/)")
+    p.add_argument("--data", help="dataset folder (default: $EDGESHRINK_DATA_DIR/<card dataset>)")
+    p.add_argument("--synthetic-data", action="store_true", help="generated data (labelled synthetic in every output)")
+    p.add_argument("--checkpoint", help="dense checkpoint (default: the model card's)")
+    p.add_argument("--finetune-epochs", type=int, help="override the profile's fine-tuning epochs (0 = none)")
+    p.add_argument("--calibration-size", type=int, help="override the profile's calibration image count")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-bench", action="store_true", help="skip latency benchmarks")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("bench", help="re-benchmark every file of a bundle (table + bench.json)")
+    p.add_argument("bundle")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--min-runs", type=int, default=100)
+    p.add_argument("--min-seconds", type=float, default=5.0)
+    p.set_defaults(func=_cmd_bench)
+
+    sub.add_parser("models", help="list model cards and architectures").set_defaults(func=_cmd_models)
+    sub.add_parser("targets", help="list target profiles").set_defaults(func=_cmd_targets)
+    p = sub.add_parser("validate", help="validate target profile files (default: all in targets/)")
+    p.add_argument("files", nargs="*")
+    p.set_defaults(func=_cmd_validate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except EdgeShrinkError as exc:
+        print(f"edgeshrink: error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,1 @@
+"""Datasets: ImageFolder classification (Imagenette by default), NIfTI segmentation, synthetic."""

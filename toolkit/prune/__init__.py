@@ -1,0 +1,1 @@
+"""Structured channel pruning with Torch-Pruning (dependency graph + pluggable importance)."""

@@ -1,0 +1,68 @@
+"""report.md: one row per produced file, then stage timings and provenance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _fmt(v, spec: str, empty: str = "–") -> str:
+    return empty if v is None else format(v, spec)
+
+
+def metric_columns(metric: str, artifacts) -> list[str]:
+    """Metric keys shown in the table: the primary one first, then per-class/agreement extras."""
+    keys = [metric]
+    for a in artifacts:
+        for k in a.metrics:
+            if k not in keys and not isinstance(a.metrics[k], (list, dict)):
+                keys.append(k)
+    return keys
+
+
+def stage_table(artifacts, metric: str) -> str:
+    keys = metric_columns(metric, artifacts)
+    head = ["file", "format", "precision", "MMACs", "params (k)", "size (KB)"] + keys + \
+           ["parity max err", "p50 ms", "p90 ms", "p99 ms", "FPS", "peak MB"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for a in artifacts:
+        lat = a.latency_ms or {}
+        cells = [f"`{a.file}`", a.format, a.precision, f"{a.macs / 1e6:.1f}", f"{a.params / 1e3:.0f}",
+                 f"{a.size_bytes / 1024:.0f}"]
+        for k in keys:
+            v = a.metrics.get(k)
+            cells.append("–" if v is None else (f"{100 * v:.2f}%" if k in ("top1", "agreement_top1") else f"{v:.4f}"))
+        cells += [_fmt(a.parity.get("max_abs_error") if a.parity else None, ".1e"), _fmt(lat.get("p50"), ".2f"),
+                  _fmt(lat.get("p90"), ".2f"), _fmt(lat.get("p99"), ".2f"), _fmt(a.fps, ".0f"), _fmt(a.peak_rss_mb, ".0f")]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def write_report(path: Path, manifest: dict, artifacts, metric: str) -> None:
+    data, dev = manifest["data"], manifest["device"]
+    base = manifest["baseline"]
+    lines = [
+        f"# {manifest['model']} → {manifest['target']}",
+        "",
+        f"Data: `{data['source']}` ({data['eval_images']} held-out {data.get('eval_unit', 'images')}, split `{data['eval_split']}`)"
+        + (" — **SYNTHETIC DATA: figures say nothing about real accuracy**" if data["synthetic"] else ""),
+        f"Machine: {dev['cpu']} ({dev['cores']} cores, {dev['arch']}) — **host numbers, not device numbers**"
+        if dev.get("kind") == "host" else f"Device: {dev}",
+        f"Baseline: dense FP32 `{base['file']}` — {metric} {base['metrics'].get(metric, float('nan')):.4f}, "
+        f"p50 {base['latency_ms'].get('p50', float('nan')):.2f} ms, {base['size_bytes'] / 1024:.0f} KB",
+        "",
+        stage_table(artifacts, metric),
+        "",
+        "Latency: batch 1, the target profile's thread count, warm-up then at least N runs and T seconds, "
+        "each file in its own process (peak MB is that process's max RSS). Parity: max |output − torch output| "
+        "over the held-out set, float files only (tolerance 1e-4).",
+        "",
+        "![accuracy vs latency and size](tradeoffs.png)",
+        "",
+        "## Stage wall times (s)",
+        "",
+        "| stage | seconds |",
+        "|---|---|",
+    ]
+    lines += [f"| {k} | {v:.1f} |" for k, v in manifest["stage_seconds"].items()]
+    lines += ["", f"Versions: {', '.join(f'{k} {v}' for k, v in manifest['versions'].items())}", ""]
+    Path(path).write_text("\n".join(lines))

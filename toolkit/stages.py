@@ -1,0 +1,151 @@
+"""The pipeline's stages: each takes what it needs and returns Artifacts; the runner times them."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.artifact import Artifact
+from toolkit.errors import EdgeShrinkError
+
+
+def _normalised_calibration(task, spec, count: int, seed: int):
+    """(NHWC [0,1] for onnx2tf, NCHW normalised for onnxruntime) from real training images."""
+    x01 = task.calibration_nhwc01(count, seed)
+    if len(x01) == 0:
+        raise EdgeShrinkError("calibration set is empty: the training split yielded no images; check the data folder")
+    mean = np.asarray(spec.mean, np.float32)
+    std = np.asarray(spec.std, np.float32)
+    nchw = ((x01 - mean) / std).transpose(0, 3, 1, 2).astype(np.float32)
+    return x01, np.ascontiguousarray(nchw)
+
+
+def _torch_outputs(model, task, progress: bool, desc: str) -> np.ndarray:
+    import torch
+    from tqdm import tqdm
+
+    model.eval()
+    outs = []
+    with torch.inference_mode():
+        for x in tqdm(task.eval_inputs(), total=task.eval_count(), desc=f"verify {desc}", disable=not progress, leave=False):
+            outs.append(model(torch.from_numpy(x)).numpy())
+    return np.concatenate(outs)
+
+
+def build_artifacts(work: Path, card, target, spec, task, prune_cfg, calib_size: int, ckpt: Path, opts, clock):
+    """Produce, verify and benchmark every file the target asks for. Returns (artifacts, extra)."""
+    import torch
+
+    from toolkit.checkpoint import load_checkpoint, save_checkpoint
+    from toolkit.convert.onnx_to_qdq_int8 import onnx_to_qdq_int8
+    from toolkit.convert.onnx_to_tflite import onnx_to_tflite
+    from toolkit.convert.tflite_check import require_full_integer
+    from toolkit.convert.torch_to_onnx import torch_to_onnx
+    from toolkit.prune.prune import count_macs_params, prune_model
+    from toolkit.train import seed_everything
+    from toolkit.verify import verify
+
+    threads = target.bench_threads
+    torch.set_num_threads(max(1, threads))
+    seed_everything(opts.seed)
+    shape = (1, spec.channels, spec.height, spec.width)
+    name = card.name
+    artifacts: list[Artifact] = []
+    extra: dict = {}
+
+    with clock("load checkpoint"):
+        dense, payload = load_checkpoint(ckpt)
+        save_checkpoint(work / f"{name}_dense.pt", dense, payload["architecture"], payload["arguments"], {"source": str(ckpt)})
+        dmacs, dparams = count_macs_params(dense, shape)
+    with clock("verify"):
+        dense_ref = _torch_outputs(dense, task, opts.progress, "dense torch")
+    artifacts.append(Artifact.of_file(work, work / f"{name}_dense.pt", name="dense-torch-fp32", stage="dense", format="torch",
+                                      precision="fp32", macs=dmacs, params=dparams, metrics=task.metrics(dense_ref, dense_ref)))
+
+    with clock("calibration data"):
+        calib01, calib_nchw = _normalised_calibration(task, spec, calib_size, opts.seed)
+
+    def export_family(model, stage: str, torch_out: np.ndarray, macs: int, params: int, int8: bool):
+        parent = f"{stage}-torch-fp32"
+        with clock("export onnx"):
+            onnx_path = torch_to_onnx(model, shape, work / f"{name}_{stage}_fp32.onnx")
+        if "onnx" in target.formats:
+            with clock("verify"):
+                _, m, p = verify(onnx_path, "onnx", "fp32", task, dense_ref, torch_out, threads, opts.progress, f"{stage} onnx fp32")
+            artifacts.append(Artifact.of_file(work, onnx_path, name=f"{stage}-onnx-fp32", stage=stage, format="onnx",
+                                              precision="fp32", macs=macs, params=params, parent=parent, metrics=m, parity=p))
+            if int8:
+                with clock("quantize onnx int8"):
+                    q = onnx_to_qdq_int8(onnx_path, work / f"{name}_{stage}_int8.onnx", calib_nchw,
+                                         per_channel=target.quantization.per_channel, method=target.quantization.method)
+                with clock("verify"):
+                    _, m, _ = verify(q, "onnx", "int8", task, dense_ref, None, threads, opts.progress, f"{stage} onnx int8")
+                artifacts.append(Artifact.of_file(work, q, name=f"{stage}-onnx-int8", stage=stage, format="onnx",
+                                                  precision="int8", macs=macs, params=params, parent=f"{stage}-onnx-fp32", metrics=m))
+        if "tflite" in target.formats:
+            with clock("convert tflite" + (" + int8" if int8 else "")):
+                out = onnx_to_tflite(onnx_path, work, calib01, spec.mean, spec.std, int8=int8,
+                                     io_dtype=target.quantization.io_dtype)
+                fp32 = out.float32.rename(work / f"{name}_{stage}_fp32.tflite")
+                q8 = out.int8.rename(work / f"{name}_{stage}_int8.tflite") if out.int8 else None
+            with clock("verify"):
+                _, m, p = verify(fp32, "tflite", "fp32", task, dense_ref, torch_out, threads, opts.progress, f"{stage} tflite fp32")
+            artifacts.append(Artifact.of_file(work, fp32, name=f"{stage}-tflite-fp32", stage=stage, format="tflite",
+                                              precision="fp32", macs=macs, params=params, parent=f"{stage}-onnx-fp32", metrics=m, parity=p))
+            if q8 is not None:
+                with clock("verify"):
+                    require_full_integer(q8, target.quantization.io_dtype)
+                    _, m, _ = verify(q8, "tflite", "int8", task, dense_ref, None, threads, opts.progress, f"{stage} tflite int8")
+                artifacts.append(Artifact.of_file(work, q8, name=f"{stage}-tflite-int8", stage=stage, format="tflite",
+                                                  precision="int8", macs=macs, params=params, parent=f"{stage}-onnx-fp32", metrics=m))
+        if "onnx" not in target.formats:
+            onnx_path.unlink()
+
+    export_family(dense, "dense", dense_ref, dmacs, dparams, int8=False)
+
+    with clock("prune"):
+        teacher = copy.deepcopy(dense).eval()
+        ft_seconds = {}
+
+        def finetune(model, step):
+            import time
+
+            t0 = time.perf_counter()
+            result = task.finetune(model, prune_cfg.finetune_epochs, prune_cfg.finetune_lr, prune_cfg.distill,
+                                   teacher, opts.seed + step, opts.progress)
+            ft_seconds[step] = time.perf_counter() - t0
+            return result
+
+        grad = task.grad_batches() if prune_cfg.importance == "taylor" else None
+        pruned, history = prune_model(copy.deepcopy(dense), shape, prune_cfg, card.never_prune, finetune, grad, opts.progress)
+        extra["prune_history"] = history
+    # Report fine-tuning separately from the pruning itself.
+    ft_total = round(sum(ft_seconds.values()), 2)
+    clock.seconds["prune"] = round(clock.seconds["prune"] - ft_total, 2)
+    clock.seconds["fine-tune"] = ft_total
+    pmacs, pparams = history[-1]["macs"], history[-1]["params"]
+    save_checkpoint(work / f"{name}_pruned.pt", pruned, payload["architecture"], payload["arguments"],
+                    {"pruning": prune_cfg.model_dump(), "history": history})
+    with clock("verify"):
+        pruned_ref = _torch_outputs(pruned, task, opts.progress, "pruned torch")
+    artifacts.append(Artifact.of_file(work, work / f"{name}_pruned.pt", name="pruned-torch-fp32", stage="pruned", format="torch",
+                                      precision="fp32", macs=pmacs, params=pparams, parent="dense-torch-fp32",
+                                      metrics=task.metrics(pruned_ref, dense_ref)))
+    export_family(pruned, "pruned", pruned_ref, pmacs, pparams, int8="int8" in target.precisions)
+
+    bad = [a.name for a in artifacts if a.parity and not a.parity["ok"]]
+    if bad:
+        worst = max(a.parity["max_abs_error"] for a in artifacts if a.name in bad)
+        raise EdgeShrinkError(f"numerical parity failed for {', '.join(bad)} (max abs error {worst:.2e} > 1e-4 vs torch); the converter changed the model")
+
+    if opts.bench:
+        from toolkit.bench.host import benchmark_file
+
+        b = target.benchmark
+        for i, a in enumerate(artifacts):
+            with clock("benchmark"):
+                r = benchmark_file(work / a.file, a.format, shape, threads, b.warmup, b.min_runs, b.min_seconds)
+            artifacts[i] = a.with_(latency_ms=r["latency_ms"], fps=r["fps"], peak_rss_mb=r["peak_rss_mb"])
+    return artifacts, extra

@@ -1,0 +1,122 @@
+"""Device profiles: `targets/<name>.yaml`, validated by a strict schema (unknown keys are errors)."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import field_validator, model_validator
+
+from toolkit.errors import EdgeShrinkError, unknown_name
+from toolkit.paths import REPO_ROOT, targets_dir
+from toolkit.prune.config import PruneConfig
+from toolkit.schema import Strict, load_yaml, validate_data
+
+
+class Device(Strict):
+    soc: str
+    arch: Literal["x86_64", "aarch64", "armv7l"]
+    cores: int
+    memory_gb: float
+    accelerator: Optional[str] = None
+
+
+class Runtime(Strict):
+    engine: Literal["tflite", "onnxruntime", "tensorrt"]
+    delegate: Literal["none", "xnnpack", "gpu", "nnapi", "cuda", "tensorrt"] = "none"
+    threads: int = 2
+    fp16: bool = False
+
+
+class Quantization(Strict):
+    calibration_size: int = 256
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    per_channel: bool = True
+    io_dtype: Literal["int8", "uint8"] = "int8"
+
+    @field_validator("calibration_size")
+    @classmethod
+    def _calib(cls, v):
+        if v < 1:
+            raise ValueError("calibration set is empty; use >= 1 (>= 200 real images recommended)")
+        return v
+
+
+class Benchmark(Strict):
+    warmup: int = 10
+    min_runs: int = 50
+    min_seconds: float = 2.0
+    threads: Optional[int] = None
+
+
+class Budget(Strict):
+    target_fps: float
+    max_model_mb: Optional[float] = None
+
+
+class Deploy(Strict):
+    transport: Literal["local", "ssh", "adb"]
+    remote_dir: str = "~/edgeshrink"
+
+
+class TargetProfile(Strict):
+    name: str
+    description: str
+    device: Device
+    runtime: Runtime
+    formats: list[Literal["onnx", "tflite"]]
+    precisions: list[Literal["fp32", "int8"]]
+    input_size: Optional[tuple[int, int]] = None
+    pruning: PruneConfig = PruneConfig()
+    quantization: Quantization = Quantization()
+    benchmark: Benchmark = Benchmark()
+    budget: Budget
+    deploy: Deploy
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.runtime.engine == "tflite" and "tflite" not in self.formats:
+            raise ValueError("runtime.engine is tflite but formats does not include tflite")
+        if self.runtime.engine in ("onnxruntime", "tensorrt") and "onnx" not in self.formats:
+            raise ValueError(f"runtime.engine is {self.runtime.engine} but formats does not include onnx")
+        if self.runtime.engine == "tensorrt" and self.device.accelerator is None:
+            raise ValueError("runtime.engine tensorrt needs device.accelerator (an NVIDIA GPU)")
+        if self.runtime.delegate in ("cuda", "tensorrt") and self.runtime.engine == "tflite":
+            raise ValueError(f"delegate {self.runtime.delegate} is not a TFLite delegate; use xnnpack, gpu or nnapi")
+        if self.runtime.delegate in ("gpu", "nnapi", "xnnpack") and self.runtime.engine != "tflite":
+            raise ValueError(f"delegate {self.runtime.delegate} is a TFLite delegate but runtime.engine is {self.runtime.engine}")
+        if self.runtime.threads > self.device.cores:
+            raise ValueError(f"runtime.threads={self.runtime.threads} exceeds device.cores={self.device.cores}")
+        if self.deploy.transport == "adb" and self.device.arch == "x86_64":
+            raise ValueError("deploy.transport adb is for Android devices (arm), not an x86_64 device")
+        return self
+
+    @property
+    def bench_threads(self) -> int:
+        return self.benchmark.threads or self.runtime.threads
+
+
+def list_targets() -> list[str]:
+    return sorted(p.stem for p in targets_dir().glob("*.yaml"))
+
+
+def validate_target_file(path) -> TargetProfile:
+    """Validate one profile file; the file name (stem) must equal its `name`."""
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        shown = str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        shown = str(path)
+    profile = validate_data(TargetProfile, load_yaml(path, "target profile"), shown)
+    if profile.name != path.stem:
+        raise EdgeShrinkError(f"{shown}: profile says name '{profile.name}' but the file is named '{path.stem}'; make them match")
+    return profile
+
+
+def load_target(name: str) -> TargetProfile:
+    """Read targets/<name>.yaml; unknown names get "did you mean"."""
+    path = targets_dir() / f"{name}.yaml"
+    if not path.is_file():
+        raise unknown_name("target", name, list_targets())
+    return validate_target_file(path)
