@@ -60,3 +60,11 @@ def resnet18(num_classes: int = 1000):
     from torchvision.models import resnet18 as build
 
     return build(weights=None, num_classes=num_classes)
+
+
+@register("unet")
+def unet(in_channels: int = 1, num_classes: int = 3, base: int = 16, depth: int = 4, norm: str = "batch",
+         upsample: str = "transpose"):
+    from toolkit.segmentation.unet import UNet
+
+    return UNet(in_channels, num_classes, base, depth, norm, upsample)

@@ -16,6 +16,7 @@ class CardInput(Strict):
     channels: int = 3
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    scaling: Literal["divide255", "zscore_volume"] = "divide255"
 
 
 class CardCheckpoint(Strict):
@@ -38,7 +39,8 @@ class ModelCard(Strict):
 
     def input_spec(self) -> InputSpec:
         h, w = self.input.size
-        return InputSpec(height=h, width=w, channels=self.input.channels, mean=self.input.mean, std=self.input.std)
+        return InputSpec(height=h, width=w, channels=self.input.channels, mean=self.input.mean, std=self.input.std,
+                         scaling=self.input.scaling, resize="bilinear" if self.task == "classification" else "pad")
 
     def checkpoint_path(self) -> Optional[Path]:
         if not self.checkpoint:

@@ -13,19 +13,14 @@ def _cmd_train(args) -> int:
 
     from toolkit.cards import load_card
     from toolkit.train import TrainConfig
-    from toolkit.train_card import train_classifier_card
+    from toolkit.train_card import train_card
 
     card = load_card(args.model)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                       weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
                       label_smoothing=args.label_smoothing, seed=args.seed)
     out = Path(args.out or f"runs/train-{card.name}")
-    if card.task == "classification":
-        prov = train_classifier_card(card, cfg, out, args.data, args.synthetic_data)
-    else:
-        from toolkit.segmentation.train_card import train_segmenter_card
-
-        prov = train_segmenter_card(card, cfg, out, args.data, args.synthetic_data)
+    prov = train_card(card, cfg, out, args.data, args.synthetic_data)
     print(f"best checkpoint: {out / 'best.pt'}  sha256={prov['sha256']}")
     return 0
 

@@ -25,6 +25,7 @@ class InputSpec:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     resize: str = "bilinear"
+    scaling: str = "divide255"  # divide255: x/255 then mean/std; zscore_volume: per-volume z-score first
     color: str = "RGB"
     layout: dict = field(default_factory=lambda: {"torch": "NCHW", "onnx": "NCHW", "tflite": "NHWC"})
 

@@ -12,8 +12,8 @@ from toolkit.errors import EdgeShrinkError
 
 
 def _normalised_calibration(task, spec, count: int, seed: int):
-    """(NHWC [0,1] for onnx2tf, NCHW normalised for onnxruntime) from real training images."""
-    x01 = task.calibration_nhwc01(count, seed)
+    """(NHWC before mean/std for onnx2tf, NCHW normalised for onnxruntime) from real training data."""
+    x01 = task.calibration_nhwc(count, seed)
     if len(x01) == 0:
         raise EdgeShrinkError("calibration set is empty: the training split yielded no images; check the data folder")
     mean = np.asarray(spec.mean, np.float32)
@@ -54,6 +54,7 @@ def build_artifacts(work: Path, card, target, spec, task, prune_cfg, calib_size:
     name = card.name
     artifacts: list[Artifact] = []
     extra: dict = {}
+    outputs: dict[str, np.ndarray] = {}
 
     with clock("load checkpoint"):
         dense, payload = load_checkpoint(ckpt)
@@ -97,7 +98,8 @@ def build_artifacts(work: Path, card, target, spec, task, prune_cfg, calib_size:
             if q8 is not None:
                 with clock("verify"):
                     require_full_integer(q8, target.quantization.io_dtype)
-                    _, m, _ = verify(q8, "tflite", "int8", task, dense_ref, None, threads, opts.progress, f"{stage} tflite int8")
+                    outputs[f"{stage}-tflite-int8"], m, _ = verify(q8, "tflite", "int8", task, dense_ref, None, threads,
+                                                                   opts.progress, f"{stage} tflite int8")
                 artifacts.append(Artifact.of_file(work, q8, name=f"{stage}-tflite-int8", stage=stage, format="tflite",
                                                   precision="int8", macs=macs, params=params, parent=f"{stage}-onnx-fp32", metrics=m))
         if "onnx" not in target.formats:
@@ -148,4 +150,13 @@ def build_artifacts(work: Path, card, target, spec, task, prune_cfg, calib_size:
             with clock("benchmark"):
                 r = benchmark_file(work / a.file, a.format, shape, threads, b.warmup, b.min_runs, b.min_seconds)
             artifacts[i] = a.with_(latency_ms=r["latency_ms"], fps=r["fps"], peak_rss_mb=r["peak_rss_mb"])
+    if card.task == "segmentation":
+        from toolkit.segmentation.extras import example_grid, full_slice_benchmarks
+
+        if opts.bench:
+            extra["full_slice"] = full_slice_benchmarks(work, name, {"dense": dense, "pruned": pruned}, task, target,
+                                                        calib_nchw, clock)
+        if "pruned-tflite-int8" in outputs:
+            with clock("report"):
+                example_grid(work / "examples.png", task, dense_ref, outputs["pruned-tflite-int8"], f"{name}: held-out cases")
     return artifacts, extra

@@ -38,7 +38,7 @@ class ClassificationTask:
         return {"source": self.train.source, "synthetic": self.synthetic, "train_images": len(self.train),
                 "eval_images": len(self.val), "eval_split": "val", "classes": list(self.train.classes)}
 
-    def calibration_nhwc01(self, count: int, seed: int = 0) -> np.ndarray:
+    def calibration_nhwc(self, count: int, seed: int = 0) -> np.ndarray:
         """`count` real training images, NHWC float32 in [0, 1] (before mean/std)."""
         return self.train.subset(count, seed).images.astype(np.float32) / 255.0
 
@@ -72,6 +72,21 @@ class ClassificationTask:
                       teacher=teacher if distill > 0 else None, progress=progress)
         return {"epochs": epochs, "best_val_top1": history["best"]["val_top1"],
                 "per_epoch": [{k: e[k] for k in ("epoch", "loss", "val_top1", "seconds")} for e in history["epochs"]]}
+
+    def batches(self, batch_size: int, seed: int):
+        from toolkit.classification import train_batches
+
+        return train_batches(self.train, self.spec, batch_size, seed)
+
+    def train_loss(self, cfg):
+        from toolkit.classification import classification_loss
+
+        return classification_loss(cfg.label_smoothing, 0.0, 1.0)
+
+    def torch_outputs(self, model) -> np.ndarray:
+        from toolkit.classification import torch_logits
+
+        return torch_logits(model, self.val, self.spec)
 
     def grad_batches(self, count: int = 4, batch: int = 32):
         """A few training batches for Taylor importance."""

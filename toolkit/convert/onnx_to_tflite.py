@@ -46,16 +46,16 @@ def _write_offline_sample(folder: Path, calib_nhwc01: np.ndarray) -> None:
     np.save(folder / ONNX2TF_SAMPLE, x.permute(0, 2, 3, 1).numpy().astype(np.float32))
 
 
-def onnx_to_tflite(onnx_path: str | Path, out_dir: str | Path, calibration_nhwc01: Optional[np.ndarray] = None,
+def onnx_to_tflite(onnx_path: str | Path, out_dir: str | Path, calibration_nhwc: Optional[np.ndarray] = None,
                    mean: tuple = (0.0,), std: tuple = (1.0,), int8: bool = True,
                    io_dtype: str = "int8", input_name: str = "input") -> TFLiteOutputs:
     """Convert to `<stem>_float32.tflite` and, with `int8`, `<stem>_int8.tflite` (full-integer,
-    per-channel, int8 or uint8 input/output). `calibration_nhwc01` holds real images as NHWC
-    float32 in [0, 1]; onnx2tf normalises them with mean/std. Refuses INT8 without calibration data."""
+    per-channel, int8 or uint8 input/output). `calibration_nhwc` holds real model inputs as NHWC
+    float32 before mean/std (images in [0, 1]); onnx2tf normalises them with mean/std. Refuses INT8 without calibration data."""
     import onnx2tf
 
     onnx_path, out_dir = Path(onnx_path).resolve(), Path(out_dir).resolve()
-    if int8 and (calibration_nhwc01 is None or len(calibration_nhwc01) == 0):
+    if int8 and (calibration_nhwc is None or len(calibration_nhwc) == 0):
         raise EdgeShrinkError("INT8 conversion needs calibration data and the calibration set is empty; pass real images (calibration.size >= 1)")
     if io_dtype not in ("int8", "uint8"):
         raise EdgeShrinkError(f"io_dtype must be int8 or uint8, got {io_dtype!r}")
@@ -66,8 +66,8 @@ def onnx_to_tflite(onnx_path: str | Path, out_dir: str | Path, calibration_nhwc0
         source = work / onnx_path.name  # onnx2tf rewrites its input in place; give it a copy
         shutil.copyfile(onnx_path, source)
         kwargs = {}
-        if calibration_nhwc01 is not None and len(calibration_nhwc01):
-            calib = np.ascontiguousarray(calibration_nhwc01, dtype=np.float32)
+        if calibration_nhwc is not None and len(calibration_nhwc):
+            calib = np.ascontiguousarray(calibration_nhwc, dtype=np.float32)
             np.save(work / "calib.npy", calib)
             if calib.ndim == 4 and calib.shape[-1] == 3:
                 _write_offline_sample(work, calib)

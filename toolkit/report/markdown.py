@@ -58,6 +58,17 @@ def write_report(path: Path, manifest: dict, artifacts, metric: str) -> None:
         "",
         "![accuracy vs latency and size](tradeoffs.png)",
         "",
+    ]
+    if "full_slice_benchmarks" in manifest:
+        fs = manifest["full_slice_benchmarks"]
+        lines += [f"## Full-slice deployment size ({fs['size']}x{fs['size']})", "",
+                  "| file | precision | p50 ms | p90 ms | slices/s | est. ms per volume |", "|---|---|---|---|---|---|"]
+        lines += [f"| `{r['file']}` | {r['precision']} | {r['latency_ms']['p50']:.2f} | {r['latency_ms']['p90']:.2f} | "
+                  f"{r['slices_per_s']:.1f} | {r['volume_ms_estimate']:.0f} |" for r in fs["rows"]]
+        lines += ["", f"({fs['note']}; {fs['slices_per_volume']:.1f} slices per held-out volume)", ""]
+    if (Path(path).parent / "examples.png").exists():
+        lines += ["![held-out examples](examples.png)", ""]
+    lines += [
         "## Stage wall times (s)",
         "",
         "| stage | seconds |",
