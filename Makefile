@@ -4,6 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 MODEL  ?= mobilenet_v3_small
+HOST   ?=
 TARGET ?= host
 EPOCHS ?= 30
 
@@ -33,7 +34,8 @@ test-slow: setup
 
 deploy: setup
 	$(BIN)/edgeshrink run --model $(MODEL) --target $(TARGET) \
-	  $(if $(FINETUNE_EPOCHS),--finetune-epochs $(FINETUNE_EPOCHS)) $(if $(DATA),--data $(DATA))
+	  $(if $(FINETUNE_EPOCHS),--finetune-epochs $(FINETUNE_EPOCHS)) $(if $(DATA),--data $(DATA)) \
+	  $(if $(HOST),--host $(HOST))
 
 bench: setup
 	$(BIN)/edgeshrink bench dist/$(MODEL)-$(TARGET)

@@ -36,10 +36,54 @@ def _cmd_run(args) -> int:
                       synthetic_data=args.synthetic_data, checkpoint=args.checkpoint,
                       finetune_epochs=args.finetune_epochs, calibration_size=args.calibration_size,
                       seed=args.seed, bench=not args.no_bench, progress=not args.quiet)
+    if args.host:
+        from toolkit.remote import parse_host
+
+        parse_host(args.host)  # a malformed HOST fails before any work
     t0 = time.perf_counter()
     bundle = run_pipeline(opts)
     print((bundle / "report.md").read_text())
     print(f"wrote {bundle} in {time.perf_counter() - t0:.0f} s")
+    if args.host:
+        from toolkit.compare import collect_rows, format_rows
+        from toolkit.remote import deliver_and_benchmark
+
+        deliver_and_benchmark(bundle, args.host, args.remote_python, args.ssh_key, args.known_hosts)
+        print(format_rows(collect_rows([bundle])))
+    return 0
+
+
+def _cmd_deliver(args) -> int:
+    from pathlib import Path
+
+    from toolkit.compare import collect_rows, format_rows
+    from toolkit.remote import deliver_and_benchmark
+
+    deliver_and_benchmark(Path(args.bundle), args.host, args.remote_python, args.ssh_key, args.known_hosts)
+    print(format_rows(collect_rows([Path(args.bundle)])))
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from pathlib import Path
+
+    from toolkit.compare import collect_rows, format_rows
+
+    print(format_rows(collect_rows([Path(b) for b in args.bundles])))
+    return 0
+
+
+def _cmd_eval_pack(args) -> int:
+    from pathlib import Path
+
+    from toolkit.bundle import write_eval_pack
+    from toolkit.cards import load_card
+    from toolkit.tasks import load_task
+
+    card = load_card(args.model)
+    task = load_task(card, card.input_spec(), args.data, args.synthetic_data)
+    path = write_eval_pack(task, Path(args.out or f"dist/{card.name}-heldout.npz"))
+    print(f"wrote {path} ({task.eval_count()} held-out items)")
     return 0
 
 
@@ -96,6 +140,13 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _ssh_args(p, required: bool = False) -> None:
+    p.add_argument("--host", required=required, help="user@host[:port]: deliver the bundle over SSH and benchmark there")
+    p.add_argument("--remote-python", help="python on the device (default: the profile's runtime.python)")
+    p.add_argument("--ssh-key", help="private key (default: your SSH agent/config, or $EDGESHRINK_SSH_KEY)")
+    p.add_argument("--known-hosts", help="known_hosts file to use")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgeshrink", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -127,7 +178,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-bench", action="store_true", help="skip latency benchmarks")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _ssh_args(p)
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("deliver", help="copy a bundle to a device over SSH, check hashes, benchmark, pull results")
+    p.add_argument("bundle")
+    _ssh_args(p, required=True)
+    p.set_defaults(func=_cmd_deliver)
+
+    p = sub.add_parser("compare", help="one table over bundles and their device results")
+    p.add_argument("bundles", nargs="+")
+    p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("eval-pack", help="write the held-out set as .npz for on-device accuracy checks")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data")
+    p.add_argument("--synthetic-data", action="store_true")
+    p.add_argument("--out")
+    p.set_defaults(func=_cmd_eval_pack)
 
     p = sub.add_parser("bench", help="re-benchmark every file of a bundle (table + bench.json)")
     p.add_argument("bundle")

@@ -136,6 +136,9 @@ def _finish_bundle(work, card, target, spec, task, prune_cfg, calib_size, ckpt, 
     }
     config = {"options": asdict(opts), "card": card.model_dump(), "target": target.model_dump(),
               "pruning": prune_cfg.model_dump(), "calibration_size": calib_size, "versions": manifest["versions"]}
+    from toolkit.bundle import add_device_files
+
+    add_device_files(work, target, manifest)
     with clock("report"):
         plot_tradeoffs(artifacts, metric, work / "tradeoffs.png", f"{card.name} on {target.name}")
         write_report(work / "report.md", manifest, artifacts, metric)

@@ -37,7 +37,9 @@ def validate_data(model_cls: type[M], data: dict, source: str) -> M:
     try:
         return model_cls.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        errors = exc.errors()
+        # a misspelt key also makes the real key "missing": report the typo, it names the fix
+        err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
         loc = tuple(err["loc"])
         where = ".".join(str(p) for p in loc) or "(top level)"
         if err["type"] == "extra_forbidden":
@@ -45,8 +47,12 @@ def validate_data(model_cls: type[M], data: dict, source: str) -> M:
             raise EdgeShrinkError(f"{source}: unknown key '{where}'{hint}; remove or rename it") from None
         if err["type"] == "missing":
             raise EdgeShrinkError(f"{source}: missing required key '{where}'; add it") from None
-        got = err.get("input")
-        raise EdgeShrinkError(f"{source}: '{where}' {err['msg'].lower()} (got {got!r}); fix the value") from None
+        msg = err["msg"].removeprefix("Value error, ")
+        if not loc:  # a cross-field rule of the whole file
+            raise EdgeShrinkError(f"{source}: {msg}; fix the profile") from None
+        got = repr(err.get("input"))
+        got = got if len(got) <= 60 else got[:57] + "..."
+        raise EdgeShrinkError(f"{source}: '{where}' {msg[0].lower() + msg[1:]} (got {got}); fix the value") from None
 
 
 def load_yaml(path: Path, what: str) -> dict:

@@ -23,8 +23,10 @@ class Device(Strict):
 class Runtime(Strict):
     engine: Literal["tflite", "onnxruntime", "tensorrt"]
     delegate: Literal["none", "xnnpack", "gpu", "nnapi", "cuda", "tensorrt"] = "none"
+    delegate_variants: list[Literal["xnnpack", "gpu", "nnapi"]] = []  # extra delegates the device benchmark also runs
     threads: int = 2
     fp16: bool = False
+    python: str = "python3"  # interpreter on the device
 
 
 class Quantization(Strict):
@@ -56,6 +58,7 @@ class Budget(Strict):
 class Deploy(Strict):
     transport: Literal["local", "ssh", "adb"]
     remote_dir: str = "~/edgeshrink"
+    artifact: str = "pruned-tflite-int8"  # the file the device runs (an artifact name from the manifest)
 
 
 class TargetProfile(Strict):
@@ -86,6 +89,14 @@ class TargetProfile(Strict):
             raise ValueError(f"delegate {self.runtime.delegate} is a TFLite delegate but runtime.engine is {self.runtime.engine}")
         if self.runtime.threads > self.device.cores:
             raise ValueError(f"runtime.threads={self.runtime.threads} exceeds device.cores={self.device.cores}")
+        if self.runtime.delegate_variants and self.runtime.engine != "tflite":
+            raise ValueError("runtime.delegate_variants are TFLite delegates; the engine is not tflite")
+        fmt = self.deploy.artifact.split("-")[1:2]
+        if fmt and fmt[0] not in self.formats:
+            raise ValueError(f"deploy.artifact {self.deploy.artifact} needs format {fmt[0]}, which formats does not include")
+        prec = self.deploy.artifact.split("-")[-1]
+        if prec in ("fp32", "int8") and prec not in self.precisions:
+            raise ValueError(f"deploy.artifact {self.deploy.artifact} needs precision {prec}, which precisions does not include")
         if self.deploy.transport == "adb" and self.device.arch == "x86_64":
             raise ValueError("deploy.transport adb is for Android devices (arm), not an x86_64 device")
         return self
