@@ -15,6 +15,13 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+
+@pytest.fixture(scope="session", autouse=True)
+def fresh_caches(tmp_path_factory):
+    """Each test session converts and prunes for real: caches start empty in a temp folder."""
+    os.environ["EDGESHRINK_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+
 TINY_CARD = {
     "name": "tiny_mnv3",
     "architecture": "mobilenet_v3_small",
@@ -72,8 +79,46 @@ def workspace(tmp_path_factory):
     card = dict(TINY_CARD, checkpoint={"path": str(ckpt), "sha256": sha256_file(ckpt)})
     (models / "tiny_mnv3.yaml").write_text(yaml.safe_dump(card))
     (targets / "tiny.yaml").write_text(yaml.safe_dump(TINY_TARGET))
-    shutil.copy(REPO / "targets" / "host.yaml", targets / "host.yaml")
+    for profile in (REPO / "targets").glob("*.yaml"):
+        shutil.copy(profile, targets / profile.name)
     return root
+
+
+@pytest.fixture(scope="session")
+def profile_bundles(workspace, tmp_path_factory):
+    """One bundle per shipped target profile, built from the tiny card (no fine-tuning, no bench)."""
+    from toolkit.pipeline import RunOptions, run_pipeline
+
+    out = tmp_path_factory.mktemp("bundles")
+    env = {"EDGESHRINK_MODELS_DIR": str(workspace / "models"), "EDGESHRINK_TARGETS_DIR": str(workspace / "targets")}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        bundles = {}
+        for profile in sorted((REPO / "targets").glob("*.yaml")):
+            bundles[profile.stem] = run_pipeline(RunOptions(
+                model="tiny_mnv3", target=profile.stem, out_root=str(out), synthetic_data=True, finetune_epochs=0,
+                calibration_size=16, bench=False, progress=False))
+        return bundles
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def device_python(tmp_path_factory):
+    """A clean virtual environment holding only numpy + ai-edge-litert: what a Pi needs."""
+    import subprocess
+    import sys
+
+    venv = tmp_path_factory.mktemp("device") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "numpy", "ai-edge-litert==2.1.0"],
+                   check=True)
+    return venv / "bin" / "python"
 
 
 @pytest.fixture

@@ -15,6 +15,10 @@ def _cmd_train(args) -> int:
     from toolkit.train import TrainConfig
     from toolkit.train_card import train_card
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     card = load_card(args.model)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                       weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
@@ -40,6 +44,10 @@ def _cmd_run(args) -> int:
         from toolkit.remote import parse_host
 
         parse_host(args.host)  # a malformed HOST fails before any work
+    if args.no_cache:
+        import os
+
+        os.environ["EDGESHRINK_NO_CACHE"] = "1"
     t0 = time.perf_counter()
     bundle = run_pipeline(opts)
     print((bundle / "report.md").read_text())
@@ -84,6 +92,16 @@ def _cmd_eval_pack(args) -> int:
     task = load_task(card, card.input_spec(), args.data, args.synthetic_data)
     path = write_eval_pack(task, Path(args.out or f"dist/{card.name}-heldout.npz"))
     print(f"wrote {path} ({task.eval_count()} held-out items)")
+    return 0
+
+
+def _cmd_publish(args) -> int:
+    from pathlib import Path
+
+    from toolkit.publish import publish_checkpoint
+
+    path = publish_checkpoint(args.model, Path(args.run))
+    print(f"published {path}; card models/{args.model}.yaml updated (checkpoint sha256 + provenance)")
     return 0
 
 
@@ -164,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output folder (default runs/train-<model>)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("run", help="prune, quantize, convert, verify and benchmark a model for a target")
@@ -178,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-bench", action="store_true", help="skip latency benchmarks")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--no-cache", action="store_true", help="redo pruning/fine-tuning and conversions even if cached")
     _ssh_args(p)
     p.set_defaults(func=_cmd_run)
 
@@ -203,6 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-runs", type=int, default=100)
     p.add_argument("--min-seconds", type=float, default=5.0)
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("publish", help="copy a training run's best checkpoint into models/ and record it in the card")
+    p.add_argument("--model", required=True)
+    p.add_argument("--run", required=True, help="training output folder (holds best.pt and provenance.json)")
+    p.set_defaults(func=_cmd_publish)
 
     sub.add_parser("models", help="list model cards and architectures").set_defaults(func=_cmd_models)
     sub.add_parser("targets", help="list target profiles").set_defaults(func=_cmd_targets)

@@ -26,7 +26,7 @@ def collect_rows(bundles: list[Path]) -> list[dict]:
                              "p99": a["latency_ms"].get("p99"), "fps": a.get("fps"), "size_kb": a["size_bytes"] / 1024})
         for rpath in sorted((Path(bundle) / "results").glob("*.json")):
             data = json.loads(rpath.read_text())
-            for r in data.get("runs", [data]):
+            for r in data["results"] if isinstance(data.get("results"), list) else [data]:
                 lat = r.get("latency_ms") or {}
                 dev = r.get("device", {})
                 runtime = r.get("runtime", {})

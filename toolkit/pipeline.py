@@ -66,6 +66,12 @@ def _plan(opts: RunOptions):
     if ckpt is None:
         raise EdgeShrinkError(f"model card '{card.name}' has no checkpoint; train one (`edgeshrink train --model {card.name}`) or pass --checkpoint")
     read_checkpoint(ckpt)
+    if not opts.checkpoint and card.checkpoint and card.checkpoint.sha256:
+        from toolkit.checkpoint import sha256_file
+
+        if sha256_file(ckpt) != card.checkpoint.sha256:
+            raise EdgeShrinkError(f"{ckpt} does not match the sha256 in models/{card.name}.yaml; restore it "
+                                  "(git checkout) or republish with `edgeshrink publish`")
     return card, target, prune_cfg, calib, ckpt
 
 
@@ -127,7 +133,8 @@ def _finish_bundle(work, card, target, spec, task, prune_cfg, calib_size, ckpt, 
                      "macs": baseline.macs, "params": baseline.params, "size_bytes": baseline.size_bytes,
                      "metrics": baseline.metrics, "latency_ms": baseline.latency_ms, "fps": baseline.fps},
         "artifacts": [a.to_dict() for a in artifacts],
-        "pruning": {"config": prune_cfg.model_dump(), "history": extra.get("prune_history", [])},
+        "pruning": {"config": prune_cfg.model_dump(), "history": extra.get("prune_history", []),
+                    "cache": extra.get("prune_cache")},
         **({"full_slice_benchmarks": extra["full_slice"]} if "full_slice" in extra else {}),
         "source_checkpoint": {"path": str(ckpt), "sha256": sha256_file(ckpt)},
         "stage_seconds": clock.seconds,

@@ -40,7 +40,7 @@ def build_artifacts(work: Path, card, target, spec, task, prune_cfg, calib_size:
 
     from toolkit.checkpoint import load_checkpoint, save_checkpoint
     from toolkit.convert.onnx_to_qdq_int8 import onnx_to_qdq_int8
-    from toolkit.convert.onnx_to_tflite import onnx_to_tflite
+    from toolkit.convert.cache import cached_onnx_to_tflite as onnx_to_tflite
     from toolkit.convert.tflite_check import require_full_integer
     from toolkit.convert.torch_to_onnx import torch_to_onnx
     from toolkit.prune.prune import count_macs_params, prune_model
@@ -108,20 +108,31 @@ def build_artifacts(work: Path, card, target, spec, task, prune_cfg, calib_size:
     export_family(dense, "dense", dense_ref, dmacs, dparams, int8=False)
 
     with clock("prune"):
-        teacher = copy.deepcopy(dense).eval()
-        ft_seconds = {}
+        from toolkit.prune.cache import load_cached_pruned, prune_cache_key, store_pruned
 
-        def finetune(model, step):
-            import time
+        key = prune_cache_key(ckpt, prune_cfg, spec, task.data_description(), opts.seed, card.never_prune)
+        cached = load_cached_pruned(key)
+        ft_seconds: dict = {}
+        if cached is not None:
+            pruned, history = cached
+            extra["prune_cache"] = {"key": key, "hit": True}
+        else:
+            teacher = copy.deepcopy(dense).eval()
 
-            t0 = time.perf_counter()
-            result = task.finetune(model, prune_cfg.finetune_epochs, prune_cfg.finetune_lr, prune_cfg.distill,
-                                   teacher, opts.seed + step, opts.progress)
-            ft_seconds[step] = time.perf_counter() - t0
-            return result
+            def finetune(model, step):
+                import time
 
-        grad = task.grad_batches() if prune_cfg.importance == "taylor" else None
-        pruned, history = prune_model(copy.deepcopy(dense), shape, prune_cfg, card.never_prune, finetune, grad, opts.progress)
+                t0 = time.perf_counter()
+                result = task.finetune(model, prune_cfg.finetune_epochs, prune_cfg.finetune_lr, prune_cfg.distill,
+                                       teacher, opts.seed + step, opts.progress)
+                ft_seconds[step] = time.perf_counter() - t0
+                return result
+
+            grad = task.grad_batches() if prune_cfg.importance == "taylor" else None
+            pruned, history = prune_model(copy.deepcopy(dense), shape, prune_cfg, card.never_prune, finetune, grad,
+                                          opts.progress)
+            store_pruned(key, pruned, payload, history)
+            extra["prune_cache"] = {"key": key, "hit": False}
         extra["prune_history"] = history
     # Report fine-tuning separately from the pruning itself.
     ft_total = round(sum(ft_seconds.values()), 2)

@@ -159,7 +159,7 @@ def main(argv=None) -> int:
         print(f"{delegate:8s} init {parsed['init_ms']:.1f} ms, first {parsed['first_inference_ms']:.2f} ms, "
               f"steady {parsed['inference_avg_ms']:.2f} ms ({parsed['fps']:.1f} FPS)")
     if args.json:
-        write_json(args.json, runs[0] if len(runs) == 1 else {"schema": runs[0]["schema"], "runs": runs})
+        write_json(args.json, runs[0] if len(runs) == 1 else {"schema": runs[0]["schema"], "results": runs})
     return 0
 
 

@@ -23,7 +23,7 @@ def full_slice_benchmarks(work: Path, name: str, models: dict, task, target, cal
     the time per whole volume (p50 x mean slices per held-out volume)."""
     from toolkit.artifact import Artifact
     from toolkit.bench.host import benchmark_file
-    from toolkit.convert.onnx_to_tflite import onnx_to_tflite
+    from toolkit.convert.cache import cached_onnx_to_tflite as onnx_to_tflite
     from toolkit.convert.tflite_check import require_full_integer
     from toolkit.convert.torch_to_onnx import torch_to_onnx
 

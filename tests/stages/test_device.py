@@ -1,0 +1,180 @@
+"""Bundles for every profile; the device runtimes run for real on this machine: the Pi script in a
+venv with only numpy + ai-edge-litert, the Jetson script's onnxruntime fallback, and SSH delivery
+to a real OpenSSH server on 127.0.0.1 that the test starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from toolkit.errors import EdgeShrinkError
+
+
+def test_every_profile_yields_a_self_contained_bundle(profile_bundles):
+    from toolkit.checkpoint import sha256_file
+
+    assert set(profile_bundles) >= {"host", "rpi4", "rpi5", "android", "jetson-orin-nano", "jetson-nano"}
+    for name, bundle in profile_bundles.items():
+        m = json.loads((bundle / "manifest.json").read_text())
+        files = {p.name for p in bundle.iterdir()}
+        assert {"manifest.json", "README.md", "requirements-device.txt", "edgeshrink_common.py"} <= files, name
+        deployed = next(a for a in m["artifacts"] if a["name"] == m["deploy"]["artifact"])
+        assert (bundle / deployed["file"]).is_file()
+        for f in m["device_files"] + m["artifacts"]:
+            assert sha256_file(bundle / f["file"]) == f["sha256"], (name, f["file"])
+        assert m["input"]["mean"] and m["labels"] and m["versions"]["onnxruntime"]
+        readme = (bundle / "README.md").read_text()
+        engine = m["deploy"]["engine"]
+        if engine == "tflite":
+            assert deployed["format"] == "tflite"
+            assert ("edgeshrink_run.py" in files) == (m["deploy"]["transport"] != "adb") or "android_bench.py" in files
+        else:
+            assert "edgeshrink_trt.py" in files and deployed["format"] == "onnx" and "edgeshrink_trt.py" in readme
+    android = json.loads((profile_bundles["android"] / "manifest.json").read_text())
+    assert android["deploy"]["delegate_variants"] == ["gpu", "nnapi"]
+    q = next(profile_bundles["android"].glob("*_pruned_int8.tflite"))
+    from toolkit.convert.tflite_check import io_dtypes
+
+    assert io_dtypes(q) == ("uint8", "uint8")  # the android profile asks for uint8 I/O
+
+
+def test_pi_runtime_in_minimal_venv_reproduces_manifest_accuracy(profile_bundles, device_python, use_workspace, tmp_path):
+    from toolkit.bundle import write_eval_pack
+    from toolkit.cards import load_card
+    from toolkit.tasks import load_task
+
+    bundle = profile_bundles["rpi4"]
+    out = subprocess.run([str(device_python), "-c", "import torch"], capture_output=True)
+    assert out.returncode != 0  # the device venv really has no torch
+    card = load_card("tiny_mnv3")
+    pack = write_eval_pack(load_task(card, card.input_spec(), None, True, False), tmp_path / "heldout.npz")
+    result = tmp_path / "r.json"
+    proc = subprocess.run([str(device_python), str(bundle / "edgeshrink_run.py"), "--eval-pack", str(pack), "--bench",
+                           "--runs", "5", "--seconds", "0.1", "--warmup", "1", "--json", str(result)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(result.read_text())
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    expected = next(a for a in manifest["artifacts"] if a["name"] == "pruned-tflite-int8")["metrics"]["top1"]
+    assert abs(r["accuracy"]["top1"] - expected) <= 0.005
+    assert r["schema"] == "edgeshrink-results/1" and r["runtime"]["name"] == "ai-edge-litert"
+    deployed = next(a for a in manifest["artifacts"] if a["name"] == manifest["deploy"]["artifact"])
+    assert r["latency_ms"]["p50"] > 0 and r["sha256"] == deployed["sha256"]
+
+
+def test_pi_runtime_refuses_a_tampered_bundle(profile_bundles, device_python, tmp_path):
+    bundle = tmp_path / "b"
+    shutil.copytree(profile_bundles["rpi5"], bundle)
+    model = next(bundle.glob("*_pruned_int8.tflite"))
+    model.write_bytes(model.read_bytes()[:-1] + b"\x00")
+    proc = subprocess.run([str(device_python), str(bundle / "edgeshrink_run.py"), "--bench"], capture_output=True, text=True)
+    assert proc.returncode != 0 and "sha256 mismatch" in proc.stderr
+
+
+def test_jetson_runtime_falls_back_to_onnxruntime(profile_bundles, tmp_path):
+    bundle = profile_bundles["jetson-orin-nano"]
+    out = tmp_path / "jetson.json"
+    env = {**os.environ, "PATH": "/usr/bin:/bin"}  # no trtexec here
+    proc = subprocess.run([sys.executable, str(bundle / "edgeshrink_trt.py"), "--runs", "5", "--seconds", "0.2",
+                           "--warmup", "1", "--json", str(out)], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "falling back to onnxruntime" in proc.stdout
+    r = json.loads(out.read_text())
+    assert r["runtime"]["name"] == "onnxruntime" and "CPUExecutionProvider" in r["runtime"]["providers"]
+    assert r["precision"] == "int8" and r["latency_ms"]["p50"] > 0
+
+
+# --- SSH delivery against a real OpenSSH server on 127.0.0.1 ---------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    sshd_bin = shutil.which("sshd") or "/usr/sbin/sshd"
+    if not Path(sshd_bin).exists():
+        pytest.fail("OpenSSH server not installed: apt-get install openssh-server (.ci/run does this)")
+    d = tmp_path_factory.mktemp("sshd")
+    for name in ("host_key", "client_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True)
+    (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
+    os.chmod(d / "authorized_keys", 0o600)
+    port = _free_port()
+    (d / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\nPidFile {d / 'sshd.pid'}\n"
+        f"AuthorizedKeysFile {d / 'authorized_keys'}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nUsePAM no\nStrictModes no\n"
+        "Subsystem sftp internal-sftp\n")
+    Path("/run/sshd").mkdir(exist_ok=True)
+    proc = subprocess.Popen([sshd_bin, "-D", "-e", "-f", str(d / "sshd_config")], stderr=open(d / "log", "w"))
+    for _ in range(50):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    import getpass
+
+    yield {"host": f"{getpass.getuser()}@127.0.0.1:{port}", "key": str(d / "client_key"),
+           "known_hosts": str(d / "known_hosts"), "port": port}
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def _hashes(folder: Path) -> dict:
+    from toolkit.checkpoint import sha256_file
+
+    return {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_ssh_deploy_runs_on_the_device_and_pulls_results(profile_bundles, device_python, sshd, tmp_path, monkeypatch):
+    from toolkit.remote import deliver_and_benchmark
+
+    bundle = tmp_path / "tiny_mnv3-rpi4"
+    shutil.copytree(profile_bundles["rpi4"], bundle)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the "device" home: ~/edgeshrink lands here
+    before = _hashes(bundle)
+    result = deliver_and_benchmark(bundle, sshd["host"], python=str(device_python), key=sshd["key"],
+                                   known_hosts=sshd["known_hosts"], progress=False)
+    pulled = bundle / "results" / f"127.0.0.1-{sshd['port']}.json"
+    assert pulled.is_file() and json.loads(pulled.read_text())["latency_ms"]["p50"] > 0
+    m = json.loads((bundle / "manifest.json").read_text())
+    assert result["sha256"] == next(a["sha256"] for a in m["artifacts"] if a["name"] == "pruned-tflite-int8")
+    assert result["runtime"]["name"] == "ai-edge-litert" and result["delivered_to"] == sshd["host"]
+    assert _hashes(bundle) == before  # only results/ was added
+    from toolkit.compare import collect_rows, format_rows
+
+    assert "ai-edge-litert" in format_rows(collect_rows([bundle]))
+
+
+def test_ssh_deploy_failed_hash_check_leaves_bundle_intact(profile_bundles, device_python, sshd, tmp_path):
+    from toolkit.remote import deliver_and_benchmark
+
+    bundle = tmp_path / "tampered-rpi4"
+    shutil.copytree(profile_bundles["rpi4"], bundle)
+    model = next(bundle.glob("*_pruned_int8.tflite"))
+    model.write_bytes(model.read_bytes() + b"\x00")
+    before = _hashes(bundle)
+    with pytest.raises(EdgeShrinkError, match="hash check on the device failed"):
+        deliver_and_benchmark(bundle, sshd["host"], python=str(device_python), key=sshd["key"],
+                              known_hosts=sshd["known_hosts"], progress=False)
+    assert _hashes(bundle) == before and not (bundle / "results").exists()
+
+
+def test_ssh_unreachable_host_is_a_clear_error(profile_bundles, sshd, tmp_path):
+    from toolkit.remote import deliver_and_benchmark
+
+    with pytest.raises(EdgeShrinkError, match="cannot reach .* over SSH"):
+        deliver_and_benchmark(profile_bundles["rpi4"], f"nobody@127.0.0.1:{_free_port()}", key=sshd["key"],
+                              known_hosts=sshd["known_hosts"], progress=False)

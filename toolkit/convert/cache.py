@@ -1,0 +1,57 @@
+"""Content-addressed cache for ONNX -> TFLite conversions (onnx2tf takes ~20-60 s per model).
+
+The key covers everything that changes the output: the ONNX bytes, the calibration data,
+mean/std, INT8 on/off, the I/O dtype and the onnx2tf/TensorFlow versions. Deploying one model to
+several targets with the same pruning converts it once. EDGESHRINK_NO_CACHE=1 turns it off."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from importlib import metadata
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from toolkit.convert.onnx_to_tflite import TFLiteOutputs, onnx_to_tflite
+from toolkit.paths import cache_dir
+
+
+def _key(onnx_path: Path, calib: Optional[np.ndarray], mean, std, int8: bool, io_dtype: str) -> str:
+    h = hashlib.sha256(Path(onnx_path).read_bytes())
+    if calib is not None:
+        h.update(np.ascontiguousarray(calib, np.float32).tobytes())
+        h.update(str(calib.shape).encode())
+    versions = [metadata.version(n) for n in ("onnx2tf", "tensorflow")]
+    h.update(repr((tuple(mean), tuple(std), int8, io_dtype, versions)).encode())
+    return h.hexdigest()[:32]
+
+
+def cached_onnx_to_tflite(onnx_path: Path, out_dir: Path, calibration_nhwc: Optional[np.ndarray], mean, std,
+                          int8: bool = True, io_dtype: str = "int8") -> TFLiteOutputs:
+    """onnx_to_tflite, reusing an earlier identical conversion when there is one."""
+    if os.environ.get("EDGESHRINK_NO_CACHE"):
+        return onnx_to_tflite(onnx_path, out_dir, calibration_nhwc, mean, std, int8=int8, io_dtype=io_dtype)
+    onnx_path, out_dir = Path(onnx_path), Path(out_dir)
+    entry = cache_dir() / "tflite" / _key(onnx_path, calibration_nhwc, mean, std, int8, io_dtype)
+    stem = onnx_path.stem
+    fp32, q = out_dir / f"{stem}_float32.tflite", (out_dir / f"{stem}_int8.tflite") if int8 else None
+    if not (entry / "float32.tflite").is_file() or (int8 and not (entry / "int8.tflite").is_file()):
+        fresh = onnx_to_tflite(onnx_path, out_dir, calibration_nhwc, mean, std, int8=int8, io_dtype=io_dtype)
+        tmp = entry.with_name(entry.name + f".tmp{os.getpid()}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(fresh.float32, tmp / "float32.tflite")
+        if fresh.int8:
+            shutil.copyfile(fresh.int8, tmp / "int8.tflite")
+        if not entry.exists():
+            os.replace(tmp, entry)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return fresh
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(entry / "float32.tflite", fp32)
+    if q:
+        shutil.copyfile(entry / "int8.tflite", q)
+    return TFLiteOutputs(fp32, q)

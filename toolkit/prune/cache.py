@@ -1,0 +1,43 @@
+"""Reuse a pruned + fine-tuned model when the same dense checkpoint is pruned with the same
+settings on the same data (e.g. `make deploy` for host, then rpi4): fine-tuning is the slow
+part. Entries are portable checkpoints. EDGESHRINK_NO_CACHE=1 turns it off."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+from toolkit.paths import cache_dir
+
+
+def prune_cache_key(ckpt: Path, cfg, spec, data: dict, seed: int, never_prune) -> str:
+    from toolkit.checkpoint import sha256_file
+
+    blob = json.dumps({"ckpt": sha256_file(ckpt), "cfg": cfg.model_dump(), "spec": spec.to_dict(),
+                       "data": {k: data.get(k) for k in ("source", "synthetic", "train_images", "train_slices")},
+                       "seed": seed, "never_prune": list(never_prune)}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _path(key: str) -> Path:
+    return cache_dir() / "pruned" / f"{key}.pt"
+
+
+def load_cached_pruned(key: str) -> Optional[tuple]:
+    if os.environ.get("EDGESHRINK_NO_CACHE") or not _path(key).is_file():
+        return None
+    from toolkit.checkpoint import load_checkpoint
+
+    model, payload = load_checkpoint(_path(key))
+    return model, payload["meta"]["history"]
+
+
+def store_pruned(key: str, model, dense_payload: dict, history: list) -> None:
+    if os.environ.get("EDGESHRINK_NO_CACHE"):
+        return
+    from toolkit.checkpoint import save_checkpoint
+
+    save_checkpoint(_path(key), model, dense_payload["architecture"], dense_payload["arguments"], {"history": history})
