@@ -34,6 +34,7 @@ class ModelCard(Strict):
     metric: Literal["top1", "dice"]
     labels: list[str]
     never_prune: list[str] = []
+    pruning: dict = {}  # overrides of the target profile's pruning settings for this model
     checkpoint: Optional[CardCheckpoint] = None
     provenance: dict = {}
 

@@ -25,7 +25,7 @@ def _cmd_train(args) -> int:
                       label_smoothing=args.label_smoothing, seed=args.seed)
     out = Path(args.out or f"runs/train-{card.name}")
     prov = train_card(card, cfg, out, args.data, args.synthetic_data)
-    print(f"best checkpoint: {out / 'best.pt'}  sha256={prov['sha256']}")
+    print(f"final checkpoint: {out / 'last.pt'}  sha256={prov['sha256']}")
     return 0
 
 
@@ -226,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("publish", help="copy a training run's best checkpoint into models/ and record it in the card")
     p.add_argument("--model", required=True)
-    p.add_argument("--run", required=True, help="training output folder (holds best.pt and provenance.json)")
+    p.add_argument("--run", required=True, help="training output folder (holds last.pt, history.json and provenance.json)")
     p.set_defaults(func=_cmd_publish)
 
     sub.add_parser("models", help="list model cards and architectures").set_defaults(func=_cmd_models)

@@ -55,6 +55,11 @@ def _plan(opts: RunOptions):
 
     card, target = load_card(opts.model), load_target(opts.target)
     prune_cfg = target.pruning
+    if card.pruning:
+        from toolkit.prune.config import PruneConfig
+        from toolkit.schema import validate_data
+
+        prune_cfg = validate_data(PruneConfig, {**prune_cfg.model_dump(), **card.pruning}, f"models/{card.name}.yaml: pruning")
     if opts.finetune_epochs is not None:
         if opts.finetune_epochs < 0:
             raise EdgeShrinkError(f"--finetune-epochs must be >= 0, got {opts.finetune_epochs}")

@@ -19,9 +19,9 @@ def publish_checkpoint(model: str, run: Path) -> Path:
     from toolkit.paths import REPO_ROOT, models_dir
 
     card = load_card(model)
-    best, prov_path = Path(run) / "best.pt", Path(run) / "provenance.json"
+    best, prov_path = Path(run) / "last.pt", Path(run) / "provenance.json"
     if not best.is_file() or not prov_path.is_file():
-        raise EdgeShrinkError(f"{run} has no best.pt and provenance.json; point --run at an `edgeshrink train` output")
+        raise EdgeShrinkError(f"{run} has no last.pt and provenance.json; point --run at a finished `edgeshrink train` output")
     read_checkpoint(best)
     if best.stat().st_size > MAX_COMMITTED_BYTES:
         raise EdgeShrinkError(f"{best} is {best.stat().st_size / 2**20:.1f} MB, over the 10 MB limit for committed checkpoints")
@@ -33,7 +33,21 @@ def publish_checkpoint(model: str, run: Path) -> Path:
     header = "".join(l for l in card_path.read_text().splitlines(keepends=True) if l.startswith("#"))
     data = yaml.safe_load(card_path.read_text())
     data["checkpoint"] = {"path": str(dest.relative_to(REPO_ROOT)), "sha256": sha256_file(dest)}
-    data["provenance"] = {k: provenance[k] for k in provenance if k != "config"} | {"train_config": provenance.get("config")}
+    history = json.loads((Path(run) / "history.json").read_text())
+    last = history["epochs"][-1]
+    metric = "dice" if card.task == "segmentation" else "val_top1"
+    data["provenance"] = {
+        "command": provenance.get("command"),
+        "data": provenance.get("data"),
+        "seed": provenance.get("seed"),
+        "epochs": len(history["epochs"]),
+        "train_config": history.get("config"),
+        "published_weights": "final epoch (last.pt); no epoch selection on the held-out data",
+        f"held_out_{'top1' if metric == 'val_top1' else 'dice'}": round(float(last[metric]), 4),
+        "train_seconds": round(sum(e["seconds"] for e in history["epochs"]), 1),
+        "sha256": sha256_file(dest),
+        "versions": provenance.get("versions"),
+    }
     card_path.write_text(header + yaml.safe_dump(data, sort_keys=False, width=110))
     load_card(card.name)
     return dest

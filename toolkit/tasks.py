@@ -70,7 +70,7 @@ class ClassificationTask:
         history = fit(model, cfg, batches, steps, classification_loss(cfg.label_smoothing, distill, cfg.distill_temperature),
                       lambda m: {"val_top1": top1(torch_logits(m, self.val, self.spec), self.val.labels)}, "val_top1",
                       teacher=teacher if distill > 0 else None, progress=progress)
-        return {"epochs": epochs, "best_val_top1": history["best"]["val_top1"],
+        return {"epochs": epochs, "final_val_top1": history["final"]["val_top1"],
                 "per_epoch": [{k: e[k] for k in ("epoch", "loss", "val_top1", "seconds")} for e in history["epochs"]]}
 
     def batches(self, batch_size: int, seed: int):

@@ -80,11 +80,13 @@ def fit(
     save: Optional[Callable[[Path, object, dict], None]] = None,
     teacher=None,
     progress: bool = True,
+    keep_best: bool = False,
 ) -> dict:
     """Train `model` in place and return the history. `batches(epoch)` yields (x, y) tensors;
     `loss_fn(logits, y, teacher_logits)` returns the loss; `evaluate(model)` returns metrics with
     `score_key` (higher is better). With `out_dir`, writes last.pt, best.pt and history.json.
-    The model ends holding the best-scoring weights."""
+    The model ends holding the final weights (keep_best=True: the best-scoring epoch's; that
+    selects on the evaluation data, so reported figures would be optimistic)."""
     import copy
 
     import torch
@@ -133,7 +135,8 @@ def fit(
             if save:
                 save(Path(out_dir) / "last.pt", model, record)
             (Path(out_dir) / "history.json").write_text(json.dumps(history, indent=2))
-    if best_state is not None:
+    if keep_best and best_state is not None:
         model.load_state_dict(best_state)
     history["best"] = {score_key: best_score}
+    history["final"] = {score_key: history["epochs"][-1][score_key] if history["epochs"] else None}
     return history

@@ -14,7 +14,7 @@ from toolkit.train import TrainConfig
 
 def train_card(card: ModelCard, cfg: TrainConfig, out_dir: Path, data: Optional[str] = None,
                synthetic: bool = False, progress: bool = True) -> dict:
-    """Train from scratch with the card's task adapter; writes best.pt, last.pt, history.json and
+    """Train from scratch with the card's task adapter; writes last.pt, best.pt, history.json and
     provenance.json (command, data, seed, epochs, best score, sha256, versions) in `out_dir`."""
     from toolkit.architectures import create_model
     from toolkit.checkpoint import save_checkpoint, sha256_file
@@ -37,15 +37,17 @@ def train_card(card: ModelCard, cfg: TrainConfig, out_dir: Path, data: Optional[
         save_checkpoint(path, m, card.architecture, card.arguments, {"card": card.name, **record})
 
     history = fit(model, cfg, batches, steps, task.train_loss(cfg), evaluate, metric, out_dir, save, progress=progress)
-    best = out_dir / "best.pt"
+    final = out_dir / "last.pt"
     provenance = {
         "command": " ".join(shlex.quote(a) for a in sys.argv),
         "data": task.data_description(),
         "seed": cfg.seed,
         "epochs": cfg.epochs,
         "config": history["config"],
-        f"held_out_{metric}": round(history["best"][metric], 4),
-        "sha256": sha256_file(best),
+        f"held_out_{metric}_final_epoch": round(history["final"][metric], 4),
+        f"held_out_{metric}_best_epoch": round(history["best"][metric], 4),
+        "published_weights": "last.pt (final epoch; no selection on the held-out data)",
+        "sha256": sha256_file(final),
         "versions": library_versions(),
     }
     (out_dir / "provenance.json").write_text(json.dumps(provenance, indent=2))

@@ -164,7 +164,7 @@ class SegmentationTask:
         gen, steps = self.batches(cfg.batch_size, seed)
         history = fit(model, cfg, gen, steps, seg_loss(distill), lambda m: self.metrics(self.torch_outputs(m), None),
                       "dice", teacher=teacher if distill > 0 else None, progress=progress)
-        return {"epochs": epochs, "best_dice": history["best"]["dice"],
+        return {"epochs": epochs, "final_dice": history["final"]["dice"],
                 "per_epoch": [{k: e[k] for k in ("epoch", "loss", "dice", "seconds")} for e in history["epochs"]]}
 
     def grad_batches(self, count: int = 4, batch: int = 16):
