@@ -39,7 +39,8 @@ def _cmd_run(args) -> int:
     opts = RunOptions(model=args.model, target=args.target, out_root=args.out or str(DIST_DIR), data=args.data,
                       synthetic_data=args.synthetic_data, checkpoint=args.checkpoint,
                       finetune_epochs=args.finetune_epochs, calibration_size=args.calibration_size,
-                      seed=args.seed, bench=not args.no_bench, progress=not args.quiet)
+                      seed=args.seed, train_threads=args.train_threads, bench=not args.no_bench,
+                      progress=not args.quiet)
     if args.host:
         from toolkit.remote import parse_host
 
@@ -197,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-bench", action="store_true", help="skip latency benchmarks")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--train-threads", type=int, help="torch threads for pruning and fine-tuning")
     p.add_argument("--no-cache", action="store_true", help="redo pruning/fine-tuning and conversions even if cached")
     _ssh_args(p)
     p.set_defaults(func=_cmd_run)

@@ -27,6 +27,7 @@ class RunOptions:
     finetune_epochs: Optional[int] = None
     calibration_size: Optional[int] = None
     seed: int = 0
+    train_threads: Optional[int] = None  # torch threads for pruning/fine-tuning (default: the profile's)
     bench: bool = True
     progress: bool = True
 

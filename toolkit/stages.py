@@ -22,15 +22,21 @@ def _normalised_calibration(task, spec, count: int, seed: int):
     return x01, np.ascontiguousarray(nchw)
 
 
-def _torch_outputs(model, task, progress: bool, desc: str) -> np.ndarray:
+def _torch_outputs(model, task, progress: bool, desc: str, batch: int = 64) -> np.ndarray:
+    """Torch outputs over the held-out inputs, batched (eval mode: same values as batch 1 up to ~1e-6)."""
     import torch
     from tqdm import tqdm
 
     model.eval()
-    outs = []
+    outs, buf = [], []
     with torch.inference_mode():
         for x in tqdm(task.eval_inputs(), total=task.eval_count(), desc=f"verify {desc}", disable=not progress, leave=False):
-            outs.append(model(torch.from_numpy(x)).numpy())
+            buf.append(x)
+            if len(buf) == batch:
+                outs.append(model(torch.from_numpy(np.concatenate(buf))).numpy())
+                buf = []
+        if buf:
+            outs.append(model(torch.from_numpy(np.concatenate(buf))).numpy())
     return np.concatenate(outs)
 
 
@@ -48,7 +54,7 @@ def build_artifacts(work: Path, card, target, spec, task, prune_cfg, calib_size:
     from toolkit.verify import verify
 
     threads = target.bench_threads
-    torch.set_num_threads(max(1, threads))
+    torch.set_num_threads(max(1, opts.train_threads or threads))
     seed_everything(opts.seed)
     shape = (1, spec.channels, spec.height, spec.width)
     name = card.name

@@ -9,7 +9,7 @@ from typing import Callable, Iterable, Optional
 from toolkit.errors import EdgeShrinkError
 from toolkit.prune.config import PruneConfig
 
-_FINE_STEPS = 50  # granularity of the ratio schedule when aiming at a MAC budget
+_FINE_STEPS = 160  # granularity of the ratio schedule when aiming at a MAC budget
 
 
 def count_macs_params(model, input_shape: tuple[int, ...]) -> tuple[int, int]:
