@@ -22,7 +22,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from edgeshrink_common import deploy_artifact, load_manifest, results_record, verify_bundle, write_json  # noqa: E402
+from edgeshrink_common import open_bundle, results_record, write_json  # noqa: E402
 
 DELEGATE_FLAGS = {"xnnpack": ["--use_xnnpack=true"], "gpu": ["--use_gpu=true"], "nnapi": ["--use_nnapi=true"],
                   "none": ["--use_xnnpack=false"]}
@@ -110,12 +110,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write the results JSON here")
     args = p.parse_args(argv)
 
-    bundle = Path(args.bundle)
-    manifest = load_manifest(bundle)
-    problems = verify_bundle(bundle)
-    if problems:
-        raise SystemExit("error: bundle hash check failed: " + "; ".join(problems))
-    artifact = deploy_artifact(manifest, args.artifact)
+    bundle, manifest, artifact = open_bundle(args.bundle, args.artifact, "tflite")
     dep = manifest.get("deploy", {})
     delegates = args.delegates.split(",") if args.delegates else [dep.get("delegate", "xnnpack")] + dep.get("delegate_variants", [])
     if not args.app and not args.benchmark_binary:

@@ -54,6 +54,20 @@ def deploy_artifact(manifest: dict, name: str | None = None) -> dict:
                      + ", ".join(a["name"] for a in manifest["artifacts"]))
 
 
+def open_bundle(bundle, artifact_name: str | None, fmt: str, check_hashes: bool = True) -> tuple[Path, dict, dict]:
+    """(bundle, manifest, artifact): hashes checked, the artifact picked and its format enforced."""
+    bundle = Path(bundle)
+    manifest = load_manifest(bundle)
+    if check_hashes:
+        problems = verify_bundle(bundle)
+        if problems:
+            raise SystemExit("error: bundle hash check failed: " + "; ".join(problems))
+    artifact = deploy_artifact(manifest, artifact_name)
+    if artifact["format"] != fmt:
+        raise SystemExit(f"error: {artifact['file']} is {artifact['format']}; this runner takes {fmt} files")
+    return bundle, manifest, artifact
+
+
 def percentiles(ms) -> dict:
     import numpy as np
 

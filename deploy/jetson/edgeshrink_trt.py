@@ -23,8 +23,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from edgeshrink_common import (deploy_artifact, load_manifest, results_record, sha256_file, time_calls,  # noqa: E402
-                               verify_bundle, write_json)
+from edgeshrink_common import open_bundle, results_record, sha256_file, time_calls, write_json  # noqa: E402
 
 TRTEXEC_CANDIDATES = ("trtexec", "/usr/src/tensorrt/bin/trtexec", "/usr/local/tensorrt/bin/trtexec")
 _STAT = re.compile(r"(min|max|mean|median|percentile\((\d+(?:\.\d+)?)%\))\s*=\s*([0-9.eE+-]+)\s*ms")
@@ -174,14 +173,7 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--json", help="write the results JSON here")
     args = p.parse_args(argv)
-    bundle = Path(args.bundle)
-    manifest = load_manifest(bundle)
-    problems = verify_bundle(bundle)
-    if problems:
-        raise SystemExit("error: bundle hash check failed: " + "; ".join(problems))
-    artifact = deploy_artifact(manifest, args.artifact)
-    if artifact["format"] != "onnx":
-        raise SystemExit(f"error: {artifact['file']} is {artifact['format']}; the Jetson runner takes ONNX")
+    bundle, manifest, artifact = open_bundle(args.bundle, args.artifact, "onnx")
     record = None
     if args.runtime in ("auto", "tensorrt"):
         try:

@@ -23,8 +23,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from edgeshrink_common import (dequantize_output, deploy_artifact, load_manifest, normalise,  # noqa: E402
-                               percentiles, quantize_input, results_record, time_calls, verify_bundle, write_json)
+from edgeshrink_common import (dequantize_output, normalise, open_bundle, percentiles, quantize_input,  # noqa: E402
+                               results_record, time_calls, write_json)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv"}
@@ -166,15 +166,7 @@ def main(argv=None) -> int:
     p.add_argument("--skip-hash-check", action="store_true")
     args = p.parse_args(argv)
 
-    bundle = Path(args.bundle)
-    manifest = load_manifest(bundle)
-    if not args.skip_hash_check:
-        problems = verify_bundle(bundle)
-        if problems:
-            raise SystemExit("error: bundle hash check failed: " + "; ".join(problems))
-    artifact = deploy_artifact(manifest, args.artifact)
-    if artifact["format"] != "tflite":
-        raise SystemExit(f"error: {artifact['file']} is {artifact['format']}; this runner runs .tflite files")
+    bundle, manifest, artifact = open_bundle(args.bundle, args.artifact, "tflite", not args.skip_hash_check)
     spec = manifest["input"]
     bench_cfg = manifest.get("deploy", {}).get("benchmark", {})
     threads = args.threads or manifest.get("deploy", {}).get("threads", 4)
