@@ -35,7 +35,7 @@ def publish_checkpoint(model: str, run: Path) -> Path:
     data["checkpoint"] = {"path": str(dest.relative_to(REPO_ROOT)), "sha256": sha256_file(dest)}
     history = json.loads((Path(run) / "history.json").read_text())
     last = history["epochs"][-1]
-    metric = "dice" if card.task == "segmentation" else "val_top1"
+    metric = "dice" if card.task == "segmentation" else next(k for k in ("top1", "val_top1") if k in last)
     data["provenance"] = {
         "command": provenance.get("command"),
         "data": provenance.get("data"),
@@ -43,7 +43,7 @@ def publish_checkpoint(model: str, run: Path) -> Path:
         "epochs": len(history["epochs"]),
         "train_config": history.get("config"),
         "published_weights": "final epoch (last.pt); no epoch selection on the held-out data",
-        f"held_out_{'top1' if metric == 'val_top1' else 'dice'}": round(float(last[metric]), 4),
+        f"held_out_{'dice' if card.task == 'segmentation' else 'top1'}": round(float(last[metric]), 4),
         "train_seconds": round(sum(e["seconds"] for e in history["epochs"]), 1),
         "sha256": sha256_file(dest),
         "versions": provenance.get("versions"),
