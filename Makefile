@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 MODEL  ?= mobilenet_v3_small
 HOST   ?=
+REMOTE_PYTHON ?=
 TARGET ?= host
 EPOCHS ?= 30
 
@@ -35,7 +36,7 @@ test-slow: setup
 deploy: setup
 	$(BIN)/edgeshrink run --model $(MODEL) --target $(TARGET) \
 	  $(if $(FINETUNE_EPOCHS),--finetune-epochs $(FINETUNE_EPOCHS)) $(if $(DATA),--data $(DATA)) \
-	  $(if $(HOST),--host $(HOST))
+	  $(if $(HOST),--host $(HOST)) $(if $(REMOTE_PYTHON),--remote-python $(REMOTE_PYTHON))
 
 bench: setup
 	$(BIN)/edgeshrink bench dist/$(MODEL)-$(TARGET)

@@ -72,10 +72,11 @@ class Ssh:
             raise EdgeShrinkError(f"copying {local.name} to {self.target} failed: {_last(proc.stderr)}")
 
     def pull_file(self, remote: str, local: Path) -> None:
-        cmd = ["scp", "-q", "-P", str(self.target.port), *self.opts, f"{self.target.login}:{remote}", str(local)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        """Fetch with `ssh cat` (works without an SFTP subsystem, which modern scp needs)."""
+        proc = subprocess.run([*self.ssh_cmd(), self.target.login, f"cat {remote}"], capture_output=True, timeout=300)
         if proc.returncode != 0:
-            raise EdgeShrinkError(f"fetching {remote} from {self.target} failed: {_last(proc.stderr)}")
+            raise EdgeShrinkError(f"fetching {remote} from {self.target} failed: {_last(proc.stderr.decode(errors='replace'))}")
+        Path(local).write_bytes(proc.stdout)
 
 
 def _last(text: str) -> str:
