@@ -22,24 +22,6 @@ def _normalised_calibration(task, spec, count: int, seed: int):
     return x01, np.ascontiguousarray(nchw)
 
 
-def _torch_outputs(model, task, progress: bool, desc: str, batch: int = 64) -> np.ndarray:
-    """Torch outputs over the held-out inputs, batched (eval mode: same values as batch 1 up to ~1e-6)."""
-    import torch
-    from tqdm import tqdm
-
-    model.eval()
-    outs, buf = [], []
-    with torch.inference_mode():
-        for x in tqdm(task.eval_inputs(), total=task.eval_count(), desc=f"verify {desc}", disable=not progress, leave=False):
-            buf.append(x)
-            if len(buf) == batch:
-                outs.append(model(torch.from_numpy(np.concatenate(buf))).numpy())
-                buf = []
-        if buf:
-            outs.append(model(torch.from_numpy(np.concatenate(buf))).numpy())
-    return np.concatenate(outs)
-
-
 def build_artifacts(work: Path, card, target, spec, task, prune_cfg, calib_size: int, ckpt: Path, opts, clock):
     """Produce, verify and benchmark every file the target asks for. Returns (artifacts, extra)."""
     import torch
@@ -67,7 +49,7 @@ def build_artifacts(work: Path, card, target, spec, task, prune_cfg, calib_size:
         save_checkpoint(work / f"{name}_dense.pt", dense, payload["architecture"], payload["arguments"], {"source": str(ckpt)})
         dmacs, dparams = count_macs_params(dense, shape)
     with clock("verify"):
-        dense_ref = _torch_outputs(dense, task, opts.progress, "dense torch")
+        dense_ref = task.torch_outputs(dense)
     artifacts.append(Artifact.of_file(work, work / f"{name}_dense.pt", name="dense-torch-fp32", stage="dense", format="torch",
                                       precision="fp32", macs=dmacs, params=dparams, metrics=task.metrics(dense_ref, dense_ref)))
 
@@ -148,7 +130,7 @@ def build_artifacts(work: Path, card, target, spec, task, prune_cfg, calib_size:
     save_checkpoint(work / f"{name}_pruned.pt", pruned, payload["architecture"], payload["arguments"],
                     {"pruning": prune_cfg.model_dump(), "history": history})
     with clock("verify"):
-        pruned_ref = _torch_outputs(pruned, task, opts.progress, "pruned torch")
+        pruned_ref = task.torch_outputs(pruned)
     artifacts.append(Artifact.of_file(work, work / f"{name}_pruned.pt", name="pruned-torch-fp32", stage="pruned", format="torch",
                                       precision="fp32", macs=pmacs, params=pparams, parent="dense-torch-fp32",
                                       metrics=task.metrics(pruned_ref, dense_ref)))
