@@ -106,3 +106,15 @@ def test_int8_without_calibration_is_refused(converted, tmp_path):
         onnx_to_tflite(converted["onnx"], tmp_path, np.zeros((0, 64, 64, 3), np.float32), MEAN, STD)
     with pytest.raises(EdgeShrinkError, match="calibration set is empty"):
         onnx_to_qdq_int8(converted["onnx"], tmp_path / "q.onnx", np.zeros((0, 3, 64, 64), np.float32))
+
+
+def test_float_only_conversion_needs_no_network_or_calibration(converted, tmp_path):
+    """onnx2tf fetches a sample file from GitHub for 3-channel inputs when none is in its working
+    directory; an FP32-only conversion without calibration images must still work offline."""
+    from toolkit.convert.onnx_to_tflite import onnx_to_tflite
+    from toolkit.runtime.tflite import TFLiteRunner
+
+    tfl = onnx_to_tflite(converted["onnx"], tmp_path, None, int8=False)
+    assert tfl.int8 is None and tfl.float32.is_file()
+    y = outputs(TFLiteRunner(tfl.float32, 1), converted["x"][:4])
+    assert np.abs(y - converted["ref"][:4]).max() <= 1e-4

@@ -74,6 +74,11 @@ def onnx_to_tflite(onnx_path: str | Path, out_dir: str | Path, calibration_nhwc:
             m = np.asarray(mean, np.float32).reshape(1, 1, 1, -1)
             s = np.asarray(std, np.float32).reshape(1, 1, 1, -1)
             kwargs["custom_input_op_name_np_data_path"] = [[input_name, str(work / "calib.npy"), m, s]]
+        else:
+            # FP32 only: onnx2tf still wants its sample images for its own op-by-op check. Seeded
+            # uniform noise in [0, 1] serves that check and keeps the conversion offline.
+            noise = np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32)
+            np.save(work / ONNX2TF_SAMPLE, noise)
         with _cwd(work), open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
             try:
                 onnx2tf.convert(
