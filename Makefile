@@ -9,7 +9,7 @@ REMOTE_PYTHON ?=
 TARGET ?= host
 EPOCHS ?= 30
 
-.PHONY: setup test test-slow deploy bench train clean help
+.PHONY: setup test test-slow deploy bench sweep train clean help
 
 help:
 	@echo "make deploy TARGET=host MODEL=mobilenet_v3_small   prune + INT8 + convert + verify + benchmark -> dist/<model>-<target>/"
@@ -40,6 +40,11 @@ deploy: setup
 
 bench: setup
 	$(BIN)/edgeshrink bench dist/$(MODEL)-$(TARGET)
+
+sweep: setup
+	$(BIN)/edgeshrink sweep --model $(MODEL) --target $(TARGET) \
+	  $(if $(MACS),--macs $(MACS)) $(if $(SCOPES),--scopes $(SCOPES)) \
+	  $(if $(FINETUNE_EPOCHS),--finetune-epochs $(FINETUNE_EPOCHS)) $(if $(DATA),--data $(DATA))
 
 train: setup
 	$(BIN)/edgeshrink train --model $(MODEL) --epochs $(EPOCHS)

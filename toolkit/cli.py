@@ -62,6 +62,28 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _csv(text: str, kind, what: str) -> tuple:
+    try:
+        return tuple(kind(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise EdgeShrinkError(f"{what} must be a comma-separated list, e.g. {'0.3,0.4,0.5' if kind is float else 'uniform,global'}; got {text!r}") from None
+
+
+def _cmd_sweep(args) -> int:
+    from toolkit.paths import DIST_DIR
+    from toolkit.sweep import SweepOptions, run_sweep
+
+    opts = SweepOptions(model=args.model, target=args.target, scopes=_csv(args.scopes, str, "--scopes"),
+                        macs=_csv(args.macs, float, "--macs"), finetune_epochs=args.finetune_epochs,
+                        repeats=args.repeats, out_root=args.out or str(DIST_DIR), data=args.data,
+                        synthetic_data=args.synthetic_data, checkpoint=args.checkpoint, seed=args.seed,
+                        progress=not args.quiet)
+    out = run_sweep(opts)
+    print((out / "sweep.md").read_text())
+    print(f"wrote {out}")
+    return 0
+
+
 def _cmd_deliver(args) -> int:
     from pathlib import Path
 
@@ -202,6 +224,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="redo pruning/fine-tuning and conversions even if cached")
     _ssh_args(p)
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("sweep", help="latency (and optionally accuracy) of pruning settings before a full run")
+    p.add_argument("--model", required=True)
+    p.add_argument("--target", default="host")
+    p.add_argument("--scopes", default="uniform,global", help="comma-separated: uniform, global")
+    p.add_argument("--macs", default="0.3,0.4,0.5", help="comma-separated MAC fractions to keep")
+    p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune each point and report its accuracy")
+    p.add_argument("--repeats", type=int, default=2, help="interleaved benchmark repeats (lowest p50 kept)")
+    p.add_argument("--out", default=None, help="output root (default: dist/)")
+    p.add_argument("--data")
+    p.add_argument("--synthetic-data", action="store_true")
+    p.add_argument("--checkpoint")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("deliver", help="copy a bundle to a device over SSH, check hashes, benchmark, pull results")
     p.add_argument("bundle")

@@ -22,13 +22,39 @@ def _normalised_calibration(task, spec, count: int, seed: int):
     return x01, np.ascontiguousarray(nchw)
 
 
+def _convert_in_child(onnx_path, out_dir, calib01, mean, std, int8: bool, io_dtype: str):
+    """Runs in a worker process: onnx2tf is mostly single-threaded Python, so a conversion overlaps
+    well with verification and pruning in the parent. Returns (TFLiteOutputs, seconds)."""
+    import os
+    import time
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from toolkit.convert.cache import cached_onnx_to_tflite
+
+    t0 = time.perf_counter()
+    out = cached_onnx_to_tflite(onnx_path, out_dir, calib01, mean, std, int8=int8, io_dtype=io_dtype)
+    return out, time.perf_counter() - t0
+
+
 def build_artifacts(work: Path, card, target, spec, task, prune_cfg, calib_size: int, ckpt: Path, opts, clock):
+    """Produce, verify and benchmark every file the target asks for. Returns (artifacts, extra).
+    TFLite conversions run in worker processes while the parent verifies and prunes."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        return _build_artifacts(pool, work, card, target, spec, task, prune_cfg, calib_size, ckpt, opts, clock)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _build_artifacts(pool, work: Path, card, target, spec, task, prune_cfg, calib_size: int, ckpt: Path, opts, clock):
     """Produce, verify and benchmark every file the target asks for. Returns (artifacts, extra)."""
     import torch
 
     from toolkit.checkpoint import load_checkpoint, save_checkpoint
     from toolkit.convert.onnx_to_qdq_int8 import onnx_to_qdq_int8
-    from toolkit.convert.cache import cached_onnx_to_tflite as onnx_to_tflite
     from toolkit.convert.tflite_check import require_full_integer
     from toolkit.convert.torch_to_onnx import torch_to_onnx
     from toolkit.prune.prune import count_macs_params, prune_model
@@ -56,10 +82,18 @@ def build_artifacts(work: Path, card, target, spec, task, prune_cfg, calib_size:
     with clock("calibration data"):
         calib01, calib_nchw = _normalised_calibration(task, spec, calib_size, opts.seed)
 
-    def export_family(model, stage: str, torch_out: np.ndarray, macs: int, params: int, int8: bool):
-        parent = f"{stage}-torch-fp32"
+    def export_onnx(model, stage: str, int8: bool):
+        """Export ONNX and start the TFLite conversion in a worker; finish_family collects it."""
         with clock("export onnx"):
             onnx_path = torch_to_onnx(model, shape, work / f"{name}_{stage}_fp32.onnx")
+        job = None
+        if "tflite" in target.formats:
+            job = pool.submit(_convert_in_child, onnx_path, work / f".tflite-{stage}", calib01, tuple(spec.mean),
+                              tuple(spec.std), int8, target.quantization.io_dtype)
+        return onnx_path, job
+
+    def finish_family(onnx_path, job, stage: str, torch_out: np.ndarray, macs: int, params: int, int8: bool):
+        parent = f"{stage}-torch-fp32"
         if "onnx" in target.formats:
             with clock("verify"):
                 _, m, p = verify(onnx_path, "onnx", "fp32", task, dense_ref, torch_out, threads, opts.progress, f"{stage} onnx fp32")
@@ -73,12 +107,14 @@ def build_artifacts(work: Path, card, target, spec, task, prune_cfg, calib_size:
                     _, m, _ = verify(q, "onnx", "int8", task, dense_ref, None, threads, opts.progress, f"{stage} onnx int8")
                 artifacts.append(Artifact.of_file(work, q, name=f"{stage}-onnx-int8", stage=stage, format="onnx",
                                                   precision="int8", macs=macs, params=params, parent=f"{stage}-onnx-fp32", metrics=m))
-        if "tflite" in target.formats:
-            with clock("convert tflite" + (" + int8" if int8 else "")):
-                out = onnx_to_tflite(onnx_path, work, calib01, spec.mean, spec.std, int8=int8,
-                                     io_dtype=target.quantization.io_dtype)
-                fp32 = out.float32.rename(work / f"{name}_{stage}_fp32.tflite")
-                q8 = out.int8.rename(work / f"{name}_{stage}_int8.tflite") if out.int8 else None
+        if job is not None:
+            with clock("wait for tflite"):
+                out, seconds = job.result()
+            label = "convert tflite" + (" + int8" if int8 else "") + f" ({stage}, background)"
+            clock.seconds[label] = round(seconds, 2)
+            fp32 = out.float32.rename(work / f"{name}_{stage}_fp32.tflite")
+            q8 = out.int8.rename(work / f"{name}_{stage}_int8.tflite") if out.int8 else None
+            out.float32.parent.rmdir()
             with clock("verify"):
                 _, m, p = verify(fp32, "tflite", "fp32", task, dense_ref, torch_out, threads, opts.progress, f"{stage} tflite fp32")
             artifacts.append(Artifact.of_file(work, fp32, name=f"{stage}-tflite-fp32", stage=stage, format="tflite",
@@ -93,7 +129,7 @@ def build_artifacts(work: Path, card, target, spec, task, prune_cfg, calib_size:
         if "onnx" not in target.formats:
             onnx_path.unlink()
 
-    export_family(dense, "dense", dense_ref, dmacs, dparams, int8=False)
+    dense_onnx, dense_job = export_onnx(dense, "dense", int8=False)
 
     with clock("prune"):
         from toolkit.prune.cache import load_cached_pruned, prune_cache_key, store_pruned
@@ -134,7 +170,11 @@ def build_artifacts(work: Path, card, target, spec, task, prune_cfg, calib_size:
     artifacts.append(Artifact.of_file(work, work / f"{name}_pruned.pt", name="pruned-torch-fp32", stage="pruned", format="torch",
                                       precision="fp32", macs=pmacs, params=pparams, parent="dense-torch-fp32",
                                       metrics=task.metrics(pruned_ref, dense_ref)))
-    export_family(pruned, "pruned", pruned_ref, pmacs, pparams, int8="int8" in target.precisions)
+    pruned_int8 = "int8" in target.precisions
+    pruned_onnx, pruned_job = export_onnx(pruned, "pruned", int8=pruned_int8)
+    finish_family(dense_onnx, dense_job, "dense", dense_ref, dmacs, dparams, int8=False)
+    finish_family(pruned_onnx, pruned_job, "pruned", pruned_ref, pmacs, pparams, int8=pruned_int8)
+    artifacts.sort(key=lambda a: a.stage != "dense")  # stable: dense rows first, each family in its own order
 
     bad = [a.name for a in artifacts if a.parity and not a.parity["ok"]]
     if bad:

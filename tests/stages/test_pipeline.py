@@ -104,3 +104,32 @@ def test_bench_command_writes_json(bundle):
     base = [r for r in result["rows"] if r["file"] == result["baseline"]][0]
     assert base["speedup_vs_baseline"] == 1.0
     assert "x faster" in format_bench_table(result)
+
+
+def test_sweep_measures_every_point_with_accuracy(use_workspace, tmp_path):
+    from toolkit.sweep import SweepOptions, run_sweep
+
+    out = run_sweep(SweepOptions(model="tiny_mnv3", target="tiny", scopes=("uniform", "global"), macs=(0.5,),
+                                 finetune_epochs=1, repeats=2, out_root=str(tmp_path), synthetic_data=True,
+                                 progress=False))
+    result = json.loads((out / "sweep.json").read_text())
+    rows = {r["point"]: r for r in result["rows"]}
+    assert set(rows) == {"dense", "uniform-0.5", "global-0.5"}
+    assert rows["dense"]["speedup"] == 1.0 and rows["dense"]["macs_fraction"] == 1.0
+    for name in ("uniform-0.5", "global-0.5"):
+        r = rows[name]
+        assert r["macs_fraction"] <= 0.5 and len(r["p50_ms_repeats"]) == 2 and r["p50_ms"] == min(r["p50_ms_repeats"])
+        assert 0.0 <= r["top1"] <= 1.0 and r["finetune_epochs"] == 1
+    assert result["versions"]["torch"] and result["data"]["synthetic"] is True
+    assert sorted(p.name for p in out.iterdir()) == ["sweep.json", "sweep.md", "sweep.png"]
+    assert "| global-0.5 |" in (out / "sweep.md").read_text()
+
+
+def test_sweep_rejects_bad_points(use_workspace, tmp_path):
+    from toolkit.sweep import SweepOptions, run_sweep
+
+    with pytest.raises(EdgeShrinkError, match="between 0 and 1"):
+        run_sweep(SweepOptions(model="tiny_mnv3", target="tiny", macs=(1.5,), out_root=str(tmp_path), progress=False))
+    with pytest.raises(EdgeShrinkError, match="scope"):
+        run_sweep(SweepOptions(model="tiny_mnv3", target="tiny", scopes=("globl",), out_root=str(tmp_path), progress=False))
+    assert list(tmp_path.iterdir()) == []
