@@ -24,6 +24,17 @@ class CardCheckpoint(Strict):
     sha256: Optional[str] = None
 
 
+class CardPruned(Strict):
+    """A published pruned + fine-tuned checkpoint. `key` is the prune-cache key of the exact
+    settings it was made with (dense checkpoint, pruning config, input, data, seed); a run with
+    the same key loads it instead of fine-tuning again."""
+
+    path: str
+    sha256: str
+    key: str
+    provenance: dict = {}
+
+
 class ModelCard(Strict):
     name: str
     architecture: str
@@ -37,6 +48,7 @@ class ModelCard(Strict):
     pruning: dict = {}  # overrides of the target profile's pruning settings for this model
     checkpoint: Optional[CardCheckpoint] = None
     provenance: dict = {}
+    pruned: list[CardPruned] = []
 
     def input_spec(self) -> InputSpec:
         h, w = self.input.size

@@ -121,8 +121,14 @@ def _cmd_eval_pack(args) -> int:
 def _cmd_publish(args) -> int:
     from pathlib import Path
 
-    from toolkit.publish import publish_checkpoint
+    from toolkit.publish import publish_checkpoint, publish_pruned
 
+    if args.bundle:
+        path = publish_pruned(Path(args.bundle))
+        print(f"published {path}; its card now lists it under `pruned` (runs with the same settings skip fine-tuning)")
+        return 0
+    if not (args.model and args.run):
+        raise EdgeShrinkError("publish needs --model M --run DIR (a dense training run) or --bundle dist/M-T (a pruned model)")
     path = publish_checkpoint(args.model, Path(args.run))
     print(f"published {path}; card models/{args.model}.yaml updated (checkpoint sha256 + provenance)")
     return 0
@@ -263,9 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-seconds", type=float, default=5.0)
     p.set_defaults(func=_cmd_bench)
 
-    p = sub.add_parser("publish", help="copy a training run's best checkpoint into models/ and record it in the card")
-    p.add_argument("--model", required=True)
-    p.add_argument("--run", required=True, help="training output folder (holds last.pt, history.json and provenance.json)")
+    p = sub.add_parser("publish", help="commit a trained dense checkpoint (--run) or a bundle's pruned one (--bundle) to its card")
+    p.add_argument("--model", help="card name (with --run)")
+    p.add_argument("--run", help="training output folder (holds last.pt, history.json and provenance.json)")
+    p.add_argument("--bundle", help="an `edgeshrink run` output folder whose pruned, fine-tuned model to publish")
     p.set_defaults(func=_cmd_publish)
 
     sub.add_parser("models", help="list model cards and architectures").set_defaults(func=_cmd_models)

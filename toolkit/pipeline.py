@@ -4,8 +4,6 @@ verified and benchmarked, written to dist/<model>-<target>/ only when complete."
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -94,25 +92,13 @@ def run_pipeline(opts: RunOptions) -> Path:
     clock = StageClock(opts.progress)
     with clock("load data"):
         task = load_task(card, spec, opts.data, opts.synthetic_data, opts.progress)
-    out_root = Path(opts.out_root)
-    out_root.mkdir(parents=True, exist_ok=True)
-    bundle = out_root / f"{card.name}-{target.name}"
-    work = out_root / f".{bundle.name}.partial-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
-    try:
-        from toolkit.stages import build_artifacts
+    bundle = Path(opts.out_root) / f"{card.name}-{target.name}"
+    from toolkit.atomic import staged_folder
+    from toolkit.stages import build_artifacts
 
+    with staged_folder(bundle) as work:
         artifacts, extra = build_artifacts(work, card, target, spec, task, prune_cfg, calib_size, ckpt, opts, clock)
         _finish_bundle(work, card, target, spec, task, prune_cfg, calib_size, ckpt, opts, clock, artifacts, extra)
-        old = out_root / f".{bundle.name}.old-{os.getpid()}"
-        if bundle.exists():
-            os.replace(bundle, old)
-        os.replace(work, bundle)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return bundle
 
 

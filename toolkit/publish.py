@@ -51,3 +51,57 @@ def publish_checkpoint(model: str, run: Path) -> Path:
     card_path.write_text(header + yaml.safe_dump(data, sort_keys=False, width=110))
     load_card(card.name)
     return dest
+
+
+def publish_pruned(bundle: Path) -> Path:
+    """Commit a bundle's pruned + fine-tuned checkpoint to models/checkpoints/ and list it in the
+    card under `pruned`, keyed by the exact settings it was made with, so a fresh clone deploying
+    with those settings skips the fine-tuning."""
+    import yaml
+
+    from toolkit.cards import load_card
+    from toolkit.checkpoint import read_checkpoint, sha256_file
+    from toolkit.paths import REPO_ROOT, models_dir
+
+    bundle = Path(bundle)
+    manifest_path = bundle / "manifest.json"
+    if not manifest_path.is_file():
+        raise EdgeShrinkError(f"{bundle} has no manifest.json; point --bundle at a finished `edgeshrink run` output")
+    manifest = json.loads(manifest_path.read_text())
+    card = load_card(manifest["model"])
+    key = (manifest.get("pruning", {}).get("cache") or {}).get("key")
+    source = bundle / f"{card.name}_pruned.pt"
+    if not key or not source.is_file():
+        raise EdgeShrinkError(f"{bundle} holds no pruned checkpoint with a settings key; rerun `edgeshrink run` to make one")
+    if manifest["data"].get("synthetic"):
+        raise EdgeShrinkError(f"{bundle} was made on synthetic data; publish only models fine-tuned on real data")
+    read_checkpoint(source)
+    if source.stat().st_size > MAX_COMMITTED_BYTES:
+        raise EdgeShrinkError(f"{source} is {source.stat().st_size / 2**20:.1f} MB, over the 10 MB limit for committed checkpoints")
+    dest = REPO_ROOT / "models" / "checkpoints" / f"{card.name}_pruned_{key[:8]}.pt"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, dest)
+    arts = {a["name"]: a for a in manifest["artifacts"]}
+    history = manifest["pruning"]["history"]
+    entry = {
+        "path": str(dest.relative_to(REPO_ROOT)),
+        "sha256": sha256_file(dest),
+        "key": key,
+        "provenance": {
+            "command": f"edgeshrink run --model {manifest['model']} --target {manifest['target']}",
+            "bundle": manifest["model"] + "-" + manifest["target"],
+            "pruning": manifest["pruning"]["config"],
+            "macs_fraction": round(history[-1]["macs_fraction"], 4),
+            "held_out_metrics": {name: arts[name]["metrics"] for name in ("pruned-torch-fp32", "pruned-tflite-int8") if name in arts},
+            "fine_tune_seconds": round(sum(e["seconds"] for h in history for e in (h.get("finetune") or {}).get("per_epoch", [])), 1),
+            "data": {k: manifest["data"].get(k) for k in ("source", "train_images", "eval_images")},
+            "versions": manifest.get("versions"),
+        },
+    }
+    card_path = models_dir() / f"{card.name}.yaml"
+    header = "".join(l for l in card_path.read_text().splitlines(keepends=True) if l.startswith("#"))
+    data = yaml.safe_load(card_path.read_text())
+    data["pruned"] = [e for e in data.get("pruned", []) if e.get("key") != key] + [entry]
+    card_path.write_text(header + yaml.safe_dump(data, sort_keys=False, width=110))
+    load_card(card.name)
+    return dest

@@ -11,8 +11,6 @@ Writes sweep.json (rows, configuration, versions, machine), sweep.md and sweep.p
 from __future__ import annotations
 
 import copy
-import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -86,13 +84,10 @@ def run_sweep(opts: SweepOptions) -> Path:
     torch.set_num_threads(max(1, target.bench_threads))
     dense, _ = load_checkpoint(ckpt)
 
-    out_root = Path(opts.out_root)
-    out_root.mkdir(parents=True, exist_ok=True)
-    final = out_root / f"sweep-{card.name}-{target.name}"
-    work = out_root / f".{final.name}.partial-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
-    try:
+    from toolkit.atomic import staged_folder
+
+    final = Path(opts.out_root) / f"sweep-{card.name}-{target.name}"
+    with staged_folder(final) as work:
         rows, files = [], {}
         for label, cfg in tqdm([("dense", None)] + points, desc="sweep: prune + convert", disable=not opts.progress):
             seed_everything(opts.seed)
@@ -107,7 +102,7 @@ def run_sweep(opts: SweepOptions) -> Path:
                         return task.finetune(m, cfg.finetune_epochs, cfg.finetune_lr, cfg.distill, teacher,
                                              opts.seed + step, opts.progress)
 
-                _, history = prune_model(model, shape, cfg, card.never_prune, finetune, progress=False)
+                prune_model(model, shape, cfg, card.never_prune, finetune, progress=False)
                 if task is not None:
                     row["finetune_epochs"] = cfg.finetune_epochs
             if task is not None:
@@ -142,14 +137,6 @@ def run_sweep(opts: SweepOptions) -> Path:
         write_json(work / "sweep.json", result)
         (work / "sweep.md").write_text(format_sweep(result))
         plot_sweep(result, work / "sweep.png")
-        old = out_root / f".{final.name}.old-{os.getpid()}"
-        if final.exists():
-            os.replace(final, old)
-        os.replace(work, final)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return final
 
 

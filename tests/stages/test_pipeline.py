@@ -133,3 +133,47 @@ def test_sweep_rejects_bad_points(use_workspace, tmp_path):
     with pytest.raises(EdgeShrinkError, match="scope"):
         run_sweep(SweepOptions(model="tiny_mnv3", target="tiny", scopes=("globl",), out_root=str(tmp_path), progress=False))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_published_pruned_checkpoint_replaces_fine_tuning(bundle, workspace, tmp_path, monkeypatch):
+    """A card's `pruned` entry with the run's settings key is loaded instead of fine-tuning again
+    (a fresh clone's first deploy); a tampered file is refused by sha256."""
+    import shutil
+
+    import yaml
+
+    from toolkit.checkpoint import sha256_file
+    from toolkit.pipeline import RunOptions, run_pipeline
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    key = manifest["pruning"]["cache"]["key"]
+    models = tmp_path / "models"
+    shutil.copytree(workspace / "models", models)
+    pruned = shutil.copy(bundle / "tiny_mnv3_pruned.pt", tmp_path / "published.pt")
+    card = yaml.safe_load((models / "tiny_mnv3.yaml").read_text())
+    card["pruned"] = [{"path": str(pruned), "sha256": sha256_file(pruned), "key": key}]
+    (models / "tiny_mnv3.yaml").write_text(yaml.safe_dump(card))
+    monkeypatch.setenv("EDGESHRINK_MODELS_DIR", str(models))
+    monkeypatch.setenv("EDGESHRINK_TARGETS_DIR", str(workspace / "targets"))
+    monkeypatch.setenv("EDGESHRINK_CACHE_DIR", str(tmp_path / "empty-cache"))
+    again = run_pipeline(RunOptions(model="tiny_mnv3", target="tiny", out_root=str(tmp_path / "dist"),
+                                    synthetic_data=True, bench=False, progress=False))
+    m2 = json.loads((again / "manifest.json").read_text())
+    assert m2["pruning"]["cache"] == {"key": key, "hit": True, "published": str(pruned)}
+    assert m2["stage_seconds"]["fine-tune"] == 0.0
+    top1 = lambda m: {a["name"]: a["metrics"]["top1"] for a in m["artifacts"]}["pruned-torch-fp32"]
+    assert top1(m2) == top1(manifest)
+    assert "published" in (again / "report.md").read_text()
+
+    with open(pruned, "ab") as f:
+        f.write(b"tampered")
+    with pytest.raises(EdgeShrinkError, match="sha256"):
+        run_pipeline(RunOptions(model="tiny_mnv3", target="tiny", out_root=str(tmp_path / "dist2"),
+                                synthetic_data=True, bench=False, progress=False))
+
+
+def test_publish_refuses_synthetic_bundles(bundle, use_workspace):
+    from toolkit.publish import publish_pruned
+
+    with pytest.raises(EdgeShrinkError, match="synthetic"):
+        publish_pruned(bundle)

@@ -16,8 +16,9 @@ from toolkit.paths import cache_dir
 def prune_cache_key(ckpt: Path, cfg, spec, data: dict, seed: int, never_prune) -> str:
     from toolkit.checkpoint import sha256_file
 
-    blob = json.dumps({"ckpt": sha256_file(ckpt), "cfg": cfg.model_dump(), "spec": spec.to_dict(),
-                       "data": {k: data.get(k) for k in ("source", "synthetic", "train_images", "train_slices")},
+    described = {k: data.get(k) for k in ("source", "synthetic", "train_images", "train_slices")}
+    described["source"] = Path(str(described["source"] or "")).name  # the dataset, not where this machine keeps it
+    blob = json.dumps({"ckpt": sha256_file(ckpt), "cfg": cfg.model_dump(), "spec": spec.to_dict(), "data": described,
                        "seed": seed, "never_prune": list(never_prune)}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
@@ -41,3 +42,18 @@ def store_pruned(key: str, model, dense_payload: dict, history: list) -> None:
     from toolkit.checkpoint import save_checkpoint
 
     save_checkpoint(_path(key), model, dense_payload["architecture"], dense_payload["arguments"], {"history": history})
+
+
+def load_published_pruned(card, key: str) -> Optional[tuple]:
+    """The card's published pruned checkpoint made with exactly these settings, if any."""
+    if os.environ.get("EDGESHRINK_NO_CACHE"):
+        return None
+    from toolkit.checkpoint import load_checkpoint
+    from toolkit.paths import REPO_ROOT
+
+    for entry in card.pruned:
+        if entry.key == key:
+            path = Path(entry.path) if Path(entry.path).is_absolute() else REPO_ROOT / entry.path
+            model, payload = load_checkpoint(path, expect_sha256=entry.sha256)
+            return model, payload["meta"]["history"], str(entry.path)
+    return None

@@ -37,6 +37,21 @@ def stage_table(artifacts, metric: str) -> str:
     return "\n".join(rows)
 
 
+def pruning_line(pruning: dict) -> str:
+    """How the pruned model was made, and whether fine-tuning ran here or was reused."""
+    cfg, history, cache = pruning.get("config") or {}, pruning.get("history") or [], pruning.get("cache") or {}
+    if not cfg:
+        return ""
+    kept = history[-1]["macs_fraction"] if history else None
+    line = (f"Pruning: {cfg.get('importance')} importance, {cfg.get('scope')} scope, {cfg.get('steps')} step(s), "
+            f"{_fmt(kept, '.1%')} of dense MACs kept, {cfg.get('finetune_epochs')} fine-tune epochs per step")
+    if cache.get("published"):
+        line += f" (fine-tuned model loaded from the published `{cache['published']}`, same settings)"
+    elif cache.get("hit"):
+        line += " (fine-tuned model reused from the local prune cache, same settings)"
+    return line
+
+
 def write_report(path: Path, manifest: dict, artifacts, metric: str) -> None:
     data, dev = manifest["data"], manifest["device"]
     base = manifest["baseline"]
@@ -49,6 +64,7 @@ def write_report(path: Path, manifest: dict, artifacts, metric: str) -> None:
         if dev.get("kind") == "host" else f"Device: {dev}",
         f"Baseline: dense FP32 `{base['file']}` — {metric} {base['metrics'].get(metric, float('nan')):.4f}, "
         f"p50 {base['latency_ms'].get('p50', float('nan')):.2f} ms, {base['size_bytes'] / 1024:.0f} KB",
+        pruning_line(manifest.get("pruning") or {}),
         "",
         stage_table(artifacts, metric),
         "",
