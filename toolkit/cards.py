@@ -24,6 +24,12 @@ class CardCheckpoint(Strict):
     sha256: Optional[str] = None
 
 
+def _repo_path(path: str) -> Path:
+    """Card paths are relative to the repository root unless absolute."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else REPO_ROOT / p
+
+
 class CardPruned(Strict):
     """A published pruned + fine-tuned checkpoint. `key` is the prune-cache key of the exact
     settings it was made with (dense checkpoint, pruning config, input, data, seed); a run with
@@ -33,6 +39,9 @@ class CardPruned(Strict):
     sha256: str
     key: str
     provenance: dict = {}
+
+    def resolved_path(self) -> Path:
+        return _repo_path(self.path)
 
 
 class ModelCard(Strict):
@@ -58,8 +67,7 @@ class ModelCard(Strict):
     def checkpoint_path(self) -> Optional[Path]:
         if not self.checkpoint:
             return None
-        path = Path(self.checkpoint.path).expanduser()
-        return path if path.is_absolute() else REPO_ROOT / path
+        return _repo_path(self.checkpoint.path)
 
 
 def list_cards() -> list[str]:

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
-from toolkit.artifact import Artifact, write_json
+from toolkit.artifact import write_json
 from toolkit.errors import EdgeShrinkError
 from toolkit.paths import DIST_DIR
 
@@ -46,8 +46,9 @@ class StageClock:
         self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t0, 2)
 
 
-def _plan(opts: RunOptions):
-    """Check the whole chain before any work: card, target, overrides, checkpoint, data."""
+def plan_run(opts: RunOptions):
+    """Check the whole chain before any work: card, target, overrides, checkpoint, data.
+    Returns (card, target, prune_cfg, calibration size, checkpoint path, input spec)."""
     from toolkit.cards import load_card
     from toolkit.checkpoint import read_checkpoint
     from toolkit.targets import load_target
@@ -76,17 +77,17 @@ def _plan(opts: RunOptions):
         if sha256_file(ckpt) != card.checkpoint.sha256:
             raise EdgeShrinkError(f"{ckpt} does not match the sha256 in models/{card.name}.yaml; restore it "
                                   "(git checkout) or republish with `edgeshrink publish`")
-    return card, target, prune_cfg, calib, ckpt
-
-
-def run_pipeline(opts: RunOptions) -> Path:
-    """Run every stage; returns the bundle folder. On any error nothing is left in out_root."""
-    card, target, prune_cfg, calib_size, ckpt = _plan(opts)
     spec = card.input_spec()
     if target.input_size:
         from dataclasses import replace
 
         spec = replace(spec, height=target.input_size[0], width=target.input_size[1])
+    return card, target, prune_cfg, calib, ckpt, spec
+
+
+def run_pipeline(opts: RunOptions) -> Path:
+    """Run every stage; returns the bundle folder. On any error nothing is left in out_root."""
+    card, target, prune_cfg, calib_size, ckpt, spec = plan_run(opts)
     from toolkit.tasks import load_task
 
     clock = StageClock(opts.progress)

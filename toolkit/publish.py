@@ -1,4 +1,5 @@
-"""Publish a training run: checkpoint into models/checkpoints/, sha256 + provenance into the card."""
+"""Publish into models/: a dense training run (checkpoint, sha256 + provenance in the card) or a
+run's pruned, fine-tuned model (listed in the card under `pruned`, keyed by its settings)."""
 
 from __future__ import annotations
 
@@ -11,32 +12,49 @@ from toolkit.errors import EdgeShrinkError
 MAX_COMMITTED_BYTES = 10 * 1024 * 1024
 
 
-def publish_checkpoint(model: str, run: Path) -> Path:
+def _check_committable(path: Path) -> None:
+    from toolkit.checkpoint import read_checkpoint
+
+    read_checkpoint(path)
+    if path.stat().st_size > MAX_COMMITTED_BYTES:
+        raise EdgeShrinkError(f"{path} is {path.stat().st_size / 2**20:.1f} MB, over the 10 MB limit for committed checkpoints")
+
+
+def _update_card(name: str, update) -> None:
+    """Rewrite models/<name>.yaml with `update(data)` applied, keeping its header comment, and
+    check that the result still loads."""
     import yaml
 
     from toolkit.cards import load_card
-    from toolkit.checkpoint import read_checkpoint, sha256_file
-    from toolkit.paths import REPO_ROOT, models_dir
+    from toolkit.paths import models_dir
+
+    card_path = models_dir() / f"{name}.yaml"
+    header = "".join(l for l in card_path.read_text().splitlines(keepends=True) if l.startswith("#"))
+    data = yaml.safe_load(card_path.read_text())
+    update(data)
+    card_path.write_text(header + yaml.safe_dump(data, sort_keys=False, width=110))
+    load_card(name)
+
+
+def publish_checkpoint(model: str, run: Path) -> Path:
+    from toolkit.cards import load_card
+    from toolkit.checkpoint import sha256_file
+    from toolkit.paths import REPO_ROOT
 
     card = load_card(model)
     best, prov_path = Path(run) / "last.pt", Path(run) / "provenance.json"
     if not best.is_file() or not prov_path.is_file():
         raise EdgeShrinkError(f"{run} has no last.pt and provenance.json; point --run at a finished `edgeshrink train` output")
-    read_checkpoint(best)
-    if best.stat().st_size > MAX_COMMITTED_BYTES:
-        raise EdgeShrinkError(f"{best} is {best.stat().st_size / 2**20:.1f} MB, over the 10 MB limit for committed checkpoints")
+    _check_committable(best)
     provenance = json.loads(prov_path.read_text())
     dest = REPO_ROOT / "models" / "checkpoints" / f"{card.name}.pt"
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(best, dest)
-    card_path = models_dir() / f"{card.name}.yaml"
-    header = "".join(l for l in card_path.read_text().splitlines(keepends=True) if l.startswith("#"))
-    data = yaml.safe_load(card_path.read_text())
-    data["checkpoint"] = {"path": str(dest.relative_to(REPO_ROOT)), "sha256": sha256_file(dest)}
+    checkpoint = {"path": str(dest.relative_to(REPO_ROOT)), "sha256": sha256_file(dest)}
     history = json.loads((Path(run) / "history.json").read_text())
     last = history["epochs"][-1]
     metric = "dice" if card.task == "segmentation" else next(k for k in ("top1", "val_top1") if k in last)
-    data["provenance"] = {
+    card_provenance = {
         "command": provenance.get("command"),
         "data": provenance.get("data"),
         "seed": provenance.get("seed"),
@@ -48,8 +66,7 @@ def publish_checkpoint(model: str, run: Path) -> Path:
         "sha256": sha256_file(dest),
         "versions": provenance.get("versions"),
     }
-    card_path.write_text(header + yaml.safe_dump(data, sort_keys=False, width=110))
-    load_card(card.name)
+    _update_card(card.name, lambda data: data.update(checkpoint=checkpoint, provenance=card_provenance))
     return dest
 
 
@@ -57,11 +74,9 @@ def publish_pruned(bundle: Path) -> Path:
     """Commit a bundle's pruned + fine-tuned checkpoint to models/checkpoints/ and list it in the
     card under `pruned`, keyed by the exact settings it was made with, so a fresh clone deploying
     with those settings skips the fine-tuning."""
-    import yaml
-
     from toolkit.cards import load_card
-    from toolkit.checkpoint import read_checkpoint, sha256_file
-    from toolkit.paths import REPO_ROOT, models_dir
+    from toolkit.checkpoint import sha256_file
+    from toolkit.paths import REPO_ROOT
 
     bundle = Path(bundle)
     manifest_path = bundle / "manifest.json"
@@ -75,9 +90,7 @@ def publish_pruned(bundle: Path) -> Path:
         raise EdgeShrinkError(f"{bundle} holds no pruned checkpoint with a settings key; rerun `edgeshrink run` to make one")
     if manifest["data"].get("synthetic"):
         raise EdgeShrinkError(f"{bundle} was made on synthetic data; publish only models fine-tuned on real data")
-    read_checkpoint(source)
-    if source.stat().st_size > MAX_COMMITTED_BYTES:
-        raise EdgeShrinkError(f"{source} is {source.stat().st_size / 2**20:.1f} MB, over the 10 MB limit for committed checkpoints")
+    _check_committable(source)
     dest = REPO_ROOT / "models" / "checkpoints" / f"{card.name}_pruned_{key[:8]}.pt"
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, dest)
@@ -98,10 +111,9 @@ def publish_pruned(bundle: Path) -> Path:
             "versions": manifest.get("versions"),
         },
     }
-    card_path = models_dir() / f"{card.name}.yaml"
-    header = "".join(l for l in card_path.read_text().splitlines(keepends=True) if l.startswith("#"))
-    data = yaml.safe_load(card_path.read_text())
-    data["pruned"] = [e for e in data.get("pruned", []) if e.get("key") != key] + [entry]
-    card_path.write_text(header + yaml.safe_dump(data, sort_keys=False, width=110))
-    load_card(card.name)
+
+    def add_entry(data: dict) -> None:
+        data["pruned"] = [e for e in data.get("pruned", []) if e.get("key") != key] + [entry]
+
+    _update_card(card.name, add_entry)
     return dest

@@ -50,7 +50,7 @@ def build_artifacts(work: Path, card, target, spec, task, prune_cfg, calib_size:
 
 
 def _build_artifacts(pool, work: Path, card, target, spec, task, prune_cfg, calib_size: int, ckpt: Path, opts, clock):
-    """Produce, verify and benchmark every file the target asks for. Returns (artifacts, extra)."""
+    """build_artifacts' body; `pool` runs the TFLite conversions."""
     import torch
 
     from toolkit.checkpoint import load_checkpoint, save_checkpoint
@@ -132,18 +132,14 @@ def _build_artifacts(pool, work: Path, card, target, spec, task, prune_cfg, cali
     dense_onnx, dense_job = export_onnx(dense, "dense", int8=False)
 
     with clock("prune"):
-        from toolkit.prune.cache import load_cached_pruned, load_published_pruned, prune_cache_key, store_pruned
+        from toolkit.prune.cache import find_pruned, prune_cache_key, store_pruned
 
         key = prune_cache_key(ckpt, prune_cfg, spec, task.data_description(), opts.seed, card.never_prune)
-        cached = load_cached_pruned(key)
-        published = load_published_pruned(card, key) if cached is None else None
+        found = find_pruned(card, key)
         ft_seconds: dict = {}
-        if cached is not None:
-            pruned, history = cached
-            extra["prune_cache"] = {"key": key, "hit": True}
-        elif published is not None:
-            pruned, history, source = published
-            extra["prune_cache"] = {"key": key, "hit": True, "published": source}
+        if found is not None:
+            pruned, history, published = found
+            extra["prune_cache"] = {"key": key, "hit": True, **({"published": published} if published else {})}
         else:
             teacher = copy.deepcopy(dense).eval()
 

@@ -62,19 +62,14 @@ def run_sweep(opts: SweepOptions) -> Path:
     from toolkit.checkpoint import load_checkpoint
     from toolkit.convert.onnx_to_tflite import onnx_to_tflite
     from toolkit.convert.torch_to_onnx import torch_to_onnx
-    from toolkit.pipeline import RunOptions, _plan
+    from toolkit.pipeline import RunOptions, plan_run
     from toolkit.provenance import library_versions, machine_description
     from toolkit.prune.prune import count_macs_params, prune_model
     from toolkit.train import seed_everything
 
-    card, target, base_cfg, _, ckpt = _plan(RunOptions(model=opts.model, target=opts.target, checkpoint=opts.checkpoint,
-                                                       finetune_epochs=opts.finetune_epochs))
+    card, target, base_cfg, _, ckpt, spec = plan_run(RunOptions(model=opts.model, target=opts.target, checkpoint=opts.checkpoint,
+                                                                finetune_epochs=opts.finetune_epochs))
     points = _points(opts, base_cfg)
-    spec = card.input_spec()
-    if target.input_size:
-        from dataclasses import replace
-
-        spec = replace(spec, height=target.input_size[0], width=target.input_size[1])
     shape = (1, spec.channels, spec.height, spec.width)
     task = None
     if opts.finetune_epochs > 0:
@@ -94,15 +89,14 @@ def run_sweep(opts: SweepOptions) -> Path:
             model = copy.deepcopy(dense)
             row: dict = {"point": label, "scope": cfg.scope if cfg else None, "target_macs": cfg.target_macs if cfg else 1.0}
             if cfg is not None:
-                finetune = None
-                if task is not None:
-                    teacher = copy.deepcopy(dense).eval()
+                teacher = copy.deepcopy(dense).eval() if task is not None else None
 
-                    def finetune(m, step, cfg=cfg, teacher=teacher):
-                        return task.finetune(m, cfg.finetune_epochs, cfg.finetune_lr, cfg.distill, teacher,
-                                             opts.seed + step, opts.progress)
+                def finetune(m, step, cfg=cfg, teacher=teacher):
+                    return task.finetune(m, cfg.finetune_epochs, cfg.finetune_lr, cfg.distill, teacher,
+                                         opts.seed + step, opts.progress)
 
-                prune_model(model, shape, cfg, card.never_prune, finetune, progress=False)
+                prune_model(model, shape, cfg, card.never_prune, finetune if task is not None else None,
+                            progress=False)
                 if task is not None:
                     row["finetune_epochs"] = cfg.finetune_epochs
             if task is not None:
@@ -111,7 +105,9 @@ def run_sweep(opts: SweepOptions) -> Path:
             onnx = torch_to_onnx(model, shape, work / f"{label}.onnx")
             tfl = onnx_to_tflite(onnx, work, None, int8=False)
             files[label] = tfl.float32
-            row.update({"macs": macs, "params": params, "macs_fraction": 0.0, "size_bytes": tfl.float32.stat().st_size})
+            dense_macs = rows[0]["macs"] if rows else macs
+            row.update({"macs": macs, "params": params, "macs_fraction": round(macs / dense_macs, 4),
+                        "size_bytes": tfl.float32.stat().st_size})
             rows.append(row)
         p50s: dict[str, list[float]] = {label: [] for label in files}
         runs = [(r, label) for r in range(opts.repeats) for label in files]
@@ -120,12 +116,11 @@ def run_sweep(opts: SweepOptions) -> Path:
             rec = benchmark_file(files[label], "tflite", shape, threads=target.bench_threads, warmup=b.warmup,
                                  min_runs=b.min_runs, min_seconds=b.min_seconds)
             p50s[label].append(rec["latency_ms"]["p50"])
-        dense_p50, dense_macs = min(p50s["dense"]), rows[0]["macs"]
+        dense_p50 = min(p50s["dense"])
         for row in rows:
             row["p50_ms_repeats"] = [round(v, 4) for v in p50s[row["point"]]]
             row["p50_ms"] = round(min(p50s[row["point"]]), 4)
             row["speedup"] = round(dense_p50 / row["p50_ms"], 3)
-            row["macs_fraction"] = round(row["macs"] / dense_macs, 4)
         for f in work.iterdir():  # keep the record, not the throw-away model files
             if f.is_file():
                 f.unlink()

@@ -1,6 +1,8 @@
 """Reuse a pruned + fine-tuned model when the same dense checkpoint is pruned with the same
 settings on the same data (e.g. `make deploy` for host, then rpi4): fine-tuning is the slow
-part. Entries are portable checkpoints. EDGESHRINK_NO_CACHE=1 turns it off."""
+part. Entries are portable checkpoints. A card's published pruned checkpoints (`pruned:` in the
+card, keyed the same way) are the fallback, so a fresh clone reuses committed fine-tuning.
+EDGESHRINK_NO_CACHE=1 turns both off."""
 
 from __future__ import annotations
 
@@ -27,13 +29,21 @@ def _path(key: str) -> Path:
     return cache_dir() / "pruned" / f"{key}.pt"
 
 
-def load_cached_pruned(key: str) -> Optional[tuple]:
-    if os.environ.get("EDGESHRINK_NO_CACHE") or not _path(key).is_file():
+def find_pruned(card, key: str) -> Optional[tuple]:
+    """(model, history, published path or None) made with exactly these settings: from the local
+    cache, else from the card's published checkpoints (sha256 checked); None when there is none."""
+    if os.environ.get("EDGESHRINK_NO_CACHE"):
         return None
     from toolkit.checkpoint import load_checkpoint
 
-    model, payload = load_checkpoint(_path(key))
-    return model, payload["meta"]["history"]
+    if _path(key).is_file():
+        model, payload = load_checkpoint(_path(key))
+        return model, payload["meta"]["history"], None
+    for entry in card.pruned:
+        if entry.key == key:
+            model, payload = load_checkpoint(entry.resolved_path(), expect_sha256=entry.sha256)
+            return model, payload["meta"]["history"], entry.path
+    return None
 
 
 def store_pruned(key: str, model, dense_payload: dict, history: list) -> None:
@@ -43,17 +53,3 @@ def store_pruned(key: str, model, dense_payload: dict, history: list) -> None:
 
     save_checkpoint(_path(key), model, dense_payload["architecture"], dense_payload["arguments"], {"history": history})
 
-
-def load_published_pruned(card, key: str) -> Optional[tuple]:
-    """The card's published pruned checkpoint made with exactly these settings, if any."""
-    if os.environ.get("EDGESHRINK_NO_CACHE"):
-        return None
-    from toolkit.checkpoint import load_checkpoint
-    from toolkit.paths import REPO_ROOT
-
-    for entry in card.pruned:
-        if entry.key == key:
-            path = Path(entry.path) if Path(entry.path).is_absolute() else REPO_ROOT / entry.path
-            model, payload = load_checkpoint(path, expect_sha256=entry.sha256)
-            return model, payload["meta"]["history"], str(entry.path)
-    return None
