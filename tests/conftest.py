@@ -84,11 +84,16 @@ def workspace(tmp_path_factory):
     return root
 
 
+def build_bundle(model: str, target: str, out_root, **overrides):
+    """Plan and run one bundle through the public API; returns the bundle folder."""
+    from toolkit.api import plan, run
+
+    return run(plan(model, target=target, out=str(out_root), **overrides)).path
+
+
 @pytest.fixture(scope="session")
 def profile_bundles(workspace, tmp_path_factory):
     """One bundle per shipped target profile, built from the tiny card (no fine-tuning, no bench)."""
-    from toolkit.pipeline import RunOptions, run_pipeline
-
     out = tmp_path_factory.mktemp("bundles")
     env = {"EDGESHRINK_MODELS_DIR": str(workspace / "models"), "EDGESHRINK_TARGETS_DIR": str(workspace / "targets")}
     old = {k: os.environ.get(k) for k in env}
@@ -96,9 +101,8 @@ def profile_bundles(workspace, tmp_path_factory):
     try:
         bundles = {}
         for profile in sorted((REPO / "targets").glob("*.yaml")):
-            bundles[profile.stem] = run_pipeline(RunOptions(
-                model="tiny_mnv3", target=profile.stem, out_root=str(out), synthetic_data=True, finetune_epochs=0,
-                calibration_size=16, bench=False, progress=False))
+            bundles[profile.stem] = build_bundle("tiny_mnv3", profile.stem, str(out), synthetic_data=True, finetune_epochs=0,
+                calibration_size=16, bench=False, progress=False)
         return bundles
     finally:
         for k, v in old.items():

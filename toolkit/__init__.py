@@ -1,9 +1,25 @@
 """EdgeShrink: prune, quantize, convert, verify and benchmark vision models for edge devices.
 
-`import toolkit` stays light: torch, TensorFlow and the runtimes are imported inside the
-functions that need them.
+Public API (imported lazily, so `import toolkit` stays light):
+
+    toolkit.plan(card, target=..., **overrides) -> RunPlan     every check, no work
+    toolkit.run(plan) -> Bundle                                 the one runner
+    toolkit.shrink(model, target=..., data=..., input_size=..., mean=..., std=...) -> Bundle
 """
 
 __version__ = "0.1.0"
 
 from toolkit.errors import EdgeShrinkError  # noqa: E402,F401
+
+_LAZY = {"plan": "toolkit.api", "run": "toolkit.api", "shrink": "toolkit.api", "Bundle": "toolkit.manifest",
+         "RunPlan": "toolkit.runplan", "register_task": "toolkit.tasks", "register": "toolkit.architectures"}
+
+__all__ = ["EdgeShrinkError", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'toolkit' has no attribute {name!r}")

@@ -31,6 +31,7 @@ class Artifact:
     fps: Optional[float] = None
     peak_rss_mb: Optional[float] = None
     seconds: dict = field(default_factory=dict)
+    converter: Optional[str] = None  # the converter that made the file (None: saved from torch)
 
     @classmethod
     def of_file(cls, bundle: Path, path: Path, **fields) -> "Artifact":

@@ -29,28 +29,39 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _run_overrides(args) -> dict:
+    """CLI flags that were given, as plan overrides (unset flags leave the card's/profile's value)."""
+    given = {"finetune_epochs": args.finetune_epochs, "calibration_size": args.calibration_size, "data": args.data,
+             "checkpoint": args.checkpoint, "train_threads": args.train_threads, "out": args.out}
+    overrides = {k: v for k, v in given.items() if v is not None}
+    overrides.update(seed=args.seed, synthetic_data=args.synthetic_data, bench=not args.no_bench,
+                     progress=not args.quiet, cache=not args.no_cache)
+    return overrides
+
+
 def _cmd_run(args) -> int:
     import time
 
-    from toolkit.pipeline import RunOptions, run_pipeline
+    from toolkit.api import plan, run
 
-    from toolkit.paths import DIST_DIR
-
-    opts = RunOptions(model=args.model, target=args.target, out_root=args.out or str(DIST_DIR), data=args.data,
-                      synthetic_data=args.synthetic_data, checkpoint=args.checkpoint,
-                      finetune_epochs=args.finetune_epochs, calibration_size=args.calibration_size,
-                      seed=args.seed, train_threads=args.train_threads, bench=not args.no_bench,
-                      progress=not args.quiet)
     if args.host:
         from toolkit.remote import parse_host
 
         parse_host(args.host)  # a malformed HOST fails before any work
-    if args.no_cache:
-        import os
+    if args.plan:
+        from toolkit.runplan import load_plan_file, with_options
 
-        os.environ["EDGESHRINK_NO_CACHE"] = "1"
+        if args.model:
+            raise EdgeShrinkError("give --plan or --model, not both (a plan already names its model)")
+        run_plan = load_plan_file(args.plan)
+        if args.out:
+            run_plan = with_options(run_plan, out_root=args.out)
+    elif args.model:
+        run_plan = plan(args.model, target=args.target, **_run_overrides(args))
+    else:
+        raise EdgeShrinkError("edgeshrink run needs --model NAME_OR_CARD.yaml (or --plan config.json)")
     t0 = time.perf_counter()
-    bundle = run_pipeline(opts)
+    bundle = run(run_plan).path
     print((bundle / "report.md").read_text())
     print(f"wrote {bundle} in {time.perf_counter() - t0:.0f} s")
     if args.host:
@@ -111,8 +122,10 @@ def _cmd_eval_pack(args) -> int:
     from toolkit.cards import load_card
     from toolkit.tasks import load_task
 
+    from toolkit.tasks import DataRef
+
     card = load_card(args.model)
-    task = load_task(card, card.input_spec(), args.data, args.synthetic_data)
+    task = load_task(card, card.input_spec(), DataRef(args.data, args.synthetic_data))
     path = write_eval_pack(task, Path(args.out or f"dist/{card.name}-heldout.npz"))
     print(f"wrote {path} ({task.eval_count()} held-out items)")
     return 0
@@ -215,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("run", help="prune, quantize, convert, verify and benchmark a model for a target")
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", help="a card name (models/<name>.yaml) or the path of a card .yaml file")
+    p.add_argument("--plan", help="replay a run: a bundle's config.json")
     p.add_argument("--target", default="host")
     p.add_argument("--out", default=None, help="output root (default: dist/)")
     p.add_argument("--data", help="dataset folder (default: $EDGESHRINK_DATA_DIR/<card dataset>)")

@@ -48,12 +48,16 @@ def normalize_nhwc_uint8(images: np.ndarray, spec: InputSpec) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
-def resize_image(path_or_image, height: int, width: int) -> np.ndarray:
-    """Decode one image file (or take a PIL image) and return HxWx3 uint8 RGB, bilinear-resized."""
+def resize_image(path_or_image, height: int, width: int, *, interpolation: str = "bilinear",
+                 channels: int = 3) -> np.ndarray:
+    """Decode one image file (or take a PIL image) of any size and mode; return HxWxC uint8
+    (RGB for 3 channels, grey for 1), resized with `interpolation` (PIL bilinear/bicubic/nearest)."""
     from PIL import Image
 
     img = path_or_image if isinstance(path_or_image, Image.Image) else Image.open(path_or_image)
-    img = img.convert("RGB")
+    img = img.convert("RGB" if channels == 3 else "L")
     if img.size != (width, height):
-        img = img.resize((width, height), Image.BILINEAR)
-    return np.asarray(img, dtype=np.uint8)
+        method = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[interpolation]
+        img = img.resize((width, height), method)
+    arr = np.asarray(img, dtype=np.uint8)
+    return arr if arr.ndim == 3 else arr[..., None]

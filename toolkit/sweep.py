@@ -59,25 +59,26 @@ def run_sweep(opts: SweepOptions) -> Path:
 
     from toolkit.artifact import write_json
     from toolkit.bench.host import benchmark_file
-    from toolkit.checkpoint import load_checkpoint
     from toolkit.convert.onnx_to_tflite import onnx_to_tflite
     from toolkit.convert.torch_to_onnx import torch_to_onnx
-    from toolkit.pipeline import RunOptions, plan_run
+    from toolkit.runplan import load_dense, make_plan
     from toolkit.provenance import library_versions, machine_description
     from toolkit.prune.prune import count_macs_params, prune_model
     from toolkit.train import seed_everything
 
-    card, target, base_cfg, _, ckpt, spec = plan_run(RunOptions(model=opts.model, target=opts.target, checkpoint=opts.checkpoint,
-                                                                finetune_epochs=opts.finetune_epochs))
+    plan = make_plan(opts.model, target=opts.target, finetune_epochs=opts.finetune_epochs, data=opts.data,
+                     synthetic_data=opts.synthetic_data, seed=opts.seed,
+                     **({"checkpoint": opts.checkpoint} if opts.checkpoint else {}))
+    card, target, base_cfg, ckpt, spec = plan.card, plan.target, plan.pruning, plan.checkpoint, plan.input
     points = _points(opts, base_cfg)
-    shape = (1, spec.channels, spec.height, spec.width)
+    shape = plan.input_shape
     task = None
     if opts.finetune_epochs > 0:
         from toolkit.tasks import load_task
 
-        task = load_task(card, spec, opts.data, opts.synthetic_data, opts.progress)
+        task = load_task(card, spec, plan.data, opts.progress)
     torch.set_num_threads(max(1, target.bench_threads))
-    dense, _ = load_checkpoint(ckpt)
+    dense = load_dense(plan)
 
     from toolkit.atomic import staged_folder
 
@@ -92,8 +93,8 @@ def run_sweep(opts: SweepOptions) -> Path:
                 teacher = copy.deepcopy(dense).eval() if task is not None else None
 
                 def finetune(m, step, cfg=cfg, teacher=teacher):
-                    return task.finetune(m, cfg.finetune_epochs, cfg.finetune_lr, cfg.distill, teacher,
-                                         opts.seed + step, opts.progress)
+                    return task.finetune(m, epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, distill=cfg.distill,
+                                         teacher=teacher, seed=opts.seed + step, progress=opts.progress)
 
                 prune_model(model, shape, cfg, card.never_prune, finetune if task is not None else None,
                             progress=False)
@@ -124,7 +125,8 @@ def run_sweep(opts: SweepOptions) -> Path:
         for f in work.iterdir():  # keep the record, not the throw-away model files
             if f.is_file():
                 f.unlink()
-        result = {"schema": "edgeshrink-sweep/1", "model": card.name, "target": target.name, "checkpoint": str(ckpt),
+        result = {"schema": "edgeshrink-sweep/1", "model": card.name, "target": target.name,
+                  "checkpoint": {"file": Path(ckpt).name, "sha256": plan.checkpoint_sha256},
                   "input_shape": list(shape), "threads": target.bench_threads, "options": asdict(opts),
                   "base_pruning": base_cfg.model_dump(), "rows": rows, "versions": library_versions(),
                   "machine": {"kind": "host", **machine_description()},

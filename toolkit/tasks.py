@@ -1,34 +1,110 @@
-"""Task adapters: what the pipeline needs to know about a model family's data and metrics.
+"""Tasks: what the runner needs to know about a model family's data and metrics.
 
-A task gives the pipeline: calibration images, held-out evaluation inputs, a metric function
-over model outputs, and a fine-tuning routine. Classification lives here; segmentation adds
-its own adapter with the same methods."""
+A task is a class registered under a name (`@register_task("classification")`); the card's
+`task:` field picks it. The runner talks to every task through the same methods (the `Task`
+protocol below), so adding a task needs no change in the runner. Built-in tasks are imported
+lazily by module path, which keeps `import toolkit` fast."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterator, Optional
+import importlib
+from dataclasses import dataclass, field
+from typing import Iterator, Optional, Protocol
 
 import numpy as np
 
-from toolkit.cards import ModelCard
+from toolkit.errors import EdgeShrinkError, unknown_name
 from toolkit.preprocess import InputSpec, normalize_nhwc_uint8
 
+_BUILTIN = {
+    "classification": "toolkit.tasks:ClassificationTask",
+    "segmentation": "toolkit.segmentation.task:SegmentationTask",
+}
+_TASKS: dict[str, type] = {}
 
+
+def register_task(name: str):
+    """Class decorator adding a task under `name`; a duplicate name is an error."""
+
+    def wrap(cls):
+        if name in _TASKS and _TASKS[name] is not cls:
+            raise ValueError(f"task {name!r} registered twice")
+        _TASKS[name] = cls
+        cls.name = name
+        return cls
+
+    return wrap
+
+
+def task_names() -> list[str]:
+    return sorted(set(_BUILTIN) | set(_TASKS))
+
+
+def get_task(name: str) -> type:
+    """The task class registered under `name` (built-ins imported on first use)."""
+    if name not in _TASKS and name in _BUILTIN:
+        module, attr = _BUILTIN[name].split(":")
+        _TASKS.setdefault(name, getattr(importlib.import_module(module), attr))
+    if name not in _TASKS:
+        raise unknown_name("task", name, task_names())
+    return _TASKS[name]
+
+
+@dataclass(frozen=True)
+class DataRef:
+    """Where a run reads its data: a folder (None = the card's), or generated synthetic data."""
+
+    root: Optional[str] = None
+    synthetic: bool = False
+
+
+class Task(Protocol):
+    """What every task gives the runner."""
+
+    primary_metric: str
+
+    @classmethod
+    def load(cls, card, spec: InputSpec, data: DataRef, progress: bool = True) -> "Task": ...
+    @classmethod
+    def resize_mode(cls, interpolation: str) -> str: ...
+    def data_description(self) -> dict: ...
+    def calibration_nhwc(self, count: int, seed: int = 0) -> np.ndarray: ...
+    def eval_inputs(self) -> Iterator[np.ndarray]: ...
+    def eval_count(self) -> int: ...
+    def metrics(self, outputs: np.ndarray, reference: Optional[np.ndarray]) -> dict: ...
+    def finetune(self, model, *, epochs: int, lr: float, distill: float, teacher, seed: int, progress: bool) -> dict: ...
+    def torch_outputs(self, model) -> np.ndarray: ...
+    def grad_batches(self, count: int = 4, batch: int = 32): ...
+    def extras(self, runner) -> dict: ...
+
+
+def load_task(card, spec: InputSpec, data: DataRef, progress: bool = True):
+    """The card's task with its data loaded (the one place that dispatches on `card.task`)."""
+    return get_task(card.task).load(card, spec, data, progress)
+
+
+@register_task("classification")
 @dataclass
 class ClassificationTask:
-    card: ModelCard
+    card: object
     spec: InputSpec
     train: object  # ImageSplit
     val: object    # ImageSplit
     primary_metric: str = "top1"
+    eval_split: str = "val"
+    labels: list = field(default_factory=list)
 
     @classmethod
-    def load(cls, card: ModelCard, spec: InputSpec, data: Optional[str], synthetic: bool, progress: bool = True):
+    def resize_mode(cls, interpolation: str) -> str:
+        return interpolation
+
+    @classmethod
+    def load(cls, card, spec: InputSpec, data: DataRef, progress: bool = True):
         from toolkit.datasets import classification_splits
 
-        train, val = classification_splits(card, data, synthetic, progress)
-        return cls(card, spec, train, val)
+        train, val = classification_splits(card, spec, data, progress)
+        return cls(card, spec, train, val, eval_split=card.data_spec().val,
+                   labels=list(card.labels) or list(train.classes))
 
     @property
     def synthetic(self) -> bool:
@@ -36,7 +112,7 @@ class ClassificationTask:
 
     def data_description(self) -> dict:
         return {"source": self.train.source, "synthetic": self.synthetic, "train_images": len(self.train),
-                "eval_images": len(self.val), "eval_split": "val", "classes": list(self.train.classes)}
+                "eval_images": len(self.val), "eval_split": self.eval_split, "classes": list(self.train.classes)}
 
     def calibration_nhwc(self, count: int, seed: int = 0) -> np.ndarray:
         """`count` real training images, NHWC float32 in [0, 1] (before mean/std)."""
@@ -52,13 +128,13 @@ class ClassificationTask:
 
     def metrics(self, outputs: np.ndarray, reference: Optional[np.ndarray]) -> dict:
         """top1 vs labels, and top-1 agreement with the dense FP32 reference outputs."""
-        pred = outputs.argmax(1)
+        pred = outputs.reshape(len(outputs), -1).argmax(1)
         out = {"top1": float((pred == self.val.labels).mean())}
         if reference is not None:
-            out["agreement_top1"] = float((pred == reference.argmax(1)).mean())
+            out["agreement_top1"] = float((pred == reference.reshape(len(reference), -1).argmax(1)).mean())
         return out
 
-    def finetune(self, model, epochs: int, lr: float, distill: float, teacher, seed: int, progress: bool = True) -> dict:
+    def finetune(self, model, *, epochs: int, lr: float, distill: float, teacher, seed: int, progress: bool = True) -> dict:
         """Fine-tune a pruned model (AdamW, cosine, label smoothing, distillation from the dense model)."""
         from toolkit.classification import classification_loss, top1, torch_logits, train_batches
         from toolkit.train import TrainConfig, fit
@@ -100,10 +176,11 @@ class ClassificationTask:
 
         return gen
 
+    def extras(self, runner) -> dict:
+        """Classification adds nothing beyond the common bundle."""
+        return {}
 
-def load_task(card: ModelCard, spec: InputSpec, data: Optional[str], synthetic: bool, progress: bool = True):
-    if card.task == "classification":
-        return ClassificationTask.load(card, spec, data, synthetic, progress)
-    from toolkit.segmentation.task import SegmentationTask
+    def example_batch(self, count: int = 8) -> np.ndarray:
+        """A few real held-out inputs (normalised NCHW) for shape checks and diagnostics."""
+        return normalize_nhwc_uint8(self.val.images[:count], self.spec)
 
-    return SegmentationTask.load(card, spec, data, synthetic, progress)

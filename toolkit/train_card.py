@@ -16,17 +16,17 @@ def train_card(card: ModelCard, cfg: TrainConfig, out_dir: Path, data: Optional[
                synthetic: bool = False, progress: bool = True) -> dict:
     """Train from scratch with the card's task adapter; writes last.pt, best.pt, history.json and
     provenance.json (command, data, seed, epochs, best score, sha256, versions) in `out_dir`."""
-    from toolkit.architectures import create_model
     from toolkit.checkpoint import save_checkpoint, sha256_file
     from toolkit.provenance import library_versions
-    from toolkit.tasks import load_task
+    from toolkit.tasks import DataRef, load_task
+    from toolkit.weights import ModelSource
     from toolkit.train import fit, seed_everything
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    task = load_task(card, card.input_spec(), data, synthetic, progress)
+    task = load_task(card, card.input_spec(), DataRef(data, synthetic), progress)
     seed_everything(cfg.seed)
-    model = create_model(card.architecture, **card.arguments)
+    model = ModelSource(card.architecture, dict(card.arguments), str(card.base_dir)).build()
     batches, steps = task.batches(cfg.batch_size, cfg.seed)
     metric = task.primary_metric
 

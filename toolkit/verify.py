@@ -8,7 +8,7 @@ from typing import Optional
 
 import numpy as np
 
-PARITY_TOLERANCE = 1e-4
+PARITY_RTOL = 1e-4  # max error / max |reference output|
 
 
 def run_outputs(path: Path, fmt: str, task, threads: int = 2, progress: bool = True, desc: str = "") -> np.ndarray:
@@ -23,11 +23,11 @@ def run_outputs(path: Path, fmt: str, task, threads: int = 2, progress: bool = T
     return np.concatenate(outs)
 
 
-def parity(outputs: np.ndarray, torch_outputs: np.ndarray, tolerance: float = PARITY_TOLERANCE) -> dict:
-    """Max/mean absolute error of a float file against the torch model it came from."""
-    err = np.abs(outputs.astype(np.float64) - torch_outputs.astype(np.float64))
-    return {"max_abs_error": float(err.max()), "mean_abs_error": float(err.mean()), "tolerance": tolerance,
-            "ok": bool(err.max() <= tolerance), "images": int(len(outputs))}
+def parity(outputs: np.ndarray, torch_outputs: np.ndarray, tolerance: float = PARITY_RTOL) -> dict:
+    """Error of a float file against the torch model it came from, relative to the output scale."""
+    from toolkit.parity import compare_outputs
+
+    return compare_outputs(outputs, torch_outputs, rtol=tolerance)
 
 
 def verify(path: Path, fmt: str, precision: str, task, reference: Optional[np.ndarray],

@@ -13,14 +13,14 @@ from toolkit.errors import EdgeShrinkError
 def bundle(workspace, tmp_path_factory):
     import os
 
-    from toolkit.pipeline import RunOptions, run_pipeline
+    from tests.conftest import build_bundle
 
     os.environ["EDGESHRINK_MODELS_DIR"] = str(workspace / "models")
     os.environ["EDGESHRINK_TARGETS_DIR"] = str(workspace / "targets")
     try:
         out = tmp_path_factory.mktemp("dist")
-        return run_pipeline(RunOptions(model="tiny_mnv3", target="tiny", out_root=str(out), synthetic_data=True,
-                                       progress=False))
+        return build_bundle("tiny_mnv3", "tiny", str(out), synthetic_data=True,
+                                       progress=False)
     finally:
         del os.environ["EDGESHRINK_MODELS_DIR"], os.environ["EDGESHRINK_TARGETS_DIR"]
 
@@ -75,24 +75,24 @@ def test_report_plot_and_config(bundle):
     png = (bundle / "tradeoffs.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     config = json.loads((bundle / "config.json").read_text())
-    assert config["options"]["model"] == "tiny_mnv3" and config["pruning"]["target_macs"] == 0.6
+    assert config["card"]["name"] == "tiny_mnv3" and config["pruning"]["target_macs"] == 0.6
 
 
 def test_failed_run_leaves_no_partial_output(use_workspace, tmp_path):
-    from toolkit.pipeline import RunOptions, run_pipeline
+    from tests.conftest import build_bundle
 
     out = tmp_path / "dist"
     bad = tmp_path / "broken.pt"
     bad.write_bytes(b"\x00" * 100)
     with pytest.raises(EdgeShrinkError, match="unreadable"):
-        run_pipeline(RunOptions(model="tiny_mnv3", target="tiny", out_root=str(out), checkpoint=str(bad),
-                                synthetic_data=True, progress=False))
+        build_bundle("tiny_mnv3", "tiny", str(out), checkpoint=str(bad),
+                                synthetic_data=True, progress=False)
     with pytest.raises(EdgeShrinkError, match="calibration set is empty"):
-        run_pipeline(RunOptions(model="tiny_mnv3", target="tiny", out_root=str(out), calibration_size=0,
-                                synthetic_data=True, progress=False))
+        build_bundle("tiny_mnv3", "tiny", str(out), calibration_size=0,
+                                synthetic_data=True, progress=False)
     with pytest.raises(EdgeShrinkError, match="does not exist"):
-        run_pipeline(RunOptions(model="tiny_mnv3", target="tiny", out_root=str(out), data=str(tmp_path / "none"),
-                                progress=False))
+        build_bundle("tiny_mnv3", "tiny", str(out), data=str(tmp_path / "none"),
+                                progress=False)
     assert not out.exists() or list(out.iterdir()) == []
 
 
@@ -143,7 +143,7 @@ def test_published_pruned_checkpoint_replaces_fine_tuning(bundle, workspace, tmp
     import yaml
 
     from toolkit.checkpoint import sha256_file
-    from toolkit.pipeline import RunOptions, run_pipeline
+    from tests.conftest import build_bundle
 
     manifest = json.loads((bundle / "manifest.json").read_text())
     key = manifest["pruning"]["cache"]["key"]
@@ -156,8 +156,8 @@ def test_published_pruned_checkpoint_replaces_fine_tuning(bundle, workspace, tmp
     monkeypatch.setenv("EDGESHRINK_MODELS_DIR", str(models))
     monkeypatch.setenv("EDGESHRINK_TARGETS_DIR", str(workspace / "targets"))
     monkeypatch.setenv("EDGESHRINK_CACHE_DIR", str(tmp_path / "empty-cache"))
-    again = run_pipeline(RunOptions(model="tiny_mnv3", target="tiny", out_root=str(tmp_path / "dist"),
-                                    synthetic_data=True, bench=False, progress=False))
+    again = build_bundle("tiny_mnv3", "tiny", str(tmp_path / "dist"),
+                                    synthetic_data=True, bench=False, progress=False)
     m2 = json.loads((again / "manifest.json").read_text())
     assert m2["pruning"]["cache"] == {"key": key, "hit": True, "published": str(pruned)}
     assert m2["stage_seconds"]["fine-tune"] == 0.0
@@ -168,8 +168,8 @@ def test_published_pruned_checkpoint_replaces_fine_tuning(bundle, workspace, tmp
     with open(pruned, "ab") as f:
         f.write(b"tampered")
     with pytest.raises(EdgeShrinkError, match="sha256"):
-        run_pipeline(RunOptions(model="tiny_mnv3", target="tiny", out_root=str(tmp_path / "dist2"),
-                                synthetic_data=True, bench=False, progress=False))
+        build_bundle("tiny_mnv3", "tiny", str(tmp_path / "dist2"),
+                                synthetic_data=True, bench=False, progress=False)
 
 
 def test_publish_refuses_synthetic_bundles(bundle, use_workspace):

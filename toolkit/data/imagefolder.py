@@ -42,18 +42,32 @@ class ImageSplit:
         return ImageSplit(self.images[idx], self.labels[idx], self.classes, self.source, self.synthetic)
 
 
-def list_image_folder(split_dir: Path) -> tuple[list[Path], list[int], list[str]]:
-    """Files and labels of an ImageFolder split; refuses a missing or empty folder."""
+def class_folders(split_dir: Path) -> list[str]:
+    """Sorted class folder names of an ImageFolder split; hidden folders (`.ipynb_checkpoints`) ignored."""
     if not split_dir.is_dir():
         raise EdgeShrinkError(
             f"data folder {split_dir} does not exist; pass --data PATH or set EDGESHRINK_DATA_DIR "
-            "to the folder holding the dataset"
+            "to the folder holding the dataset (or set the split folder names in the card's dataset)"
         )
-    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def list_image_folder(split_dir: Path, classes: list[str] | None = None) -> tuple[list[Path], list[int], list[str]]:
+    """Files and labels of an ImageFolder split. `classes` (from the training split) fixes the
+    label order; the split must hold exactly those class folders. Refuses a missing or empty folder."""
+    found = class_folders(split_dir)
+    if classes is not None and found != list(classes):
+        missing = sorted(set(classes) - set(found))
+        extra = sorted(set(found) - set(classes))
+        raise EdgeShrinkError(
+            f"{split_dir} has other class folders than the training split (missing: {missing[:5]}, extra: {extra[:5]}); "
+            "every split needs the same class folders, or labels would shift"
+        )
+    classes = found
     files, labels = [], []
     for index, name in enumerate(classes):
         for f in sorted((split_dir / name).iterdir()):
-            if f.suffix.lower() in IMAGE_SUFFIXES:
+            if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."):
                 files.append(f)
                 labels.append(index)
     if not files:
@@ -63,32 +77,48 @@ def list_image_folder(split_dir: Path) -> tuple[list[Path], list[int], list[str]
     return files, labels, classes
 
 
-def _decode(args: tuple[str, int, int]) -> np.ndarray:
+def _decode(args: tuple) -> np.ndarray | str:
+    """One decoded image, or the reason it could not be decoded."""
     from toolkit.preprocess import resize_image
 
-    path, h, w = args
-    return resize_image(path, h, w)
+    path, h, w, interpolation, channels = args
+    try:
+        return resize_image(path, h, w, interpolation=interpolation, channels=channels)
+    except Exception as exc:  # PIL raises many types for truncated / foreign files
+        return f"{type(exc).__name__}: {str(exc)[:80]}"
 
 
-def load_image_split(root: Path, split: str, height: int, width: int, progress: bool = True) -> ImageSplit:
-    """Decode `root/split` at HxW (cached). Refuses missing folders with a one-line error."""
+def _cache_key(root: Path, split: str, files: list[Path], decode: tuple) -> str:
+    """Keyed on every file's name, size and modification time, so an edited image is decoded again."""
+    stats = [(str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    blob = json.dumps([str(Path(root).resolve()), split, list(decode), stats])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def load_image_split(root: Path, split: str, height: int, width: int, progress: bool = True, *,
+                     classes: list[str] | None = None, interpolation: str = "bilinear", channels: int = 3) -> ImageSplit:
+    """Decode `root/split` at HxW (cached). Refuses missing folders, class lists that differ from
+    `classes`, and unreadable images with a one-line error."""
     from multiprocessing import Pool
 
     from tqdm import tqdm
 
-    files, labels, classes = list_image_folder(Path(root) / split)
-    key = hashlib.sha256(
-        json.dumps([str(Path(root).resolve()), split, height, width, [str(f) for f in files]]).encode()
-    ).hexdigest()[:16]
+    files, labels, classes = list_image_folder(Path(root) / split, classes)
+    decode = (height, width, interpolation, channels)
+    key = _cache_key(Path(root), split, files, decode)
     cache = cache_dir() / f"images-{split}-{height}x{width}-{key}"
     if (cache / "done").exists():
         images = np.load(cache / "images.npy", mmap_mode="r")
         return ImageSplit(np.asarray(images), np.load(cache / "labels.npy"), classes, str(root))
-    jobs = [(str(f), height, width) for f in files]
+    jobs = [(str(f), *decode) for f in files]
     with Pool(max(1, min(4, os.cpu_count() or 1))) as pool:
         decoded = list(
             tqdm(pool.imap(_decode, jobs, chunksize=32), total=len(jobs), desc=f"decode {split}", disable=not progress)
         )
+    bad = [(f, d) for f, d in zip(files, decoded) if isinstance(d, str)]
+    if bad:
+        raise EdgeShrinkError(f"{len(bad)} image(s) in {Path(root) / split} cannot be decoded, first {bad[0][0]} "
+                              f"({bad[0][1]}); remove or replace them")
     images = np.stack(decoded)
     labels_arr = np.asarray(labels, dtype=np.int64)
     tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")

@@ -1,26 +1,24 @@
 """Reuse a pruned + fine-tuned model when the same dense checkpoint is pruned with the same
 settings on the same data (e.g. `make deploy` for host, then rpi4): fine-tuning is the slow
-part. Entries are portable checkpoints. A card's published pruned checkpoints (`pruned:` in the
-card, keyed the same way) are the fallback, so a fresh clone reuses committed fine-tuning.
-EDGESHRINK_NO_CACHE=1 turns both off."""
+part. Entries are portable checkpoints stored with their sha256, checked on every hit (a bad
+entry is ignored with a warning and rebuilt). A card's published pruned checkpoints (`pruned:` in
+the card, keyed the same way) are the fallback, so a fresh clone reuses committed fine-tuning."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
 from toolkit.paths import cache_dir
 
 
-def prune_cache_key(ckpt: Path, cfg, spec, data: dict, seed: int, never_prune) -> str:
-    from toolkit.checkpoint import sha256_file
-
+def prune_cache_key(ckpt_sha256: str, cfg, spec, data: dict, seed: int, never_prune) -> str:
+    """Key of the exact settings: dense weights, pruning config, input, dataset (by name), seed."""
     described = {k: data.get(k) for k in ("source", "synthetic", "train_images", "train_slices")}
     described["source"] = Path(str(described["source"] or "")).name  # the dataset, not where this machine keeps it
-    blob = json.dumps({"ckpt": sha256_file(ckpt), "cfg": cfg.model_dump(), "spec": spec.to_dict(), "data": described,
+    blob = json.dumps({"ckpt": ckpt_sha256, "cfg": cfg.model_dump(), "spec": spec.to_dict(), "data": described,
                        "seed": seed, "never_prune": list(never_prune)}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
@@ -29,27 +27,37 @@ def _path(key: str) -> Path:
     return cache_dir() / "pruned" / f"{key}.pt"
 
 
-def find_pruned(card, key: str) -> Optional[tuple]:
+def find_pruned(card, key: str, *, source) -> Optional[tuple]:
     """(model, history, published path or None) made with exactly these settings: from the local
-    cache, else from the card's published checkpoints (sha256 checked); None when there is none."""
-    if os.environ.get("EDGESHRINK_NO_CACHE"):
-        return None
-    from toolkit.checkpoint import load_checkpoint
+    cache (sha256 checked), else from the card's published checkpoints (sha256 checked); None when
+    there is none."""
+    from toolkit.checkpoint import sha256_file
+    from toolkit.weights import load_weights
 
-    if _path(key).is_file():
-        model, payload = load_checkpoint(_path(key))
-        return model, payload["meta"]["history"], None
-    for entry in card.pruned:
-        if entry.key == key:
-            model, payload = load_checkpoint(entry.resolved_path(), expect_sha256=entry.sha256)
-            return model, payload["meta"]["history"], entry.path
+    entry_path = _path(key)
+    if entry_path.is_file():
+        sidecar = entry_path.with_suffix(".sha256")
+        if sidecar.is_file() and sidecar.read_text().strip() == sha256_file(entry_path):
+            model, meta = load_weights(source, entry_path)
+            return model, meta["history"], None
+        print(f"[edgeshrink] warning: cached pruned model {entry_path.name} failed its sha256 check; rebuilding it")
+        entry_path.unlink(missing_ok=True)
+    for published in card.pruned:
+        if published.key == key:
+            path = card.pruned_path(published)
+            if not path.is_file() or sha256_file(path) != published.sha256:
+                from toolkit.errors import EdgeShrinkError
+
+                raise EdgeShrinkError(f"published pruned checkpoint {published.path} is missing or does not match the "
+                                      "card's sha256; restore it (git checkout) or run with --no-cache")
+            model, meta = load_weights(source, path)
+            return model, meta["history"], published.path
     return None
 
 
-def store_pruned(key: str, model, dense_payload: dict, history: list) -> None:
-    if os.environ.get("EDGESHRINK_NO_CACHE"):
-        return
+def store_pruned(key: str, model, source, history: list) -> None:
+    """Keep a pruned model under its key, with its sha256 beside it."""
     from toolkit.checkpoint import save_checkpoint
 
-    save_checkpoint(_path(key), model, dense_payload["architecture"], dense_payload["arguments"], {"history": history})
-
+    digest = save_checkpoint(_path(key), model, source.architecture, source.arguments, {"history": history})
+    _path(key).with_suffix(".sha256").write_text(digest + "\n")

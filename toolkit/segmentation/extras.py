@@ -18,12 +18,16 @@ def _pad_to(x_nchw: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def full_slice_benchmarks(work: Path, name: str, models: dict, task, target, calib_nchw: np.ndarray, clock) -> dict:
+def full_slice_benchmarks(runner, task) -> dict:
     """Export dense/pruned at 256x256 (TFLite FP32, pruned INT8 too), benchmark them and estimate
     the time per whole volume (p50 x mean slices per held-out volume)."""
+    work, name, target, clock = runner.work, runner.name, runner.target, runner.clock
+    models = {"dense": runner.families["dense"].model, "pruned": runner.families["pruned"].model}
+    calib_nchw = runner.calib_nchw
     from toolkit.artifact import Artifact
     from toolkit.bench.host import benchmark_file
-    from toolkit.convert.cache import cached_onnx_to_tflite as onnx_to_tflite
+    from toolkit.convert.cache import cached_onnx_to_tflite
+    from toolkit.convert.onnx_to_tflite import onnx_to_tflite as uncached
     from toolkit.convert.tflite_check import require_full_integer
     from toolkit.convert.torch_to_onnx import torch_to_onnx
 
@@ -36,7 +40,8 @@ def full_slice_benchmarks(work: Path, name: str, models: dict, task, target, cal
         int8 = stage == "pruned" and "int8" in target.precisions
         with clock("full-slice 256 export"):
             onnx_path = torch_to_onnx(model, shape, work / f"{name}_{stage}_fp32_{FULL_SLICE}.onnx")
-            out = onnx_to_tflite(onnx_path, work, calib, task.spec.mean, task.spec.std, int8=int8,
+            convert = cached_onnx_to_tflite if runner.plan.cache else uncached
+            out = convert(onnx_path, work, calib, task.spec.mean, task.spec.std, int8=int8,
                                  io_dtype=target.quantization.io_dtype)
             files = [("fp32", out.float32.rename(work / f"{name}_{stage}_fp32_{FULL_SLICE}.tflite"))]
             if out.int8:

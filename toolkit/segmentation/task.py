@@ -8,6 +8,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from toolkit.cards import ModelCard
+from toolkit.tasks import register_task
 from toolkit.preprocess import InputSpec
 from toolkit.segmentation.metrics import dice_per_class, mean_dice
 from toolkit.segmentation.nifti import VolumeSet, load_msd, restack, slices_of, synthetic_volumes
@@ -36,6 +37,7 @@ def seg_loss(distill_alpha: float = 0.0, temperature: float = 2.0, dice_weight: 
     return loss_fn
 
 
+@register_task("segmentation")
 @dataclass
 class SegmentationTask:
     card: ModelCard
@@ -46,15 +48,19 @@ class SegmentationTask:
     primary_metric: str = "dice"
 
     @classmethod
-    def load(cls, card: ModelCard, spec: InputSpec, data: Optional[str], synthetic: bool, progress: bool = True):
+    def resize_mode(cls, interpolation: str) -> str:
+        return "pad"
+
+    @classmethod
+    def load(cls, card: ModelCard, spec: InputSpec, data, progress: bool = True):
         from toolkit.datasets import dataset_root
         from toolkit.errors import EdgeShrinkError
 
-        if synthetic:
+        if data.synthetic:
             vols = synthetic_volumes(30, seed=1)
             vs = VolumeSet(vols[:24], vols[24:], [], "synthetic", synthetic=True)
         else:
-            root = dataset_root(card, data)
+            root = dataset_root(card, data.root)
             if not root.is_dir():
                 raise EdgeShrinkError(f"data folder {root} does not exist; pass --data PATH, set EDGESHRINK_DATA_DIR, or use --synthetic-data")
             vs = load_msd(root, len(card.labels), progress=progress)
@@ -154,7 +160,7 @@ class SegmentationTask:
         if buf:
             yield np.concatenate(buf)
 
-    def finetune(self, model, epochs: int, lr: float, distill: float, teacher, seed: int, progress: bool = True) -> dict:
+    def finetune(self, model, *, epochs: int, lr: float, distill: float, teacher, seed: int, progress: bool = True) -> dict:
         from toolkit.train import TrainConfig, fit
 
         if epochs == 0:
@@ -178,3 +184,21 @@ class SegmentationTask:
                 yield x, y
 
         return gen
+
+    def example_batch(self, count: int = 8) -> np.ndarray:
+        """A few real held-out slices for shape checks and diagnostics."""
+        return np.concatenate([x for _, x in zip(range(count), self.eval_inputs())])
+
+    def extras(self, runner) -> dict:
+        """Full-slice (256x256) files and benchmarks, and a PNG grid of held-out examples."""
+        from toolkit.segmentation.extras import example_grid, full_slice_benchmarks
+
+        out = {}
+        if runner.plan.bench:
+            out["full_slice_benchmarks"] = full_slice_benchmarks(runner, self)
+        int8 = runner.outputs.get("pruned-tflite-int8")
+        if int8 is not None:
+            with runner.clock("report"):
+                example_grid(runner.work / "examples.png", self, runner.outputs["dense-torch-fp32"], int8,
+                             f"{runner.name}: held-out cases")
+        return out

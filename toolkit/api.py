@@ -1,0 +1,72 @@
+"""The public Python API (re-exported lazily by `toolkit`):
+
+    import toolkit
+    plan = toolkit.plan("path/to/card.yaml", target="rpi4", finetune_epochs=0)  # every check, no work
+    bundle = toolkit.run(plan)                                                  # -> Bundle
+    bundle = toolkit.shrink(my_module, target="host", data="imgs/", input_size=(96, 96),
+                            mean=(0.5,), std=(0.5,), finetune_epochs=0)
+    print(bundle.path, bundle.deployed)
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Optional, Sequence
+
+from toolkit.errors import EdgeShrinkError
+
+
+def plan(card, *, target: str = "host", **overrides):
+    """Resolve and check a run of `card` (a card name, a card .yaml path or a ModelCard) for
+    `target`, with CLI-style overrides (finetune_epochs=0, data=..., out=..., target_macs=0.5, ...).
+    Returns a frozen RunPlan; refuses anything wrong in one line before any work."""
+    from toolkit.runplan import make_plan
+
+    return make_plan(card, target=target, **overrides)
+
+
+def run(plan, *, model=None):
+    """Execute a RunPlan; returns the Bundle (folder + manifest)."""
+    from toolkit.runner import run as run_plan
+
+    return run_plan(plan, model=model)
+
+
+def _card_for_module(model, *, name: str, task: str, data: str, input_size, mean, std, never_prune, labels) -> dict:
+    from toolkit.architectures import register_instance
+
+    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    data_path = Path(data).expanduser().resolve()
+    return {"name": name, "architecture": register_instance(model), "task": task,
+            "dataset": {"root": str(data_path)}, "metric": "top1" if task == "classification" else "dice",
+            "input": {"size": list(size), "channels": len(mean), "mean": list(mean), "std": list(std)},
+            "labels": list(labels or []), "never_prune": list(never_prune or [])}
+
+
+def shrink(model, *, target: str, data: str, task: str = "classification", input_size, mean: Sequence[float],
+           std: Sequence[float], never_prune: Optional[Sequence[str]] = None, out: Optional[str] = None,
+           name: Optional[str] = None, labels: Optional[Sequence[str]] = None, **overrides):
+    """Prune, quantize, convert, verify and benchmark an in-memory nn.Module (trained weights as
+    they are) for `target`. `data` is an ImageFolder root with `train/` and `val/`. Overrides as on
+    the CLI (finetune_epochs=0, target_macs=0.5, calibration_size=64, bench=False, ...). Returns
+    the Bundle; `Bundle.path` is the bundle folder."""
+    import tempfile
+
+    import torch
+
+    from toolkit.cards import card_from_dict
+    from toolkit.checkpoint import save_checkpoint
+
+    if not isinstance(model, torch.nn.Module):
+        raise EdgeShrinkError(f"shrink() needs a torch nn.Module, got {type(model).__name__}")
+    name = name or re.sub(r"[^A-Za-z0-9_.-]", "_", type(model).__name__.lower())[:64]
+    card_data = _card_for_module(model, name=name, task=task, data=data, input_size=input_size, mean=mean, std=std,
+                                 never_prune=never_prune, labels=labels)
+    with tempfile.TemporaryDirectory(prefix="edgeshrink-weights-") as tmp:
+        weights = Path(tmp) / f"{name}.pt"
+        save_checkpoint(weights, model.eval(), card_data["architecture"], {})
+        card_data["checkpoint"] = {"path": str(weights)}
+        card = card_from_dict(card_data, Path.cwd(), "shrink()")
+        run_plan = plan(card, target=target, out=out, **overrides)
+        return run(run_plan, model=model)

@@ -1,0 +1,57 @@
+"""The file matrix as data: one row per conversion edge (source -> format/precision).
+
+The runner walks these rows for each model family (dense, pruned); adding a format is adding a
+row and a converter, not another branch in the runner."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class Edge:
+    """Produces `<stage>-<format>-<precision>` from `source` with `converter`.
+
+    job: edges with the same job come out of one converter call (onnx2tf writes FP32 and INT8 at
+    once); background: that call runs in a worker process while the parent verifies and prunes;
+    check: an extra structural check of the produced file; stages: families that get this file."""
+
+    format: str
+    precision: str
+    source: str
+    converter: str
+    job: str
+    background: bool = False
+    check: Optional[str] = None
+    stages: tuple[str, ...] = ("dense", "pruned")
+
+    @property
+    def key(self) -> str:
+        return f"{self.format}-{self.precision}"
+
+
+EDGES: tuple[Edge, ...] = (
+    Edge("onnx", "fp32", source="torch-fp32", converter="torch_to_onnx", job="export"),
+    Edge("onnx", "int8", source="onnx-fp32", converter="onnx_to_qdq_int8", job="qdq", stages=("pruned",)),
+    Edge("tflite", "fp32", source="onnx-fp32", converter="onnx_to_tflite", job="onnx2tf", background=True),
+    Edge("tflite", "int8", source="onnx-fp32", converter="onnx_to_tflite", job="onnx2tf", background=True,
+         check="full_integer", stages=("pruned",)),
+)
+
+
+def edges_for(target, stage: str) -> list[Edge]:
+    """The edges a target asks for in one family, in verification order. ONNX FP32 is always made
+    (every other file comes from it) and kept only when the target lists the onnx format."""
+    wanted = []
+    for edge in EDGES:
+        if stage not in edge.stages or edge.precision not in target.precisions:
+            continue
+        if edge.format in target.formats or edge.key == "onnx-fp32":
+            wanted.append(edge)
+    return wanted
+
+
+def keeps(target, edge: Edge) -> bool:
+    """Whether the produced file stays in the bundle (intermediates are removed)."""
+    return edge.format in target.formats

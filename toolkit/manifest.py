@@ -1,0 +1,133 @@
+"""What a run leaves in its bundle: manifest.json (the record devices read), report.md,
+tradeoffs.png, config.json (the plan that ran, replayable) and the device files; and `Bundle`,
+the handle the Python API returns."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from toolkit.artifact import write_json
+from toolkit.errors import EdgeShrinkError
+
+MANIFEST_SCHEMA = "edgeshrink-manifest/1"
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A finished bundle folder. `path` is the folder, `manifest` its manifest.json."""
+
+    path: Path
+    manifest: dict
+
+    @classmethod
+    def open(cls, path) -> "Bundle":
+        path = Path(path)
+        try:
+            manifest = json.loads((path / "manifest.json").read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise EdgeShrinkError(f"{path} holds no readable manifest.json ({type(exc).__name__}); "
+                                  "point at a finished `edgeshrink run` output") from None
+        return cls(path, manifest)
+
+    def artifact(self, name: str) -> dict:
+        """The manifest record of one produced file, e.g. "pruned-tflite-int8"."""
+        for a in self.manifest.get("artifacts", []):
+            if a["name"] == name:
+                return a
+        raise EdgeShrinkError(f"{self.path} has no artifact {name!r}")
+
+    @property
+    def deployed(self) -> Path:
+        """The file the target runs."""
+        return self.path / self.artifact(self.manifest["deploy"]["artifact"])["file"]
+
+
+def _portable(path: str, plan) -> str:
+    """A weights path as recorded: relative to the card's folder when inside it (no machine paths)."""
+    p = Path(path).resolve()
+    for base in (Path(plan.card.base_dir).resolve(), Path.cwd().resolve()):
+        try:
+            return str(p.relative_to(base))
+        except ValueError:
+            continue
+    return p.name
+
+
+def build_manifest(runner) -> dict:
+    """The manifest as data (device files and deploy section are added by toolkit.bundle)."""
+    from toolkit.provenance import library_versions, machine_description
+
+    plan, task, arts = runner.plan, runner.task, runner.artifacts
+    baseline = next((a for a in arts if a.stage == "dense" and a.format == "tflite" and a.precision == "fp32"),
+                    next(a for a in arts if a.stage == "dense" and a.format != "torch"))
+    return {
+        "schema": MANIFEST_SCHEMA, "model": plan.card.name, "architecture": plan.source.architecture,
+        "task": plan.card.task, "target": plan.target.name, "labels": list(getattr(task, "labels", None) or plan.card.labels),
+        "input": plan.input.to_dict(), "data": task.data_description(), "primary_metric": task.primary_metric,
+        "baseline": {"file": baseline.file, "format": baseline.format, "precision": baseline.precision,
+                     "macs": baseline.macs, "params": baseline.params, "size_bytes": baseline.size_bytes,
+                     "metrics": baseline.metrics, "latency_ms": baseline.latency_ms, "fps": baseline.fps},
+        "artifacts": [a.to_dict() for a in arts],
+        "pruning": {"config": plan.pruning.model_dump(), "history": runner.extra.get("prune_history", []),
+                    "cache": runner.extra.get("prune_cache"),
+                    "excluded": runner.extra.get("prune_excluded", [])},
+        **{k: v for k, v in runner.extra.items() if k not in ("prune_history", "prune_cache", "prune_excluded")},
+        "source_checkpoint": {"path": _portable(plan.checkpoint, plan), "sha256": plan.checkpoint_sha256},
+        "stage_seconds": runner.clock.seconds,
+        "device": {"kind": "host", **machine_description()},
+        "versions": library_versions(),
+    }
+
+
+def write_bundle_files(runner) -> dict:
+    """Write manifest.json, config.json, report.md, tradeoffs.png and the device files into the
+    staged folder. Returns the manifest."""
+    from toolkit.bundle import add_device_files
+    from toolkit.report.markdown import write_report
+    from toolkit.report.plot import plot_tradeoffs
+
+    plan, work = runner.plan, runner.work
+    manifest = build_manifest(runner)
+    add_device_files(work, plan.target, manifest)
+    with runner.clock("report"):
+        plot_tradeoffs(runner.artifacts, runner.task.primary_metric, work / "tradeoffs.png",
+                       f"{plan.card.name} on {plan.target.name}")
+        write_report(work / "report.md", manifest, runner.artifacts, runner.task.primary_metric)
+    manifest["stage_seconds"] = runner.clock.seconds
+    write_json(work / "config.json", {**plan.to_json(), "versions": manifest["versions"]})
+    write_json(work / "manifest.json", manifest)
+    return manifest
+
+
+def write_failure_report(runner, message: str) -> None:
+    """report.md + manifest.json of a failed run: what failed, per-file parity, and for each failing
+    file the first diverging layer with a suggested fix (when the diagnosis can tell)."""
+    lines = [f"# {runner.plan.bundle_name}: FAILED", "", message, "", "| file | max rel error | max abs error | ok |",
+             "|---|---|---|---|"]
+    diagnoses = {}
+    for a in runner.artifacts:
+        if a.parity:
+            lines.append(f"| `{a.file}` | {a.parity['max_rel_error']:.2e} | {a.parity['max_abs_error']:.2e} | {a.parity['ok']} |")
+            if not a.parity["ok"]:
+                diagnoses[a.name] = _diagnose(runner, a)
+    for name, d in diagnoses.items():
+        lines += ["", f"## {name}", "", f"First diverging layer: {d.get('layer', 'unknown')}",
+                  f"Suggestion: {d.get('suggestion', 'try the other converter or report the model')}"]
+    (runner.work / "report.md").write_text("\n".join(lines) + "\n")
+    write_json(runner.work / "manifest.json", {"schema": MANIFEST_SCHEMA, "failed": message,
+                                               "artifacts": [a.to_dict() for a in runner.artifacts],
+                                               "diagnoses": diagnoses})
+
+
+def _diagnose(runner, artifact) -> dict:
+    """First diverging tensor of a failing float file (toolkit.diagnose), or why it cannot be told."""
+    try:
+        from toolkit.diagnose import diagnose_artifact
+    except ImportError:
+        return {"layer": "not diagnosed (toolkit.diagnose unavailable)"}
+    try:
+        return diagnose_artifact(runner, artifact)
+    except Exception as exc:  # the diagnosis must never hide the parity failure itself
+        return {"layer": f"diagnosis failed ({type(exc).__name__}: {str(exc)[:80]})"}

@@ -1,0 +1,343 @@
+"""The one runner: plan in, bundle out. It alone times stages, uses caches, runs worker
+processes, verifies every produced file and records its lineage.
+
+    bundle = run(plan)          # plan from toolkit.runplan.make_plan (every check already done)
+
+Work happens in a staged folder moved into place only when complete. A float file that fails
+parity is kept, with its report and the first diverging layer, in `<bundle>.failed/`."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from toolkit.artifact import Artifact
+from toolkit.edges import Edge, edges_for, keeps
+from toolkit.errors import EdgeShrinkError
+
+
+class StageClock:
+    """Wall time per stage name (stages may repeat: times add up)."""
+
+    def __init__(self, progress: bool):
+        self.seconds: dict[str, float] = {}
+        self.progress = progress
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        if self.progress:
+            print(f"[edgeshrink] {name} ...", flush=True)
+        t0 = time.perf_counter()
+        yield
+        self.add(name, time.perf_counter() - t0)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + seconds, 2)
+
+
+class ParityFailure(EdgeShrinkError):
+    """A converted float file does not compute what its torch model computes."""
+
+
+@dataclass
+class Family:
+    """One model (dense or pruned) and the files made from it."""
+
+    stage: str
+    model: object
+    torch_out: np.ndarray
+    macs: int
+    params: int
+    onnx: Optional[Path] = None
+    jobs: dict = field(default_factory=dict)
+
+
+def _convert_in_child(onnx_path, out_dir, calib01, mean, std, int8: bool, io_dtype: str, cache: bool):
+    """Worker process: onnx2tf is mostly single-threaded Python, so a conversion overlaps well with
+    verification and pruning in the parent. Returns (TFLiteOutputs, seconds)."""
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from toolkit.convert.cache import cached_onnx_to_tflite
+    from toolkit.convert.onnx_to_tflite import onnx_to_tflite
+
+    t0 = time.perf_counter()
+    convert = cached_onnx_to_tflite if cache else onnx_to_tflite
+    out = convert(onnx_path, out_dir, calib01, mean, std, int8=int8, io_dtype=io_dtype)
+    return out, time.perf_counter() - t0
+
+
+class Runner:
+    """Builds one bundle's files in `work`; `run()` below drives it."""
+
+    def __init__(self, plan, *, task, work: Path, pool, clock: StageClock):
+        self.plan, self.task, self.work, self.pool, self.clock = plan, task, work, pool, clock
+        self.target = plan.target
+        self.name = plan.card.name
+        self.shape = plan.input_shape
+        self.threads = plan.target.bench_threads
+        self.artifacts: list[Artifact] = []
+        self.outputs: dict[str, np.ndarray] = {}
+        self.extra: dict = {}
+        self.calib01 = self.calib_nchw = None
+        self.families: dict[str, Family] = {}
+
+    # ---- families -------------------------------------------------------------------------
+    def load_dense(self, model=None) -> Family:
+        """The dense model (given, or from the plan's weights), saved portably and evaluated."""
+        from toolkit.checkpoint import save_checkpoint
+        from toolkit.prune.prune import count_macs_params
+        from toolkit.runplan import load_dense
+
+        plan = self.plan
+        with self.clock("load checkpoint"):
+            model = (load_dense(plan) if model is None else copy.deepcopy(model)).eval()
+            save_checkpoint(self.work / f"{self.name}_dense.pt", model, plan.source.architecture,
+                            plan.source.arguments, {"source_sha256": plan.checkpoint_sha256})
+            macs, params = count_macs_params(model, self.shape)
+        with self.clock("verify"):
+            ref = self.task.torch_outputs(model)
+        self.outputs["dense-torch-fp32"] = ref
+        self.record(self.work / f"{self.name}_dense.pt", stage="dense", fmt="torch", precision="fp32",
+                    macs=macs, params=params, metrics=self.task.metrics(ref, ref))
+        return Family("dense", model, ref, macs, params)
+
+    def pruned(self, dense: Family) -> Family:
+        """The pruned, fine-tuned model: from the cache or the card's published checkpoints when
+        the exact settings match, else pruned and fine-tuned now."""
+        from toolkit.checkpoint import save_checkpoint
+
+        with self.clock("prune"):
+            model, history = self._prune_or_reuse(dense.model)
+        finetune_seconds = sum((h.get("finetune") or {}).get("seconds", 0.0) for h in history[1:])
+        if self.extra["prune_cache"]["hit"]:
+            finetune_seconds = 0.0  # the reused model's fine-tuning happened in an earlier run
+        self.clock.seconds["prune"] = round(self.clock.seconds["prune"] - finetune_seconds, 2)
+        self.clock.add("fine-tune", finetune_seconds)
+        self.extra["prune_history"] = history
+        macs, params = history[-1]["macs"], history[-1]["params"]
+        save_checkpoint(self.work / f"{self.name}_pruned.pt", model, self.plan.source.architecture,
+                        self.plan.source.arguments, {"pruning": self.plan.pruning.model_dump(), "history": history})
+        with self.clock("verify"):
+            out = self.task.torch_outputs(model)
+        self.outputs["pruned-torch-fp32"] = out
+        self.record(self.work / f"{self.name}_pruned.pt", stage="pruned", fmt="torch", precision="fp32", macs=macs,
+                    params=params, parent="dense-torch-fp32", metrics=self.task.metrics(out, dense.torch_out))
+        return Family("pruned", model, out, macs, params)
+
+    def _prune_or_reuse(self, dense_model):
+        from toolkit.prune.cache import find_pruned, prune_cache_key, store_pruned
+        from toolkit.prune.prune import prune_model
+
+        plan = self.plan
+        key = prune_cache_key(plan.checkpoint_sha256, plan.pruning, plan.input, self.task.data_description(),
+                              plan.seed, plan.card.never_prune)
+        found = find_pruned(plan.card, key, source=plan.source) if plan.cache else None
+        if found is not None:
+            model, history, published = found
+            self.extra["prune_cache"] = {"key": key, "hit": True, **({"published": published} if published else {})}
+            return model, history
+        grad = self.task.grad_batches() if plan.pruning.importance == "taylor" else None
+        model, history = prune_model(copy.deepcopy(dense_model), self.shape, plan.pruning, plan.card.never_prune,
+                                     self._finetuner(dense_model), grad, plan.progress)
+        if plan.cache:
+            store_pruned(key, model, plan.source, history)
+        self.extra["prune_cache"] = {"key": key, "hit": False}
+        return model, history
+
+    def _finetuner(self, dense_model):
+        cfg, teacher = self.plan.pruning, copy.deepcopy(dense_model).eval()
+
+        def finetune(model, step: int) -> dict:
+            t0 = time.perf_counter()
+            result = self.task.finetune(model, epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, distill=cfg.distill,
+                                        teacher=teacher, seed=self.plan.seed + step, progress=self.plan.progress)
+            return {**result, "seconds": round(time.perf_counter() - t0, 2)}
+
+        return finetune
+
+    # ---- conversion edges -----------------------------------------------------------------
+    def calibration(self) -> None:
+        """Real training images for INT8 calibration: NHWC in [0, 1] (onnx2tf) and normalised NCHW (ORT)."""
+        with self.clock("calibration data"):
+            x01 = self.task.calibration_nhwc(self.plan.calibration_size, self.plan.seed)
+            if len(x01) == 0:
+                raise EdgeShrinkError("calibration set is empty: the training split yielded no images; check the data folder")
+            spec = self.plan.input
+            nchw = ((x01 - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)).transpose(0, 3, 1, 2)
+            self.calib01, self.calib_nchw = x01, np.ascontiguousarray(nchw, dtype=np.float32)
+
+    def export(self, family: Family) -> None:
+        """ONNX export now; background edges (onnx2tf) start in a worker process."""
+        from toolkit.convert.torch_to_onnx import torch_to_onnx
+
+        with self.clock("export onnx"):
+            family.onnx = torch_to_onnx(family.model, self.shape, self.work / f"{self.name}_{family.stage}_fp32.onnx")
+        edges = [e for e in edges_for(self.target, family.stage) if e.background]
+        if edges:
+            spec, q = self.plan.input, self.target.quantization
+            int8 = any(e.precision == "int8" for e in edges)
+            family.jobs["onnx2tf"] = self.pool.submit(
+                _convert_in_child, family.onnx, self.work / f".tflite-{family.stage}", self.calib01, tuple(spec.mean),
+                tuple(spec.std), int8, q.io_dtype, self.plan.cache)
+
+    def finish(self, family: Family) -> None:
+        """Produce, check and verify every remaining file of one family, in edge order."""
+        made: dict[str, Path] = {}
+        for edge in edges_for(self.target, family.stage):
+            if edge.key == "onnx-fp32":
+                made[edge.key] = family.onnx
+            else:
+                made.update(self._produce(edge, family, made))
+            self._check(edge, made[edge.key])
+            if keeps(self.target, edge):
+                self._verify_and_record(edge, family, made[edge.key])
+        if "onnx" not in self.target.formats:
+            family.onnx.unlink()
+
+    def _produce(self, edge: Edge, family: Family, made: dict) -> dict:
+        if edge.job == "onnx2tf":
+            if "tflite-fp32" in made:
+                return {}
+            with self.clock("wait for tflite"):
+                out, seconds = family.jobs.pop("onnx2tf").result()
+            self.clock.add(f"convert tflite ({family.stage}, background)", seconds)
+            files = {"tflite-fp32": out.float32.rename(self.work / f"{self.name}_{family.stage}_fp32.tflite")}
+            if out.int8:
+                files["tflite-int8"] = out.int8.rename(self.work / f"{self.name}_{family.stage}_int8.tflite")
+            out.float32.parent.rmdir()
+            return files
+        if edge.converter == "onnx_to_qdq_int8":
+            from toolkit.convert.onnx_to_qdq_int8 import onnx_to_qdq_int8
+
+            q = self.target.quantization
+            with self.clock("quantize onnx int8"):
+                path = onnx_to_qdq_int8(made["onnx-fp32"], self.work / f"{self.name}_{family.stage}_int8.onnx",
+                                        self.calib_nchw, per_channel=q.per_channel, method=q.method)
+            return {edge.key: path}
+        raise EdgeShrinkError(f"no converter {edge.converter!r} for {edge.key}")
+
+    def _check(self, edge: Edge, path: Path) -> None:
+        if edge.check == "full_integer":
+            from toolkit.convert.tflite_check import require_full_integer
+
+            require_full_integer(path, self.target.quantization.io_dtype)
+
+    def _verify_and_record(self, edge: Edge, family: Family, path: Path) -> None:
+        from toolkit.verify import verify
+
+        name = f"{family.stage}-{edge.key}"
+        source = family.torch_out if edge.precision == "fp32" else None
+        with self.clock("verify"):
+            outputs, metrics, parity = verify(path, edge.format, edge.precision, self.task,
+                                              self.outputs["dense-torch-fp32"], source, self.threads,
+                                              self.plan.progress, f"{family.stage} {edge.format} {edge.precision}")
+        self.outputs[name] = outputs
+        self.record(path, stage=family.stage, fmt=edge.format, precision=edge.precision, macs=family.macs,
+                    params=family.params, parent=f"{family.stage}-{edge.source}", metrics=metrics, parity=parity,
+                    converter=edge.converter)
+
+    # ---- records --------------------------------------------------------------------------
+    def record(self, path: Path, *, stage: str, fmt: str, precision: str, macs: int, params: int,
+               parent: Optional[str] = None, metrics: Optional[dict] = None, parity: Optional[dict] = None,
+               converter: Optional[str] = None) -> Artifact:
+        art = Artifact.of_file(self.work, path, name=f"{stage}-{fmt}-{precision}", stage=stage, format=fmt,
+                               precision=precision, macs=macs, params=params, parent=parent, metrics=metrics or {},
+                               parity=parity or {}, converter=converter)
+        self.artifacts.append(art)
+        return art
+
+    def parity_gate(self) -> None:
+        """Every float file must compute what its torch model computes (relative to the output scale)."""
+        bad = [a for a in self.artifacts if a.parity and not a.parity["ok"]]
+        if bad:
+            worst = max(bad, key=lambda a: a.parity["max_rel_error"])
+            raise ParityFailure(f"numerical parity failed for {', '.join(a.name for a in bad)} (relative error "
+                                f"{worst.parity['max_rel_error']:.2e} > {worst.parity['tolerance']:.0e} of the output "
+                                "scale vs torch); the converter changed the model")
+
+    def benchmark(self) -> None:
+        from toolkit.bench.host import benchmark_file
+
+        b = self.target.benchmark
+        for i, a in enumerate(self.artifacts):
+            with self.clock("benchmark"):
+                r = benchmark_file(self.work / a.file, a.format, self.shape, self.threads, b.warmup, b.min_runs,
+                                   b.min_seconds)
+            self.artifacts[i] = a.with_(latency_ms=r["latency_ms"], fps=r["fps"], peak_rss_mb=r["peak_rss_mb"])
+
+    def build(self, dense_model=None) -> None:
+        """Every file the target asks for: dense family, pruning, pruned family; then the gates."""
+        dense = self.families["dense"] = self.load_dense(dense_model)
+        self.calibration()
+        self.export(dense)
+        pruned = self.families["pruned"] = self.pruned(dense)
+        self.export(pruned)
+        self.finish(dense)
+        self.finish(pruned)
+        self.artifacts.sort(key=lambda a: a.stage != "dense")  # stable: dense rows first, each family in edge order
+        self.parity_gate()
+        if self.plan.bench:
+            self.benchmark()
+        self.extra.update(self.task.extras(self))
+
+
+@contextlib.contextmanager
+def _worker_pool():
+    """Two spawned worker processes for background conversions, shut down with the run."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _keep_failed(runner: Runner, bundle: Path, error: ParityFailure) -> Path:
+    """Move the staged files of a run that failed parity to `<bundle>.failed/`, with a report that
+    names the first diverging layer, so the user can inspect them."""
+    import os
+    import shutil
+
+    from toolkit.manifest import write_failure_report
+
+    failed = bundle.with_name(bundle.name + ".failed")
+    write_failure_report(runner, str(error))
+    shutil.rmtree(failed, ignore_errors=True)
+    os.replace(runner.work, failed)
+    return failed
+
+
+def run(plan, *, model=None):
+    """Run a plan; returns the `Bundle`. `model` is the dense nn.Module itself (Python API) instead
+    of the plan's weights file. On any error nothing is left in the output folder, except a
+    parity failure's files in `<bundle>.failed/`."""
+    from toolkit.atomic import staged_folder
+    from toolkit.manifest import Bundle, write_bundle_files
+    from toolkit.tasks import load_task
+    from toolkit.train import seed_everything
+
+    import torch
+
+    clock = StageClock(plan.progress)
+    with clock("load data"):
+        task = load_task(plan.card, plan.input, plan.data, plan.progress)
+    torch.set_num_threads(max(1, plan.train_threads or plan.target.bench_threads))
+    seed_everything(plan.seed)
+    with staged_folder(plan.bundle_path) as work, _worker_pool() as pool:
+        runner = Runner(plan, task=task, work=work, pool=pool, clock=clock)
+        try:
+            runner.build(model)
+        except ParityFailure as exc:
+            failed = _keep_failed(runner, plan.bundle_path, exc)
+            raise EdgeShrinkError(f"{exc}; files and report kept in {failed}") from None
+        write_bundle_files(runner)
+    return Bundle.open(plan.bundle_path)
