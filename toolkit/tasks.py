@@ -8,6 +8,7 @@ lazily by module path, which keeps `import toolkit` fast."""
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Iterator, Optional, Protocol
 
@@ -111,7 +112,7 @@ class ClassificationTask:
         return bool(self.train.synthetic)
 
     def data_description(self) -> dict:
-        return {"source": self.train.source, "synthetic": self.synthetic, "train_images": len(self.train),
+        return {"source": Path(self.train.source).name, "synthetic": self.synthetic, "train_images": len(self.train),
                 "eval_images": len(self.val), "eval_split": self.eval_split, "classes": list(self.train.classes)}
 
     def calibration_nhwc(self, count: int, seed: int = 0) -> np.ndarray:

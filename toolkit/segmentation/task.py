@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator, Optional
 
 import numpy as np
@@ -81,7 +82,7 @@ class SegmentationTask:
         return {i: n.split()[0].lower() for i, n in enumerate(self.card.labels) if i > 0}
 
     def data_description(self) -> dict:
-        return {"source": self.volumes.source, "synthetic": self.synthetic, "train_volumes": len(self.volumes.train),
+        return {"source": Path(self.volumes.source).name, "synthetic": self.synthetic, "train_volumes": len(self.volumes.train),
                 "train_slices": int(len(self.train_images)), "eval_images": self.eval_count(),
                 "eval_unit": f"slices of {len(self.volumes.held_out)} volumes", "eval_split": "held-out cases",
                 "held_out_cases": [v.name for v in self.volumes.held_out], "problems": self.volumes.problems,
