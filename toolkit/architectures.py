@@ -147,8 +147,8 @@ def resnet18(num_classes: int = 1000):
 
 
 @register("unet")
-def unet(in_channels: int = 1, num_classes: int = 3, base: int = 16, depth: int = 4, norm: str = "batch",
+def unet(*, in_channels: int = 1, num_classes: int = 3, base: int = 16, depth: int = 4, norm: str = "batch",
          upsample: str = "transpose"):
     from toolkit.unet import UNet
 
-    return UNet(in_channels, num_classes, base, depth, norm, upsample)
+    return UNet(in_channels, num_classes, base=base, depth=depth, norm=norm, upsample=upsample)

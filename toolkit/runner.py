@@ -58,7 +58,7 @@ class Family:
     jobs: dict = field(default_factory=dict)
 
 
-def _convert_in_child(onnx_path, out_dir, calib01, mean, std, int8: bool, io_dtype: str, cache: bool):
+def _convert_in_child(onnx_path, out_dir, *, calib01, mean, std, int8: bool, io_dtype: str, cache: bool):
     """Worker process: onnx2tf is mostly single-threaded Python, so a conversion overlaps well with
     verification and pruning in the parent. Returns (TFLiteOutputs, seconds)."""
     import os
@@ -137,7 +137,7 @@ class Runner:
 
         plan = self.plan
         key = prune_cache_key(plan.checkpoint_sha256, plan.pruning, plan.input, self.task.data_description(),
-                              plan.seed, plan.card.never_prune)
+                              seed=plan.seed, never_prune=plan.card.never_prune)
         found = find_pruned(plan.card, key, source=plan.source) if plan.cache else None
         if found is not None:
             model, history, published = found
@@ -184,8 +184,8 @@ class Runner:
             spec, q = self.plan.input, self.target.quantization
             int8 = any(e.precision == "int8" for e in edges)
             family.jobs["onnx2tf"] = self.pool.submit(
-                _convert_in_child, family.onnx, self.work / f".tflite-{family.stage}", self.calib01, tuple(spec.mean),
-                tuple(spec.std), int8, q.io_dtype, self.plan.cache)
+                _convert_in_child, family.onnx, self.work / f".tflite-{family.stage}", calib01=self.calib01,
+                mean=tuple(spec.mean), std=tuple(spec.std), int8=int8, io_dtype=q.io_dtype, cache=self.plan.cache)
 
     def finish(self, family: Family) -> None:
         """Produce, check and verify every remaining file of one family, in edge order."""
@@ -236,8 +236,9 @@ class Runner:
         source = family.torch_out if edge.precision == "fp32" else None
         with self.clock("verify"):
             outputs, metrics, parity = verify(path, edge.format, edge.precision, self.task,
-                                              self.outputs["dense-torch-fp32"], source, self.threads,
-                                              self.plan.progress, f"{family.stage} {edge.format} {edge.precision}")
+                                              reference=self.outputs["dense-torch-fp32"], source_torch_outputs=source,
+                                              threads=self.threads, progress=self.plan.progress,
+                                              desc=f"{family.stage} {edge.format} {edge.precision}")
         self.outputs[name] = outputs
         self.record(path, stage=family.stage, fmt=edge.format, precision=edge.precision, macs=family.macs,
                     params=family.params, parent=f"{family.stage}-{edge.source}", metrics=metrics, parity=parity,

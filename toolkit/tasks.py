@@ -14,7 +14,7 @@ from typing import Iterator, Optional, Protocol
 
 import numpy as np
 
-from toolkit.errors import EdgeShrinkError, unknown_name
+from toolkit.errors import unknown_name
 from toolkit.preprocess import InputSpec, normalize_nhwc_uint8
 
 _BUILTIN = {

@@ -48,7 +48,7 @@ class Up(nn.Module):
 
 
 class UNet(nn.Module):
-    def __init__(self, in_channels: int = 1, num_classes: int = 3, base: int = 16, depth: int = 4,
+    def __init__(self, in_channels: int = 1, num_classes: int = 3, *, base: int = 16, depth: int = 4,
                  norm: str = "batch", upsample: str = "transpose"):
         super().__init__()
         widths = [base * 2 ** i for i in range(depth + 1)]

@@ -11,7 +11,7 @@ import numpy as np
 PARITY_RTOL = 1e-4  # max error / max |reference output|
 
 
-def run_outputs(path: Path, fmt: str, task, threads: int = 2, progress: bool = True, desc: str = "") -> np.ndarray:
+def run_outputs(path: Path, fmt: str, task, *, threads: int = 2, progress: bool = True, desc: str = "") -> np.ndarray:
     """Outputs of a model file over the task's held-out inputs (batch 1, the deployed shape)."""
     from tqdm import tqdm
 
@@ -30,10 +30,10 @@ def parity(outputs: np.ndarray, torch_outputs: np.ndarray, tolerance: float = PA
     return compare_outputs(outputs, torch_outputs, rtol=tolerance)
 
 
-def verify(path: Path, fmt: str, precision: str, task, reference: Optional[np.ndarray],
+def verify(path: Path, fmt: str, precision: str, task, *, reference: Optional[np.ndarray],
            source_torch_outputs: Optional[np.ndarray], threads: int = 2, progress: bool = True, desc: str = ""):
     """(outputs, metrics, parity) of one file. Parity is checked for float files only."""
-    outputs = run_outputs(path, fmt, task, threads, progress, desc)
+    outputs = run_outputs(path, fmt, task, threads=threads, progress=progress, desc=desc)
     metrics = task.metrics(outputs, reference)
     check = parity(outputs, source_torch_outputs) if precision == "fp32" and source_torch_outputs is not None and fmt != "torch" else {}
     return outputs, metrics, check

@@ -14,7 +14,7 @@ from typing import Optional
 from toolkit.paths import cache_dir
 
 
-def prune_cache_key(ckpt_sha256: str, cfg, spec, data: dict, seed: int, never_prune) -> str:
+def prune_cache_key(ckpt_sha256: str, cfg, spec, data: dict, *, seed: int, never_prune) -> str:
     """Key of the exact settings: dense weights, pruning config, input, dataset (by name), seed."""
     described = {k: data.get(k) for k in ("source", "synthetic", "train_images", "train_slices")}
     described["source"] = Path(str(described["source"] or "")).name  # the dataset, not where this machine keeps it

@@ -61,7 +61,7 @@ def full_slice_benchmarks(runner, task) -> dict:
             "note": "volume_ms_estimate = p50 per slice x mean slices per held-out volume"}
 
 
-def example_grid(path: Path, task, dense_out: np.ndarray, pruned_out: np.ndarray, title: str, count: int = 4) -> None:
+def example_grid(path: Path, task, dense_out: np.ndarray, pruned_out: np.ndarray, *, title: str, count: int = 4) -> None:
     """Rows of held-out slices with the most foreground: image | truth | dense FP32 | pruned INT8."""
     import matplotlib
 

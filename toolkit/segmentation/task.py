@@ -17,7 +17,6 @@ from toolkit.segmentation.nifti import VolumeSet, load_msd, restack, slices_of, 
 
 def seg_loss(distill_alpha: float = 0.0, temperature: float = 2.0, dice_weight: float = 1.0):
     """Cross-entropy + soft Dice over foreground classes, optionally blended with pixel-wise KD."""
-    import torch
     import torch.nn.functional as F
 
     def loss_fn(logits, y, teacher_logits=None):
@@ -175,7 +174,6 @@ class SegmentationTask:
                 "per_epoch": [{k: e[k] for k in ("epoch", "loss", "dice", "seconds")} for e in history["epochs"]]}
 
     def grad_batches(self, count: int = 4, batch: int = 16):
-        import torch
 
         def gen():
             g, _ = self.batches(batch, seed=123)
@@ -201,5 +199,5 @@ class SegmentationTask:
         if int8 is not None:
             with runner.clock("report"):
                 example_grid(runner.work / "examples.png", self, runner.outputs["dense-torch-fp32"], int8,
-                             f"{runner.name}: held-out cases")
+                             title=f"{runner.name}: held-out cases")
         return out
