@@ -32,6 +32,7 @@ class Artifact:
     peak_rss_mb: Optional[float] = None
     seconds: dict = field(default_factory=dict)
     converter: Optional[str] = None  # the converter that made the file (None: saved from torch)
+    bench_error: Optional[str] = None  # why the host benchmark has no figure (e.g. timed out)
 
     @classmethod
     def of_file(cls, bundle: Path, path: Path, **fields) -> "Artifact":

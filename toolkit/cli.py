@@ -297,10 +297,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate_like_interrupt() -> None:
+    """SIGTERM (what `timeout` and `kill` send) unwinds like Ctrl-C: staged folders and workers are cleaned up."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _terminate_like_interrupt()
     try:
         return args.func(args)
     except EdgeShrinkError as exc:
         print(f"edgeshrink: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("edgeshrink: interrupted; partial outputs removed", file=sys.stderr)
+        return 130

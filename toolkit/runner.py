@@ -266,11 +266,17 @@ class Runner:
     def benchmark(self) -> None:
         from toolkit.bench.host import benchmark_file
 
+        import subprocess
+
         b = self.target.benchmark
         for i, a in enumerate(self.artifacts):
             with self.clock("benchmark"):
-                r = benchmark_file(self.work / a.file, a.format, self.shape, self.threads, b.warmup, b.min_runs,
-                                   b.min_seconds)
+                try:
+                    r = benchmark_file(self.work / a.file, a.format, self.shape, self.threads, b.warmup, b.min_runs,
+                                       b.min_seconds)
+                except subprocess.TimeoutExpired as exc:  # a verified run is worth more than one latency figure
+                    self.artifacts[i] = a.with_(bench_error=f"timed out after {exc.timeout:.0f} s")
+                    continue
             self.artifacts[i] = a.with_(latency_ms=r["latency_ms"], fps=r["fps"], peak_rss_mb=r["peak_rss_mb"])
 
     def build(self, dense_model=None) -> None:
@@ -298,8 +304,12 @@ def _worker_pool():
     pool = ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn"))
     try:
         yield pool
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    except BaseException:
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()  # workers die with a failed or interrupted run, not minutes later
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _keep_failed(runner: Runner, bundle: Path, error: ParityFailure) -> Path:

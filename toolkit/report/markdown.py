@@ -22,7 +22,7 @@ def metric_columns(metric: str, artifacts) -> list[str]:
 def stage_table(artifacts, metric: str) -> str:
     keys = metric_columns(metric, artifacts)
     head = ["file", "format", "precision", "MMACs", "params (k)", "size (KB)"] + keys + \
-           ["parity max err", "p50 ms", "p90 ms", "p99 ms", "FPS", "peak MB"]
+           ["parity rel err", "p50 ms", "p90 ms", "p99 ms", "FPS", "peak MB"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for a in artifacts:
         lat = a.latency_ms or {}
@@ -31,7 +31,8 @@ def stage_table(artifacts, metric: str) -> str:
         for k in keys:
             v = a.metrics.get(k)
             cells.append("–" if v is None else (f"{100 * v:.2f}%" if k in ("top1", "agreement_top1") else f"{v:.4f}"))
-        cells += [_fmt(a.parity.get("max_abs_error") if a.parity else None, ".1e"), _fmt(lat.get("p50"), ".2f"),
+        cells += [_fmt(a.parity.get("max_rel_error") if a.parity else None, ".1e"),
+                  a.bench_error or _fmt(lat.get("p50"), ".2f"),
                   _fmt(lat.get("p90"), ".2f"), _fmt(lat.get("p99"), ".2f"), _fmt(a.fps, ".0f"), _fmt(a.peak_rss_mb, ".0f")]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
@@ -70,7 +71,7 @@ def write_report(path: Path, manifest: dict, artifacts, metric: str) -> None:
         "",
         "Latency: batch 1, the target profile's thread count, warm-up then at least N runs and T seconds, "
         "each file in its own process (peak MB is that process's max RSS). Parity: max |output − torch output| "
-        "over the held-out set, float files only (tolerance 1e-4).",
+        "over the held-out set divided by max |torch output|, float files only (tolerance 1e-4).",
         "",
         "![accuracy vs latency and size](tradeoffs.png)",
         "",

@@ -50,6 +50,8 @@ def read_pair(image_path: Path, label_path: Path, classes: int) -> Volume:
     values = np.unique(label_raw)
     if not np.all(np.isin(values, np.arange(classes))) or not np.all(values == np.round(values)):
         raise EdgeShrinkError(f"{name}: label values {values.tolist()[:8]} outside 0..{classes - 1}; fix the label file")
+    if not np.all(np.isfinite(image)):
+        raise EdgeShrinkError(f"{name}: the image holds NaN or infinite values; fix or remove the pair")
     std = image.std()
     image = (image - image.mean()) / (std if std > 0 else 1.0)
     return Volume(name, image.astype(np.float32), label_raw.astype(np.uint8))
@@ -64,8 +66,9 @@ def case_split(names: list[str], held_out: int = HELD_OUT, seed: int = SPLIT_SEE
 
 
 def load_msd(root: Path, classes: int = 3, held_out: int = HELD_OUT, progress: bool = True) -> VolumeSet:
-    """All readable pairs under root/images and root/labels, split by case. Bad pairs are
-    reported by name in `problems` and skipped, never crashed on."""
+    """All pairs under root/images and root/labels, split by case over the full list of case
+    names (so one bad file cannot move cases between the sides). A bad training pair is reported
+    in `problems` and skipped; a bad held-out pair stops the run (the evaluation would change)."""
     from tqdm import tqdm
 
     root = Path(root)
@@ -75,19 +78,23 @@ def load_msd(root: Path, classes: int = 3, held_out: int = HELD_OUT, progress: b
     files = sorted(p for p in images_dir.iterdir() if p.name.endswith((".nii", ".nii.gz")))
     if not files:
         raise EdgeShrinkError(f"no .nii.gz volumes in {images_dir}")
+    names = [f.name.replace(".nii.gz", "").replace(".nii", "") for f in files]
+    if len(names) <= held_out:
+        raise EdgeShrinkError(f"{images_dir} holds {len(names)} cases, not more than the {held_out} held out; add data")
+    train_names, held_names = case_split(names, held_out)
     volumes, problems = {}, []
     for f in tqdm(files, desc="read volumes", disable=not progress, leave=False):
         label = labels_dir / f.name
-        if not label.is_file():
-            problems.append(f"{f.name}: no label file {label.name}")
-            continue
         try:
+            if not label.is_file():
+                raise EdgeShrinkError(f"{f.name}: no label file {label.name} in {labels_dir}; add it or remove the image")
             v = read_pair(f, label, classes)
             volumes[v.name] = v
         except EdgeShrinkError as exc:
+            if f.name.replace(".nii.gz", "").replace(".nii", "") in held_names:
+                raise EdgeShrinkError(f"held-out case unreadable: {exc}") from None
             problems.append(str(exc))
-    train_names, held_names = case_split(list(volumes), held_out)
-    return VolumeSet([volumes[n] for n in train_names], [volumes[n] for n in held_names], problems, str(root))
+    return VolumeSet([volumes[n] for n in train_names if n in volumes], [volumes[n] for n in held_names], problems, str(root))
 
 
 def pad_offsets(shape_yz: tuple[int, int], size: tuple[int, int]) -> tuple[int, int]:
