@@ -32,6 +32,7 @@ class Artifact:
     peak_rss_mb: Optional[float] = None
     seconds: dict = field(default_factory=dict)
     converter: Optional[str] = None  # the converter that made the file (None: saved from torch)
+    delegate: dict = field(default_factory=dict)  # {name, partitions, undelegated_ops} for TFLite files
     bench_error: Optional[str] = None  # why the host benchmark has no figure (e.g. timed out)
 
     @classmethod

@@ -90,7 +90,10 @@ def write_bundle_files(runner) -> dict:
 
     plan, work = runner.plan, runner.work
     manifest = build_manifest(runner)
-    add_device_files(work, plan.target, manifest)
+    selection = _select(runner)
+    target = plan.target.model_copy(update={"deploy": plan.target.deploy.model_copy(update={"artifact": selection["artifact"]})})
+    add_device_files(work, target, manifest)
+    manifest["deploy"]["selection"] = selection
     with runner.clock("report"):
         plot_tradeoffs(runner.artifacts, runner.task.primary_metric, work / "tradeoffs.png",
                        f"{plan.card.name} on {plan.target.name}")
@@ -99,6 +102,18 @@ def write_bundle_files(runner) -> dict:
     write_json(work / "config.json", {**plan.to_json(), "versions": manifest["versions"]})
     write_json(work / "manifest.json", manifest)
     return manifest
+
+
+def _select(runner) -> dict:
+    """The deploy choice (toolkit.select): measured on this host for local x86 profiles, else an estimate."""
+    import platform
+
+    from toolkit.select import choose_deploy
+
+    target = runner.plan.target
+    here = target.deploy.transport == "local" and target.device.arch == platform.machine()
+    return choose_deploy(runner.artifacts, target=target, metric=runner.task.primary_metric,
+                         measured_on="host" if here else "host-estimate")
 
 
 def write_failure_report(runner, message: str) -> None:

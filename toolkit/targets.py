@@ -58,7 +58,22 @@ class Budget(Strict):
 class Deploy(Strict):
     transport: Literal["local", "ssh", "adb"]
     remote_dir: str = "~/edgeshrink"
-    artifact: str = "pruned-tflite-int8"  # the file the device runs (an artifact name from the manifest)
+    artifact: str = "pruned-tflite-int8"  # the preferred file (select: fixed deploys exactly this one)
+    select: Literal["fastest", "fixed"] = "fastest"  # fastest: the fastest file that passes the gate
+
+
+class Gate(Strict):
+    """What a file must show to be deployed."""
+
+    max_metric_drop: float = 0.015  # primary metric (top1 / dice) at most this far below the dense FP32 file
+    require_full_delegation: bool = False  # every op on the target's delegate (one partition)
+
+    @field_validator("max_metric_drop")
+    @classmethod
+    def _drop(cls, v):
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"must be between 0 and 1, got {v}")
+        return v
 
 
 class TargetProfile(Strict):
@@ -74,6 +89,7 @@ class TargetProfile(Strict):
     benchmark: Benchmark = Benchmark()
     budget: Budget
     deploy: Deploy
+    gate: Gate = Gate()
 
     @model_validator(mode="after")
     def _consistent(self):

@@ -50,7 +50,25 @@ def pruning_line(pruning: dict) -> str:
         line += f" (fine-tuned model loaded from the published `{cache['published']}`, same settings)"
     elif cache.get("hit"):
         line += " (fine-tuned model reused from the local prune cache, same settings)"
+    excluded = pruning.get("excluded") or []
+    if excluded:
+        shown = "; ".join(f"`{e['layer']}` ({e['reason']})" for e in excluded[:8])
+        line += f"\n\nExcluded from pruning ({len(excluded)}): {shown}" + (" ..." if len(excluded) > 8 else "")
     return line
+
+
+def deploy_lines(manifest: dict) -> list[str]:
+    """Which file the target deploys and why, and each candidate's gate result."""
+    sel = (manifest.get("deploy") or {}).get("selection")
+    if not sel:
+        return []
+    lines = [f"**Deployed: `{sel['artifact']}`** — {sel['reason']}.", "",
+             "| candidate | p50 ms | delegate partitions | gate |", "|---|---|---|---|"]
+    for r in sel["candidates"]:
+        p50 = "–" if r["p50_ms"] is None else f"{r['p50_ms']:.3f}"
+        parts = "–" if r.get("partitions") is None else str(r["partitions"])
+        lines.append(f"| {r['artifact']} | {p50} | {parts} | {'pass' if r['passes'] else '; '.join(r['why_not'])} |")
+    return lines + [""]
 
 
 def write_report(path: Path, manifest: dict, artifacts, metric: str) -> None:
@@ -69,6 +87,7 @@ def write_report(path: Path, manifest: dict, artifacts, metric: str) -> None:
         "",
         stage_table(artifacts, metric),
         "",
+        *deploy_lines(manifest),
         "Latency: batch 1, the target profile's thread count, warm-up then at least N runs and T seconds, "
         "each file in its own process (peak MB is that process's max RSS). Parity: max |output − torch output| "
         "over the held-out set divided by max |torch output|, float files only (tolerance 1e-4).",
