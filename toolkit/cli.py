@@ -299,9 +299,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _terminate_like_interrupt() -> None:
     """SIGTERM (what `timeout` and `kill` send) unwinds like Ctrl-C: staged folders and workers are cleaned up."""
+    import os
     import signal
 
+    main_pid = os.getpid()
+
     def handler(signum, frame):
+        if os.getpid() != main_pid:  # a forked worker (image decoding pool): die as SIGTERM means
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, handler)

@@ -58,26 +58,11 @@ class Family:
     jobs: dict = field(default_factory=dict)
 
 
-def _convert_in_child(onnx_path, out_dir, *, calib01, mean, std, int8: bool, io_dtype: str, cache: bool):
-    """Worker process: onnx2tf is mostly single-threaded Python, so a conversion overlaps well with
-    verification and pruning in the parent. Returns (TFLiteOutputs, seconds)."""
-    import os
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from toolkit.convert.cache import cached_onnx_to_tflite
-    from toolkit.convert.onnx_to_tflite import onnx_to_tflite
-
-    t0 = time.perf_counter()
-    convert = cached_onnx_to_tflite if cache else onnx_to_tflite
-    out = convert(onnx_path, out_dir, calib01, mean, std, int8=int8, io_dtype=io_dtype)
-    return out, time.perf_counter() - t0
-
-
 class Runner:
     """Builds one bundle's files in `work`; `run()` below drives it."""
 
-    def __init__(self, plan, *, task, work: Path, pool, clock: StageClock):
-        self.plan, self.task, self.work, self.pool, self.clock = plan, task, work, pool, clock
+    def __init__(self, plan, *, task, work: Path, jobs: list, clock: StageClock):
+        self.plan, self.task, self.work, self.jobs, self.clock = plan, task, work, jobs, clock
         self.target = plan.target
         self.name = plan.card.name
         self.shape = plan.input_shape
@@ -181,11 +166,15 @@ class Runner:
             family.onnx = torch_to_onnx(family.model, self.shape, self.work / f"{self.name}_{family.stage}_fp32.onnx")
         edges = [e for e in edges_for(self.target, family.stage) if e.background]
         if edges:
+            from toolkit.background import BackgroundConversion
+
             spec, q = self.plan.input, self.target.quantization
             int8 = any(e.precision == "int8" for e in edges)
-            family.jobs["onnx2tf"] = self.pool.submit(
-                _convert_in_child, family.onnx, self.work / f".tflite-{family.stage}", calib01=self.calib01,
-                mean=tuple(spec.mean), std=tuple(spec.std), int8=int8, io_dtype=q.io_dtype, cache=self.plan.cache)
+            job = BackgroundConversion(family.onnx, self.work / f".tflite-{family.stage}", calib01=self.calib01,
+                                       mean=tuple(spec.mean), std=tuple(spec.std), int8=int8, io_dtype=q.io_dtype,
+                                       cache=self.plan.cache)
+            family.jobs["onnx2tf"] = job
+            self.jobs.append(job)
 
     def finish(self, family: Family) -> None:
         """Produce, check and verify every remaining file of one family, in edge order."""
@@ -296,20 +285,14 @@ class Runner:
 
 
 @contextlib.contextmanager
-def _worker_pool():
-    """Two spawned worker processes for background conversions, shut down with the run."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    pool = ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn"))
+def _background_jobs():
+    """The run's background conversions; on any error or interrupt the children are killed at once."""
+    jobs: list = []
     try:
-        yield pool
-    except BaseException:
-        for process in list((getattr(pool, "_processes", None) or {}).values()):
-            process.terminate()  # workers die with a failed or interrupted run, not minutes later
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True, cancel_futures=True)
+        yield jobs
+    finally:
+        for job in jobs:
+            job.kill()
 
 
 def _keep_failed(runner: Runner, bundle: Path, error: ParityFailure) -> Path:
@@ -343,8 +326,8 @@ def run(plan, *, model=None):
         task = load_task(plan.card, plan.input, plan.data, plan.progress)
     torch.set_num_threads(max(1, plan.train_threads or plan.target.bench_threads))
     seed_everything(plan.seed)
-    with staged_folder(plan.bundle_path) as work, _worker_pool() as pool:
-        runner = Runner(plan, task=task, work=work, pool=pool, clock=clock)
+    with staged_folder(plan.bundle_path) as work, _background_jobs() as jobs:
+        runner = Runner(plan, task=task, work=work, jobs=jobs, clock=clock)
         try:
             runner.build(model)
         except ParityFailure as exc:

@@ -259,3 +259,30 @@ def test_parity_failure_keeps_files_and_report_in_failed_folder(elsewhere, works
     assert "FAILED" in report and "First diverging layer" in report
     assert (failed / "exports_differently_dense_fp32.onnx").is_file()
     assert not [p for p in out.iterdir() if ".partial" in p.name]
+
+
+def test_a_script_without_main_guard_works(elsewhere, workspace, tmp_path):
+    """Background conversions must not re-run the user's script (multiprocessing spawn would)."""
+    import shutil
+
+    data = tmp_path / "imgs"
+    shutil.copytree(elsewhere / "data" / "train", data / "train")
+    shutil.copytree(elsewhere / "data" / "test", data / "val")
+    script = tmp_path / "my_script.py"
+    script.write_text(textwrap.dedent(f'''
+        import sys
+        import torch
+        import toolkit
+        sys.path.insert(0, {str(elsewhere)!r})
+        from outside_nets import build
+        print("SCRIPT STARTED", flush=True)
+        bundle = toolkit.shrink(build(num_classes=10), target="tiny", data={str(data)!r}, input_size=(32, 32),
+                                mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), out={str(tmp_path / "dist")!r},
+                                finetune_epochs=0, bench=False, progress=False)
+        print("BUNDLE", bundle.path)
+    '''))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "EDGESHRINK_TARGETS_DIR": str(workspace / "targets")})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("SCRIPT STARTED") == 1 and "BUNDLE" in proc.stdout
+    assert (tmp_path / "dist" / "outsidenet-tiny" / "manifest.json").is_file()
