@@ -37,8 +37,10 @@ class DelegateHardswish(nn.Module):
 _REPLACEMENTS = {nn.Hardsigmoid: DelegateHardsigmoid, nn.Hardswish: DelegateHardswish}
 
 
-def rewrite_for_delegates(model: nn.Module) -> tuple[nn.Module, list[str]]:
+def rewrite_for_delegates(model: nn.Module, *, hardswish: bool = True) -> tuple[nn.Module, list[str]]:
     """Replace nn.Hardswish / nn.Hardsigmoid modules (in place) with delegate-friendly forms.
+    `hardswish=False` keeps nn.Hardswish (FP32 HARD_SWISH is one delegated XNNPACK op, a little
+    faster than ADD+MUL+MUL) for files that will only be deployed in FP32.
     Returns (model, changes) where changes lists "name: Old -> New" for every replaced module.
     Functional calls (F.hardswish inside a forward) are not rewritten; `functional_activations`
     finds them so a caller can refuse or warn."""
@@ -46,7 +48,7 @@ def rewrite_for_delegates(model: nn.Module) -> tuple[nn.Module, list[str]]:
     for parent_name, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):
             new = _REPLACEMENTS.get(type(child))
-            if new is None:
+            if new is None or (new is DelegateHardswish and not hardswish):
                 continue
             setattr(parent, child_name, new())
             full = f"{parent_name}.{child_name}" if parent_name else child_name

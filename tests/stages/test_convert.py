@@ -1,4 +1,4 @@
-"""Real converters and runtimes on a tiny real MobileNetV3: parity, full-integer INT8, QDQ."""
+"""Real converters and runtimes on tiny real models: parity, full-integer INT8, QDQ, onnx2tf advice."""
 
 from __future__ import annotations
 
@@ -118,3 +118,69 @@ def test_float_only_conversion_needs_no_network_or_calibration(converted, tmp_pa
     assert tfl.int8 is None and tfl.float32.is_file()
     y = outputs(TFLiteRunner(tfl.float32, 1), converted["x"][:4])
     assert np.abs(y - converted["ref"][:4]).max() <= 1e-4
+
+
+def test_onnx2tf_option_it_asks_for_is_retried_and_recorded(tmp_path):
+    """RegNet's layer names make TensorFlow refuse the SavedModel; onnx2tf's error says to convert
+    again with `-osd`. The converter retries with it, records it, and the file is still exact."""
+    import torch
+    import torchvision
+
+    from toolkit.convert.onnx_to_tflite import onnx_to_tflite
+    from toolkit.convert.torch_to_onnx import torch_to_onnx
+    from toolkit.runtime.tflite import TFLiteRunner
+
+    torch.manual_seed(0)
+    model = torchvision.models.regnet_x_400mf(num_classes=4).eval()
+    onnx_path = torch_to_onnx(model, (1, 3, 32, 32), tmp_path / "regnet.onnx")
+    out = onnx_to_tflite(onnx_path, tmp_path, None, int8=False)
+    assert out.onnx2tf_options == ("-osd",)
+    x = np.random.default_rng(0).standard_normal((2, 1, 3, 32, 32)).astype(np.float32)
+    runner = TFLiteRunner(out.float32, 1)
+    with torch.no_grad():
+        for xi in x:
+            assert np.abs(runner(xi) - model(torch.from_numpy(xi)).numpy()).max() <= 1e-4
+
+
+def test_onnx2tf_advice_reads_its_options():
+    from toolkit.convert.onnx_to_tflite import onnx2tf_advice
+
+    log = ("\x1b[31mERROR:\x1b[0m Please convert again with the `-osd` or `--output_signaturedefs` option. "
+           "Or use -kat input.1 or --not_an_option")
+    assert onnx2tf_advice(log) == [("-osd", "output_signaturedefs", True),
+                                   ("-kat", "keep_shape_absolutely_input_names", False)]
+
+
+def test_default_qdq_cannot_saturate_avx2_and_old_scheme_could(converted, tmp_path):
+    """The default scheme keeps int8 weights in 7 bits, so no u8 x s8 pair sum can overflow int16 on
+    AVX2 CPUs without VNNI; full-range int8 weights can."""
+    import onnx
+    from onnx import numpy_helper
+
+    from toolkit.convert.onnx_to_qdq_int8 import onnx_to_qdq_int8, u8s8_saturation_rows
+
+    weights = [numpy_helper.to_array(i) for i in onnx.load(str(converted["qdq"])).graph.initializer]
+    assert max(int(np.abs(w.astype(np.int32)).max()) for w in weights if w.dtype == np.int8 and w.ndim == 4) <= 64
+    safe = u8s8_saturation_rows(converted["qdq"])
+    assert safe["rows"] > 0 and safe["rows_can_saturate"] == 0 and safe["max_pair"] <= 128
+    old = onnx_to_qdq_int8(converted["onnx"], tmp_path / "s8s8.onnx", converted["x"][:16], scheme="s8s8")
+    assert u8s8_saturation_rows(old)["rows_can_saturate"] > 0
+    with pytest.raises(EdgeShrinkError, match="unknown INT8 scheme"):
+        onnx_to_qdq_int8(converted["onnx"], tmp_path / "x.onnx", converted["x"][:4], scheme="s4s4")
+
+
+def test_cpu_isa_flags_reads_x86_and_arm(tmp_path):
+    from toolkit.cpuinfo import cpu_isa_flags
+
+    here = cpu_isa_flags()
+    assert set(here) == {"vendor", "model", "flags", "vnni", "u8s8_may_saturate"}
+    zen2 = tmp_path / "zen2"
+    zen2.write_text("vendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B12\nflags\t\t: sse4_1 avx avx2 fma\n")
+    assert cpu_isa_flags(zen2)["u8s8_may_saturate"] is True and cpu_isa_flags(zen2)["vnni"] is False
+    icx = tmp_path / "icx"
+    icx.write_text("vendor_id\t: GenuineIntel\nmodel name\t: Xeon\nflags\t\t: avx avx2 avx512f avx512_vnni\n")
+    assert cpu_isa_flags(icx)["vnni"] is True and cpu_isa_flags(icx)["u8s8_may_saturate"] is False
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd asimddp\nCPU implementer\t: 0x41\n")
+    got = cpu_isa_flags(arm)
+    assert got["flags"]["asimddp"] is True and got["u8s8_may_saturate"] is False

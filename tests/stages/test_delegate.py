@@ -52,12 +52,13 @@ def files(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("delegate")
     model, images, x = data_initialised_mnv3()
-    plain = onnx_to_tflite(torch_to_onnx(model, (1, 3, 64, 64), out / "plain.onnx"), out, None, int8=False)
+    plain_onnx = torch_to_onnx(model, (1, 3, 64, 64), out / "plain.onnx")
+    plain = onnx_to_tflite(plain_onnx, out, None, int8=False)
     relu = onnx_to_tflite(torch_to_onnx(ReluNet.build(), (1, 3, 32, 32), out / "relu.onnx"), out, None, int8=False)
     rewritten, changes = rewrite_for_delegates(copy.deepcopy(model))
     friendly = onnx_to_tflite(torch_to_onnx(rewritten, (1, 3, 64, 64), out / "friendly.onnx"), out, images, MEAN, STD,
                               int8=True, io_dtype="int8")
-    return {"plain": plain.float32, "relu": relu.float32, "friendly": friendly, "model": model,
+    return {"plain": plain.float32, "plain_onnx": plain_onnx, "relu": relu.float32, "friendly": friendly, "model": model,
             "rewritten": rewritten, "changes": changes, "x": x}
 
 
@@ -103,3 +104,30 @@ def test_offline_delegates_and_bad_names(files, tmp_path):
         delegate_report(files["relu"], delegate="xnnpak")
     with pytest.raises(EdgeShrinkError, match="no TFLite file"):
         delegate_report(tmp_path / "missing.tflite")
+
+
+def test_first_divergence_names_the_broken_conv(files, tmp_path):
+    """Scale one Conv weight in the ONNX: the diagnosis names that node against torch, and against
+    the (correct) TFLite file; the untouched files report no divergence."""
+    import onnx
+    from onnx import numpy_helper
+
+    from toolkit.diagnose import first_divergence
+
+    onnx_path = files["plain_onnx"]
+    sample = files["x"][:1].numpy()
+    clean = first_divergence(onnx_path, files["plain"], files["model"], sample, rtol=1e-3)
+    assert clean["diverged"] is False and clean["checked"] == ["torch->onnx", "onnx->tflite"]
+    proto = onnx.load(str(onnx_path))
+    target = [n for n in proto.graph.node if n.op_type == "Conv"][6]
+    for init in proto.graph.initializer:
+        if init.name == target.input[1]:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1.5, init.name))
+    broken = tmp_path / "broken.onnx"
+    onnx.save(proto, str(broken))
+    vs_torch = first_divergence(broken, None, files["model"], sample, rtol=1e-3)
+    assert vs_torch["diverged"] and vs_torch["stage"] == "torch->onnx"
+    assert vs_torch["node"] == target.name and target.name.split("/")[-2] in vs_torch["module"]
+    assert vs_torch["suggestion"]
+    vs_tflite = first_divergence(broken, files["plain"], None, sample, rtol=1e-3)
+    assert vs_tflite["diverged"] and vs_tflite["stage"] == "onnx->tflite" and vs_tflite["node"] == target.name

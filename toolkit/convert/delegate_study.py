@@ -44,11 +44,12 @@ def study(model_name: str, checkpoint: Path, out: Path, *, calib: int = 256, thr
     shape = (1, spec.channels, spec.height, spec.width)
     calib01 = task.calibration_nhwc(calib, 0)
     rewritten, changes = rewrite_for_delegates(copy.deepcopy(model).eval())
+    sigmoid_only, _ = rewrite_for_delegates(copy.deepcopy(model).eval(), hardswish=False)
     x = torch.from_numpy(next(iter(task.eval_inputs())))
     with torch.no_grad():
         torch_gap = float((model.eval()(x) - rewritten(x)).abs().max())
     files = {}
-    for variant, m in (("original", model), ("rewritten", rewritten)):
+    for variant, m in (("original", model), ("rewritten", rewritten), ("hsig-only", sigmoid_only)):
         files[variant] = _convert(m, shape, out / variant, calib01, spec)
     rows = []
     for variant, pair in files.items():
