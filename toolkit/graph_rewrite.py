@@ -37,13 +37,45 @@ class DelegateHardswish(nn.Module):
 _REPLACEMENTS = {nn.Hardsigmoid: DelegateHardsigmoid, nn.Hardswish: DelegateHardswish}
 
 
+def delegate_hardsigmoid(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    return F.relu6(x + 3.0) * _SIXTH
+
+
+def delegate_hardswish(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    return F.relu6(x + 3.0) * (x * _SIXTH)
+
+
+def _rewrite_functional(model: nn.Module, hardswish: bool) -> tuple[nn.Module, list[str]]:
+    """F.hardswish / F.hardsigmoid calls inside forwards, rewritten with torch.fx. Returns the
+    model unchanged when there are none, or when it cannot be traced (changes then say so)."""
+    import torch.fx
+
+    targets = {F.hardsigmoid: delegate_hardsigmoid}
+    if hardswish:
+        targets[F.hardswish] = delegate_hardswish
+    try:
+        traced = torch.fx.symbolic_trace(model)
+    except Exception as exc:  # noqa: BLE001 - data-dependent control flow etc.; modules are still rewritten
+        return model, [f"functional calls not checked: torch.fx cannot trace the model ({type(exc).__name__})"]
+    changes = []
+    for node in traced.graph.nodes:
+        if node.op == "call_function" and node.target in targets:
+            changes.append(f"{node.name}: F.{node.target.__name__} -> {targets[node.target].__name__}")
+            node.target = targets[node.target]
+    if not changes:
+        return model, []
+    traced.recompile()
+    return traced, changes
+
+
 def rewrite_for_delegates(model: nn.Module, *, hardswish: bool = True) -> tuple[nn.Module, list[str]]:
     """Replace nn.Hardswish / nn.Hardsigmoid modules (in place) with delegate-friendly forms.
     `hardswish=False` keeps nn.Hardswish (FP32 HARD_SWISH is one delegated XNNPACK op, a little
     faster than ADD+MUL+MUL) for files that will only be deployed in FP32.
-    Returns (model, changes) where changes lists "name: Old -> New" for every replaced module.
-    Functional calls (F.hardswish inside a forward) are not rewritten; `functional_activations`
-    finds them so a caller can refuse or warn."""
+    Returns (model, changes) where changes lists "name: Old -> New" for every replacement.
+    F.hardswish / F.hardsigmoid calls inside a forward are rewritten with torch.fx when there are
+    any (the model then comes back as an fx.GraphModule with the same state_dict keys);
+    `functional_activations` checks that none are left."""
     changes: list[str] = []
     for parent_name, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):
@@ -53,7 +85,8 @@ def rewrite_for_delegates(model: nn.Module, *, hardswish: bool = True) -> tuple[
             setattr(parent, child_name, new())
             full = f"{parent_name}.{child_name}" if parent_name else child_name
             changes.append(f"{full}: {type(child).__name__} -> {new.__name__}")
-    return model, changes
+    model, more = _rewrite_functional(model, hardswish)
+    return model, changes + more
 
 
 def functional_activations(model: nn.Module, example: torch.Tensor) -> list[str]:

@@ -131,3 +131,31 @@ def test_first_divergence_names_the_broken_conv(files, tmp_path):
     assert vs_torch["suggestion"]
     vs_tflite = first_divergence(broken, files["plain"], None, sample, rtol=1e-3)
     assert vs_tflite["diverged"] and vs_tflite["stage"] == "onnx->tflite" and vs_tflite["node"] == target.name
+
+
+def test_functional_hardswish_calls_are_rewritten_too():
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    from toolkit.graph_rewrite import functional_activations, rewrite_for_delegates
+
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.gate = nn.Hardsigmoid()
+
+        def forward(self, x):
+            y = F.hardswish(self.conv(x))
+            return y * self.gate(y) + F.hardsigmoid(y)
+
+    torch.manual_seed(0)
+    model = Functional().eval()
+    x = torch.randn(2, 3, 16, 16) * 4
+    rewritten, changes = rewrite_for_delegates(Functional().eval().requires_grad_(False))
+    rewritten.load_state_dict(model.state_dict())
+    assert len(changes) == 3 and any("F.hardswish" in c for c in changes)
+    assert functional_activations(model, x[:1]) and functional_activations(rewritten, x[:1]) == []
+    with torch.no_grad():
+        assert torch.allclose(model(x), rewritten(x), atol=1e-5)
