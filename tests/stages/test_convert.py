@@ -184,3 +184,32 @@ def test_cpu_isa_flags_reads_x86_and_arm(tmp_path):
     arm.write_text("processor\t: 0\nFeatures\t: fp asimd asimddp\nCPU implementer\t: 0x41\n")
     got = cpu_isa_flags(arm)
     assert got["flags"]["asimddp"] is True and got["u8s8_may_saturate"] is False
+
+
+def test_torch_to_litert_converts_or_says_how_to_install(tmp_path):
+    """litert-torch is optional (it needs ai-edge-litert 2.3): where it is installed, the direct
+    path gives an exact FP32 file and a full-integer INT8 file; elsewhere a one-line install hint."""
+    import importlib.util
+
+    import torch
+
+    from toolkit.architectures import create_model
+    from toolkit.convert.torch_to_litert import torch_to_litert
+
+    torch.manual_seed(0)
+    model = create_model("mobilenet_v3_small", num_classes=4, width_mult=0.5).eval()
+    images = real_images(8, 64)
+    if importlib.util.find_spec("litert_torch") is None:
+        with pytest.raises(EdgeShrinkError, match="litert-torch is not installed.*pip install litert-torch==0.10.0"):
+            torch_to_litert(model, (1, 3, 64, 64), tmp_path, images, MEAN, STD)
+        return
+    from toolkit.convert.tflite_check import io_dtypes
+    from toolkit.runtime.tflite import TFLiteRunner
+
+    out = torch_to_litert(model, (1, 3, 64, 64), tmp_path, images, MEAN, STD)
+    x = ((images[:2] - np.array(MEAN)) / np.array(STD)).astype(np.float32).transpose(0, 3, 1, 2)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    y = np.concatenate([TFLiteRunner(out.float32, 1)(x[i:i + 1]) for i in range(2)])
+    assert np.abs(y - ref).max() <= 1e-4
+    assert io_dtypes(out.int8) == ("int8", "int8")
