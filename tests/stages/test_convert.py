@@ -213,3 +213,20 @@ def test_torch_to_litert_converts_or_says_how_to_install(tmp_path):
     y = np.concatenate([TFLiteRunner(out.float32, 1)(x[i:i + 1]) for i in range(2)])
     assert np.abs(y - ref).max() <= 1e-4
     assert io_dtypes(out.int8) == ("int8", "int8")
+
+
+def test_onnx2tf_failure_without_advice_is_one_line_naming_the_cause(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from toolkit.convert.onnx_to_tflite import onnx_to_tflite
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])
+    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 8, 8])
+    graph = helper.make_graph([helper.make_node("Relu", ["input"], ["r"]),
+                               helper.make_node("Frobnicate", ["r"], ["output"], domain="com.example")], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    onnx.save(model, str(tmp_path / "bad.onnx"))
+    with pytest.raises(EdgeShrinkError, match="could not convert bad.onnx: .*Frobnicate.*asks for no option") as err:
+        onnx_to_tflite(tmp_path / "bad.onnx", tmp_path / "out", None, int8=False)
+    assert "\n" not in str(err.value)

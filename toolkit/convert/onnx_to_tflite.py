@@ -41,12 +41,21 @@ def onnx2tf_flags() -> dict[str, tuple[str, bool]]:
     return flags
 
 
+# Options never worth a retry: they change what is written or only check/print, not the conversion.
+_NOT_A_FIX = {"version", "non_verbose", "disable_model_save", "output_h5", "output_keras_v3", "output_tfv1_pb",
+              "output_weights", "output_integer_quantized_tflite", "output_dynamic_range_quantized_tflite",
+              "check_gpu_delegate_compatibility", "check_onnx_tf_outputs_elementwise_close",
+              "check_onnx_tf_outputs_elementwise_close_full", "input_onnx_file_path", "output_folder_path"}
+
+
 def onnx2tf_advice(log: str) -> list[tuple[str, str, bool]]:
-    """Options onnx2tf's output names (e.g. "Please convert again with the `-osd` option"), as
-    (flag as written, convert() keyword, is_on_off_flag), in order of first mention."""
+    """Options onnx2tf's error/advice lines name (e.g. "Please convert again with the `-osd`
+    option"), as (flag as written, convert() keyword, is_on_off_flag), in order of first mention.
+    Output-format and check-only options are left out: they cannot fix a failed conversion."""
     flags, seen, out = onnx2tf_flags(), set(), []
-    for token in re.findall(r"(?<![\w-])(--?[A-Za-z][\w]*)", log):
-        if token in flags and flags[token][0] not in seen and token not in ("-i", "-o", "-n", "-V"):
+    advice = "\n".join(l for l in _plain(log).splitlines() if re.search(r"error|please|try|option|use ", l, re.I))
+    for token in re.findall(r"(?<![\w-])(--?[A-Za-z][\w]*)", advice):
+        if token in flags and flags[token][0] not in seen and flags[token][0] not in _NOT_A_FIX:
             seen.add(flags[token][0])
             out.append((token, *flags[token]))
     return out
