@@ -1,4 +1,4 @@
-"""Real converters and runtimes on a tiny real MobileNetV3: parity, full-integer INT8, QDQ."""
+"""Real converters and runtimes on tiny real models: parity, full-integer INT8, QDQ, onnx2tf advice."""
 
 from __future__ import annotations
 
@@ -118,3 +118,115 @@ def test_float_only_conversion_needs_no_network_or_calibration(converted, tmp_pa
     assert tfl.int8 is None and tfl.float32.is_file()
     y = outputs(TFLiteRunner(tfl.float32, 1), converted["x"][:4])
     assert np.abs(y - converted["ref"][:4]).max() <= 1e-4
+
+
+def test_onnx2tf_option_it_asks_for_is_retried_and_recorded(tmp_path):
+    """RegNet's layer names make TensorFlow refuse the SavedModel; onnx2tf's error says to convert
+    again with `-osd`. The converter retries with it, records it, and the file is still exact."""
+    import torch
+    import torchvision
+
+    from toolkit.convert.onnx_to_tflite import onnx_to_tflite
+    from toolkit.convert.torch_to_onnx import torch_to_onnx
+    from toolkit.runtime.tflite import TFLiteRunner
+
+    torch.manual_seed(0)
+    model = torchvision.models.regnet_x_400mf(num_classes=4).eval()
+    onnx_path = torch_to_onnx(model, (1, 3, 32, 32), tmp_path / "regnet.onnx")
+    out = onnx_to_tflite(onnx_path, tmp_path, None, int8=False)
+    assert out.onnx2tf_options == ("-osd",)
+    x = np.random.default_rng(0).standard_normal((2, 1, 3, 32, 32)).astype(np.float32)
+    runner = TFLiteRunner(out.float32, 1)
+    with torch.no_grad():
+        for xi in x:
+            assert np.abs(runner(xi) - model(torch.from_numpy(xi)).numpy()).max() <= 1e-4
+
+
+def test_onnx2tf_advice_reads_its_options():
+    from toolkit.convert.onnx_to_tflite import onnx2tf_advice
+
+    log = ("\x1b[31mERROR:\x1b[0m Please convert again with the `-osd` or `--output_signaturedefs` option. "
+           "Or use -kat input.1 or --not_an_option")
+    assert onnx2tf_advice(log) == [("-osd", "output_signaturedefs", True),
+                                   ("-kat", "keep_shape_absolutely_input_names", False)]
+
+
+def test_default_qdq_cannot_saturate_avx2_and_old_scheme_could(converted, tmp_path):
+    """The default scheme keeps int8 weights in 7 bits, so no u8 x s8 pair sum can overflow int16 on
+    AVX2 CPUs without VNNI; full-range int8 weights can."""
+    import onnx
+    from onnx import numpy_helper
+
+    from toolkit.convert.onnx_to_qdq_int8 import onnx_to_qdq_int8, u8s8_saturation_rows
+
+    weights = [numpy_helper.to_array(i) for i in onnx.load(str(converted["qdq"])).graph.initializer]
+    assert max(int(np.abs(w.astype(np.int32)).max()) for w in weights if w.dtype == np.int8 and w.ndim == 4) <= 64
+    safe = u8s8_saturation_rows(converted["qdq"])
+    assert safe["rows"] > 0 and safe["rows_can_saturate"] == 0 and safe["max_pair"] <= 128
+    old = onnx_to_qdq_int8(converted["onnx"], tmp_path / "s8s8.onnx", converted["x"][:16], scheme="s8s8")
+    assert u8s8_saturation_rows(old)["rows_can_saturate"] > 0
+    with pytest.raises(EdgeShrinkError, match="unknown INT8 scheme"):
+        onnx_to_qdq_int8(converted["onnx"], tmp_path / "x.onnx", converted["x"][:4], scheme="s4s4")
+
+
+def test_cpu_isa_flags_reads_x86_and_arm(tmp_path):
+    from toolkit.cpuinfo import cpu_isa_flags
+
+    here = cpu_isa_flags()
+    assert set(here) == {"vendor", "model", "flags", "vnni", "u8s8_may_saturate"}
+    zen2 = tmp_path / "zen2"
+    zen2.write_text("vendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B12\nflags\t\t: sse4_1 avx avx2 fma\n")
+    assert cpu_isa_flags(zen2)["u8s8_may_saturate"] is True and cpu_isa_flags(zen2)["vnni"] is False
+    icx = tmp_path / "icx"
+    icx.write_text("vendor_id\t: GenuineIntel\nmodel name\t: Xeon\nflags\t\t: avx avx2 avx512f avx512_vnni\n")
+    assert cpu_isa_flags(icx)["vnni"] is True and cpu_isa_flags(icx)["u8s8_may_saturate"] is False
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd asimddp\nCPU implementer\t: 0x41\n")
+    got = cpu_isa_flags(arm)
+    assert got["flags"]["asimddp"] is True and got["u8s8_may_saturate"] is False
+
+
+def test_torch_to_litert_converts_or_says_how_to_install(tmp_path):
+    """litert-torch is optional (it needs ai-edge-litert 2.3): where it is installed, the direct
+    path gives an exact FP32 file and a full-integer INT8 file; elsewhere a one-line install hint."""
+    import importlib.util
+
+    import torch
+
+    from toolkit.architectures import create_model
+    from toolkit.convert.torch_to_litert import torch_to_litert
+
+    torch.manual_seed(0)
+    model = create_model("mobilenet_v3_small", num_classes=4, width_mult=0.5).eval()
+    images = real_images(8, 64)
+    if importlib.util.find_spec("litert_torch") is None:
+        with pytest.raises(EdgeShrinkError, match="litert-torch is not installed.*pip install litert-torch==0.10.0"):
+            torch_to_litert(model, (1, 3, 64, 64), tmp_path, images, MEAN, STD)
+        return
+    from toolkit.convert.tflite_check import io_dtypes
+    from toolkit.runtime.tflite import TFLiteRunner
+
+    out = torch_to_litert(model, (1, 3, 64, 64), tmp_path, images, MEAN, STD)
+    x = ((images[:2] - np.array(MEAN)) / np.array(STD)).astype(np.float32).transpose(0, 3, 1, 2)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    y = np.concatenate([TFLiteRunner(out.float32, 1)(x[i:i + 1]) for i in range(2)])
+    assert np.abs(y - ref).max() <= 1e-4
+    assert io_dtypes(out.int8) == ("int8", "int8")
+
+
+def test_onnx2tf_failure_without_advice_is_one_line_naming_the_cause(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from toolkit.convert.onnx_to_tflite import onnx_to_tflite
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])
+    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 8, 8])
+    graph = helper.make_graph([helper.make_node("Relu", ["input"], ["r"]),
+                               helper.make_node("Frobnicate", ["r"], ["output"], domain="com.example")], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    onnx.save(model, str(tmp_path / "bad.onnx"))
+    with pytest.raises(EdgeShrinkError, match="could not convert bad.onnx: .*Frobnicate.*asks for no option") as err:
+        onnx_to_tflite(tmp_path / "bad.onnx", tmp_path / "out", None, int8=False)
+    assert "\n" not in str(err.value)

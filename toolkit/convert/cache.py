@@ -45,6 +45,7 @@ def cached_onnx_to_tflite(onnx_path: Path, out_dir: Path, calibration_nhwc: Opti
         shutil.copyfile(fresh.float32, tmp / "float32.tflite")
         if fresh.int8:
             shutil.copyfile(fresh.int8, tmp / "int8.tflite")
+        (tmp / "onnx2tf_options.txt").write_text(" ".join(fresh.onnx2tf_options))
         if not entry.exists():
             os.replace(tmp, entry)
         else:
@@ -54,4 +55,5 @@ def cached_onnx_to_tflite(onnx_path: Path, out_dir: Path, calibration_nhwc: Opti
     shutil.copyfile(entry / "float32.tflite", fp32)
     if q:
         shutil.copyfile(entry / "int8.tflite", q)
-    return TFLiteOutputs(fp32, q)
+    options = entry / "onnx2tf_options.txt"
+    return TFLiteOutputs(fp32, q, tuple(options.read_text().split()) if options.is_file() else ())

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -21,6 +23,42 @@ ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 class TFLiteOutputs:
     float32: Path
     int8: Optional[Path]
+    onnx2tf_options: tuple[str, ...] = ()  # options onnx2tf's own errors asked for and the retry used
+
+
+def onnx2tf_flags() -> dict[str, tuple[str, bool]]:
+    """{"-osd": ("output_signaturedefs", True), "--output_signaturedefs": (...), ...}: every option
+    of the installed onnx2tf's CLI, read from its argparse source, with whether it is an on/off flag."""
+    import inspect
+
+    import onnx2tf.onnx2tf as cli
+
+    src = inspect.getsource(cli.main)
+    flags = {}
+    for short, long, rest in re.findall(r"add_argument\(\s*'(-\w+)',\s*'--(\w+)',(.*?)\n\s*\)", src, re.S):
+        entry = (long, "action='store_true'" in rest)
+        flags[short], flags[f"--{long}"] = entry, entry
+    return flags
+
+
+# Options never worth a retry: they change what is written or only check/print, not the conversion.
+_NOT_A_FIX = {"version", "non_verbose", "disable_model_save", "output_h5", "output_keras_v3", "output_tfv1_pb",
+              "output_weights", "output_integer_quantized_tflite", "output_dynamic_range_quantized_tflite",
+              "check_gpu_delegate_compatibility", "check_onnx_tf_outputs_elementwise_close",
+              "check_onnx_tf_outputs_elementwise_close_full", "input_onnx_file_path", "output_folder_path"}
+
+
+def onnx2tf_advice(log: str) -> list[tuple[str, str, bool]]:
+    """Options onnx2tf's error/advice lines name (e.g. "Please convert again with the `-osd`
+    option"), as (flag as written, convert() keyword, is_on_off_flag), in order of first mention.
+    Output-format and check-only options are left out: they cannot fix a failed conversion."""
+    flags, seen, out = onnx2tf_flags(), set(), []
+    advice = "\n".join(l for l in _plain(log).splitlines() if re.search(r"error|please|try|option|use ", l, re.I))
+    for token in re.findall(r"(?<![\w-])(--?[A-Za-z][\w]*)", advice):
+        if token in flags and flags[token][0] not in seen and flags[token][0] not in _NOT_A_FIX:
+            seen.add(flags[token][0])
+            out.append((token, *flags[token]))
+    return out
 
 
 @contextlib.contextmanager
@@ -46,14 +84,60 @@ def _write_offline_sample(folder: Path, calib_nhwc01: np.ndarray) -> None:
     np.save(folder / ONNX2TF_SAMPLE, x.permute(0, 2, 3, 1).numpy().astype(np.float32))
 
 
+def _run_onnx2tf(source: Path, out: Path, *, int8: bool, io_dtype: str, **options) -> tuple[bool, str]:
+    """One onnx2tf.convert call in `source`'s folder; (succeeded, everything it printed)."""
+    import onnx2tf
+
+    log = io.StringIO()
+    with _cwd(source.parent), contextlib.redirect_stdout(log):
+        try:
+            onnx2tf.convert(input_onnx_file_path=str(source), output_folder_path=str(out),
+                            output_integer_quantized_tflite=int8, quant_type="per-channel",
+                            input_quant_dtype=io_dtype, output_quant_dtype=io_dtype, non_verbose=True, **options)
+            return True, log.getvalue()
+        except SystemExit:  # onnx2tf calls sys.exit on conversion errors
+            return False, log.getvalue()
+        except Exception as exc:  # noqa: BLE001 - onnx2tf raises many types; its advice is in the log
+            return False, f"{log.getvalue()}\n{type(exc).__name__}: {exc}"
+
+
+def _convert_with_advice(source: Path, out: Path, onnx_path: Path, *, int8: bool, io_dtype: str,
+                         **kwargs) -> tuple[str, ...]:
+    """Run onnx2tf; when it fails and its output asks for an on/off option it was not given
+    (e.g. `-osd` for layer names TensorFlow refuses), retry with it. Returns the options the
+    successful run needed. Raises with onnx2tf's advice when no retry helps."""
+    used: list[str] = []
+    for _ in range(4):
+        shutil.copyfile(onnx_path, source)  # onnx2tf rewrites its input; each attempt starts clean
+        shutil.rmtree(out, ignore_errors=True)
+        ok, log = _run_onnx2tf(source, out, int8=int8, io_dtype=io_dtype, **kwargs)
+        if ok:
+            return tuple(used)
+        advice = [a for a in onnx2tf_advice(log) if a[1] not in kwargs]
+        retry = next((a for a in advice if a[2]), None)
+        if retry is None:
+            break
+        kwargs[retry[1]] = True
+        used.append(retry[0])
+    asked = ", ".join(a[0] for a in advice) if advice else "no option"
+    last = next((l.strip() for l in reversed(log.splitlines()) if "ERROR" in l or "Error" in l), "no error line")
+    tried = f" (already retried with {' '.join(used)})" if used else ""
+    raise EdgeShrinkError(f"onnx2tf could not convert {onnx_path.name}{tried}: {_plain(last)[:300]}; onnx2tf asks for "
+                          f"{asked}; run onnx2tf -i {onnx_path} to see the full log")
+
+
+def _plain(text: str) -> str:
+    """onnx2tf colours its messages; drop the ANSI escapes."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
 def onnx_to_tflite(onnx_path: str | Path, out_dir: str | Path, calibration_nhwc: Optional[np.ndarray] = None,
                    mean: tuple = (0.0,), std: tuple = (1.0,), int8: bool = True,
                    io_dtype: str = "int8", input_name: str = "input") -> TFLiteOutputs:
     """Convert to `<stem>_float32.tflite` and, with `int8`, `<stem>_int8.tflite` (full-integer,
-    per-channel, int8 or uint8 input/output). `calibration_nhwc` holds real model inputs as NHWC
+    per-channel, int8 or uint8 input/output). When onnx2tf fails and names an on/off option of its
+    own (e.g. `-osd`), the conversion is retried with it and `onnx2tf_options` records it. `calibration_nhwc` holds real model inputs as NHWC
     float32 before mean/std (images in [0, 1]); onnx2tf normalises them with mean/std. Refuses INT8 without calibration data."""
-    import onnx2tf
-
     onnx_path, out_dir = Path(onnx_path).resolve(), Path(out_dir).resolve()
     if int8 and (calibration_nhwc is None or len(calibration_nhwc) == 0):
         raise EdgeShrinkError("INT8 conversion needs calibration data and the calibration set is empty; pass real images (calibration.size >= 1)")
@@ -79,16 +163,7 @@ def onnx_to_tflite(onnx_path: str | Path, out_dir: str | Path, calibration_nhwc:
             # uniform noise in [0, 1] serves that check and keeps the conversion offline.
             noise = np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32)
             np.save(work / ONNX2TF_SAMPLE, noise)
-        with _cwd(work), open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
-            try:
-                onnx2tf.convert(
-                    input_onnx_file_path=str(source), output_folder_path=str(work / "tf"),
-                    output_integer_quantized_tflite=int8, quant_type="per-channel",
-                    input_quant_dtype=io_dtype, output_quant_dtype=io_dtype,
-                    non_verbose=True, **kwargs,
-                )
-            except SystemExit as exc:  # onnx2tf calls sys.exit on conversion errors
-                raise EdgeShrinkError(f"onnx2tf could not convert {onnx_path.name} (exit {exc.code}); run onnx2tf -i {onnx_path} to see why") from None
+        used = _convert_with_advice(source, work / "tf", onnx_path, int8=int8, io_dtype=io_dtype, **kwargs)
         produced = work / "tf"
         fp32 = out_dir / f"{stem}_float32.tflite"
         shutil.copyfile(produced / f"{stem}_float32.tflite", fp32)
@@ -96,4 +171,4 @@ def onnx_to_tflite(onnx_path: str | Path, out_dir: str | Path, calibration_nhwc:
         if int8:
             q = out_dir / f"{stem}_int8.tflite"
             shutil.copyfile(produced / f"{stem}_full_integer_quant.tflite", q)
-    return TFLiteOutputs(fp32, q)
+    return TFLiteOutputs(fp32, q, used)
