@@ -76,9 +76,16 @@ def build_manifest(runner) -> dict:
         **{k: v for k, v in runner.extra.items() if k not in ("prune_history", "prune_cache", "prune_excluded")},
         "source_checkpoint": {"path": _portable(plan.checkpoint, plan), "sha256": plan.checkpoint_sha256},
         "stage_seconds": runner.clock.seconds,
-        "device": {"kind": "host", **machine_description()},
+        "device": {"kind": "host", **machine_description(), "isa": _isa()},
         "versions": library_versions(),
     }
+
+
+def _isa() -> dict:
+    """The host CPU's int8-relevant ISA flags (VNNI or not changes onnxruntime's INT8 kernels)."""
+    from toolkit.cpuinfo import cpu_isa_flags
+
+    return cpu_isa_flags()
 
 
 def write_bundle_files(runner) -> dict:
@@ -137,12 +144,22 @@ def write_failure_report(runner, message: str) -> None:
 
 
 def _diagnose(runner, artifact) -> dict:
-    """First diverging tensor of a failing float file (toolkit.diagnose), or why it cannot be told."""
+    """First diverging tensor of a failing float file (torch -> ONNX, then ONNX -> TFLite), with the
+    converter option or alternative that may fix it; or why it cannot be told."""
+    from toolkit.diagnose import first_divergence
+
+    family = runner.families.get(artifact.stage)
+    onnx = runner.work / f"{runner.name}_{artifact.stage}_fp32.onnx"
+    if family is None or not onnx.is_file():
+        return {"layer": "not diagnosed (the ONNX file of this family is gone)"}
+    sample = runner.task.example_batch(1)
+    tflite = runner.work / artifact.file if artifact.format == "tflite" else None
     try:
-        from toolkit.diagnose import diagnose_artifact
-    except ImportError:
-        return {"layer": "not diagnosed (toolkit.diagnose unavailable)"}
-    try:
-        return diagnose_artifact(runner, artifact)
+        found = first_divergence(onnx, tflite, family.model, sample)
     except Exception as exc:  # the diagnosis must never hide the parity failure itself
         return {"layer": f"diagnosis failed ({type(exc).__name__}: {str(exc)[:80]})"}
+    if not found.get("diverged"):
+        return {"layer": "no single layer diverged on the first held-out input", **found}
+    where = found.get("module") or found.get("node")
+    return {**found, "layer": f"{where} ({found.get('op_type')}, {found.get('stage')}, relative error "
+                              f"{found.get('rel_error', float('nan')):.2e})"}

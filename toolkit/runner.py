@@ -163,7 +163,8 @@ class Runner:
         from toolkit.convert.torch_to_onnx import torch_to_onnx
 
         with self.clock("export onnx"):
-            family.onnx = torch_to_onnx(family.model, self.shape, self.work / f"{self.name}_{family.stage}_fp32.onnx")
+            model = self._delegate_friendly(family)
+            family.onnx = torch_to_onnx(model, self.shape, self.work / f"{self.name}_{family.stage}_fp32.onnx")
         edges = [e for e in edges_for(self.target, family.stage) if e.background]
         if edges:
             from toolkit.background import BackgroundConversion
@@ -175,6 +176,17 @@ class Runner:
                                        cache=self.plan.cache)
             family.jobs["onnx2tf"] = job
             self.jobs.append(job)
+
+    def _delegate_friendly(self, family: Family):
+        """For XNNPACK targets, a copy with hard-sigmoid/hard-swish in forms XNNPACK runs (ReLU6, ADD,
+        MUL): otherwise they split the TFLite file into many partitions. Verified like every file."""
+        if self.target.runtime.delegate != "xnnpack":
+            return family.model
+        from toolkit.graph_rewrite import rewrite_for_delegates
+
+        model, changes = rewrite_for_delegates(copy.deepcopy(family.model))
+        self.extra.setdefault("graph_rewrites", {})[family.stage] = changes
+        return model
 
     def finish(self, family: Family) -> None:
         """Produce, check and verify every remaining file of one family, in edge order."""
@@ -197,6 +209,7 @@ class Runner:
             with self.clock("wait for tflite"):
                 out, seconds = family.jobs.pop("onnx2tf").result()
             self.clock.add(f"convert tflite ({family.stage}, background)", seconds)
+            self.extra.setdefault("onnx2tf_options", {})[family.stage] = list(getattr(out, "onnx2tf_options", ()) or ())
             files = {"tflite-fp32": out.float32.rename(self.work / f"{self.name}_{family.stage}_fp32.tflite")}
             if out.int8:
                 files["tflite-int8"] = out.int8.rename(self.work / f"{self.name}_{family.stage}_int8.tflite")
@@ -208,7 +221,7 @@ class Runner:
             q = self.target.quantization
             with self.clock("quantize onnx int8"):
                 path = onnx_to_qdq_int8(made["onnx-fp32"], self.work / f"{self.name}_{family.stage}_int8.onnx",
-                                        self.calib_nchw, per_channel=q.per_channel, method=q.method)
+                                        self.calib_nchw, per_channel=q.per_channel, method=q.method, scheme=q.onnx_scheme)
             return {edge.key: path}
         raise EdgeShrinkError(f"no converter {edge.converter!r} for {edge.key}")
 
@@ -229,17 +242,29 @@ class Runner:
                                               threads=self.threads, progress=self.plan.progress,
                                               desc=f"{family.stage} {edge.format} {edge.precision}")
         self.outputs[name] = outputs
+        delegate = self._delegate_report(path) if edge.format == "tflite" else {}
         self.record(path, stage=family.stage, fmt=edge.format, precision=edge.precision, macs=family.macs,
                     params=family.params, parent=f"{family.stage}-{edge.source}", metrics=metrics, parity=parity,
-                    converter=edge.converter)
+                    converter=edge.converter, delegate=delegate)
+
+    def _delegate_report(self, path: Path) -> dict:
+        """Partitions and the ops left outside the target's delegate (and its variants)."""
+        from toolkit.delegate import delegate_report
+
+        runtime = self.target.runtime
+        if runtime.delegate not in ("xnnpack", "gpu", "nnapi"):
+            return {}
+        report = delegate_report(path, delegate=runtime.delegate, threads=self.threads)
+        variants = {v: delegate_report(path, delegate=v) for v in runtime.delegate_variants if v != runtime.delegate}
+        return {**report, **({"variants": variants} if variants else {})}
 
     # ---- records --------------------------------------------------------------------------
     def record(self, path: Path, *, stage: str, fmt: str, precision: str, macs: int, params: int,
                parent: Optional[str] = None, metrics: Optional[dict] = None, parity: Optional[dict] = None,
-               converter: Optional[str] = None) -> Artifact:
+               converter: Optional[str] = None, delegate: Optional[dict] = None) -> Artifact:
         art = Artifact.of_file(self.work, path, name=f"{stage}-{fmt}-{precision}", stage=stage, format=fmt,
                                precision=precision, macs=macs, params=params, parent=parent, metrics=metrics or {},
-                               parity=parity or {}, converter=converter)
+                               parity=parity or {}, converter=converter, delegate=delegate or {})
         self.artifacts.append(art)
         return art
 

@@ -34,6 +34,9 @@ class Quantization(Strict):
     method: Literal["minmax", "entropy", "percentile"] = "minmax"
     per_channel: bool = True
     io_dtype: Literal["int8", "uint8"] = "int8"
+    # ONNX QDQ integer types: s8s7 (7-bit weights: no int16 saturation on CPUs without VNNI, same
+    # result everywhere), u8u8 (fully fused on onnxruntime CPU, fastest there), s8s8 (the old default)
+    onnx_scheme: Literal["s8s7", "s8s8", "u8u8"] = "s8s7"
 
     @field_validator("calibration_size")
     @classmethod
