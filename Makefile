@@ -8,6 +8,8 @@ HOST   ?=
 REMOTE_PYTHON ?=
 TARGET ?= host
 EPOCHS ?= 30
+# Values reach recipes through the environment and are used as "$$VAR": never pasted into a shell line.
+export MODEL TARGET HOST REMOTE_PYTHON FINETUNE_EPOCHS DATA
 
 .PHONY: setup test test-slow deploy bench sweep train clean help
 
@@ -28,15 +30,16 @@ $(STAMP): requirements.txt pyproject.toml
 setup: $(STAMP)
 
 test: setup
+	@tests/prereqs.sh
 	$(BIN)/python -m pytest -q
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
 
 deploy: setup
-	$(BIN)/edgeshrink run --model $(MODEL) --target $(TARGET) \
-	  $(if $(FINETUNE_EPOCHS),--finetune-epochs $(FINETUNE_EPOCHS)) $(if $(DATA),--data $(DATA)) \
-	  $(if $(HOST),--host $(HOST)) $(if $(REMOTE_PYTHON),--remote-python $(REMOTE_PYTHON))
+	$(BIN)/edgeshrink run --model "$$MODEL" --target "$$TARGET" \
+	  $${FINETUNE_EPOCHS:+--finetune-epochs "$$FINETUNE_EPOCHS"} $${DATA:+--data "$$DATA"} \
+	  $${HOST:+--host "$$HOST"} $${REMOTE_PYTHON:+--remote-python "$$REMOTE_PYTHON"}
 
 bench: setup
 	$(BIN)/edgeshrink bench dist/$(MODEL)-$(TARGET)

@@ -13,8 +13,9 @@ from toolkit.paths import REPO_ROOT
 DEPLOY = REPO_ROOT / "deploy"
 
 REQUIREMENTS = {
-    "tflite": "# On the device (Raspberry Pi OS 64-bit, Debian, ...):\n"
-              "numpy\nai-edge-litert\n# or instead of ai-edge-litert: tflite-runtime==2.14.0 with numpy<2\n"
+    "tflite": "# On the device (Raspberry Pi OS 64-bit, Debian, ...). Verified: these pins on x86-64 and on\n"
+              "# aarch64 (Debian bookworm, Python 3.11, emulated) by tests/stages/test_aarch64.py.\n"
+              "numpy==1.26.4\nai-edge-litert==2.1.0\n# or instead of ai-edge-litert: tflite-runtime==2.14.0 with numpy<2\n"
               "# optional, to read image files / video / cameras: pillow, opencv-python-headless, picamera2\n",
     "tensorrt": "# On the Jetson (JetPack ships TensorRT and trtexec under /usr/src/tensorrt/bin):\n"
                 "numpy\n# fallback when TensorRT is absent: onnxruntime-gpu (Jetson Zoo wheel) or onnxruntime\n",
@@ -44,7 +45,7 @@ def device_readme(manifest: dict, target, artifact: dict) -> str:
              "pip install -r requirements-device.txt", "python3 edgeshrink_common.py .          # check every file's sha256"]
     if target.runtime.engine == "tflite" and target.deploy.transport != "adb":
         lines += ["python3 edgeshrink_run.py --bench --json results/device.json",
-                  "python3 edgeshrink_run.py --input some/images/ --topk 3",
+                  "python3 edgeshrink_run.py --input some/images/ --top-k 3",
                   "python3 edgeshrink_run.py --camera 0            # Pi camera (picamera2) or webcam (OpenCV)"]
     elif target.runtime.engine == "tensorrt":
         lines += ["python3 edgeshrink_trt.py --json results/device.json   # builds/caches the TensorRT engine, benchmarks it",

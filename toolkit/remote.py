@@ -31,11 +31,18 @@ class SshHost:
         return f"{self.login}:{self.port}"
 
 
+# A user or host may not start with '-' (ssh would read it as an option) and holds no shell characters.
+_HOST_SPEC = re.compile(r"([A-Za-z0-9_][A-Za-z0-9._-]{0,63})@([A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9a-fA-F:]+\])"
+                        r"(?::(\d{1,5}))?")
+
+
 def parse_host(spec: str) -> SshHost:
-    """'user@host[:port]' -> SshHost; anything else is a one-line error."""
-    m = re.fullmatch(r"([A-Za-z0-9._-]+)@([A-Za-z0-9._-]+|\[[0-9a-fA-F:]+\])(?::(\d{1,5}))?", spec or "")
-    if not m:
-        raise EdgeShrinkError(f"HOST={spec!r} is not user@host[:port]; e.g. HOST=pi@raspberrypi.local:22")
+    """'user@host[:port]' -> SshHost; anything else (shell characters, a leading '-', a port outside
+    1..65535) is a one-line error."""
+    m = _HOST_SPEC.fullmatch(spec or "")
+    if not m or not 0 < int(m.group(3) or 22) < 65536:
+        raise EdgeShrinkError(f"HOST={spec!r} is not user@host[:port] (letters, digits, '.', '_', '-'; no leading '-'); "
+                              "e.g. HOST=pi@raspberrypi.local:22")
     return SshHost(m.group(1), m.group(2).strip("[]"), int(m.group(3) or 22))
 
 
@@ -53,7 +60,7 @@ class Ssh:
         return ["ssh", "-p", str(self.target.port), *self.opts]
 
     def run(self, command: str, what: str, timeout: float = 900) -> str:
-        proc = subprocess.run([*self.ssh_cmd(), self.target.login, command], capture_output=True, text=True,
+        proc = subprocess.run([*self.ssh_cmd(), "--", self.target.login, command], capture_output=True, text=True,
                               timeout=timeout)
         if proc.returncode == 255:
             raise EdgeShrinkError(f"cannot reach {self.target} over SSH ({_last(proc.stderr)}); check HOST, that sshd runs "
@@ -64,16 +71,19 @@ class Ssh:
 
     def push_dir(self, local: Path, remote: str) -> None:
         if shutil.which("rsync"):
-            cmd = ["rsync", "-az", "--delete", "--exclude", "engines/", "--exclude", "results/", "-e", shlex.join(self.ssh_cmd()), f"{local}/", f"{self.target.login}:{remote}/"]
+            cmd = ["rsync", "-az", "--protect-args", "--delete", "--exclude", "engines/", "--exclude", "results/",
+                   "-e", shlex.join(self.ssh_cmd()), "--", f"{local}/", f"{self.target.login}:{remote}/"]
         else:
-            cmd = ["scp", "-q", "-r", "-P", str(self.target.port), *self.opts, f"{local}/.", f"{self.target.login}:{remote}/"]
+            cmd = ["scp", "-q", "-r", "-P", str(self.target.port), *self.opts, "--", f"{local}/.",
+                   f"{self.target.login}:{remote}/"]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
         if proc.returncode != 0:
             raise EdgeShrinkError(f"copying {local.name} to {self.target} failed: {_last(proc.stderr)}")
 
     def pull_file(self, remote: str, local: Path) -> None:
         """Fetch with `ssh cat` (works without an SFTP subsystem, which modern scp needs)."""
-        proc = subprocess.run([*self.ssh_cmd(), self.target.login, f"cat {remote}"], capture_output=True, timeout=300)
+        proc = subprocess.run([*self.ssh_cmd(), "--", self.target.login, f"cat -- {shlex.quote(remote)}"],
+                              capture_output=True, timeout=300)
         if proc.returncode != 0:
             raise EdgeShrinkError(f"fetching {remote} from {self.target} failed: {_last(proc.stderr.decode(errors='replace'))}")
         Path(local).write_bytes(proc.stdout)
@@ -85,14 +95,27 @@ def _last(text: str) -> str:
 
 
 def device_command(manifest: dict, python: str, remote_dir: str) -> str:
-    """The benchmark command run on the device for this bundle's engine."""
+    """The benchmark command run on the device for this bundle's engine; every value is one quoted word."""
     engine = manifest["deploy"]["engine"]
     script = "edgeshrink_run.py --bench" if engine == "tflite" else "edgeshrink_trt.py"
-    return f"cd {remote_dir} && {python} {script} --json results/device.json"
+    return f"cd -- {shlex.quote(remote_dir)} && {shlex.quote(python)} {script} --json results/device.json"
+
+
+def _absolute_remote_dir(ssh: Ssh, configured: str, bundle_name: str) -> str:
+    """The bundle's folder on the device as an absolute path (~ resolved there), checked for sanity."""
+    if not configured or "\n" in configured or "\x00" in configured or "\n" in bundle_name:
+        raise EdgeShrinkError(f"deploy.remote_dir {configured!r} is not a usable folder; set e.g. ~/edgeshrink in the profile")
+    base = configured.rstrip("/") or "/"
+    if base == "~" or base.startswith("~/"):
+        home = ssh.run('printf %s "$HOME"', "reading $HOME", timeout=60).strip()
+        base = home + base[1:]
+    if not base.startswith("/"):
+        raise EdgeShrinkError(f"deploy.remote_dir {configured!r} must be absolute or start with ~/")
+    return f"{base.rstrip('/')}/{bundle_name}"
 
 
 def deliver_and_benchmark(bundle: Path, host_spec: str, python: Optional[str] = None, key: Optional[str] = None,
-                          known_hosts: Optional[str] = None, progress: bool = True) -> dict:
+                          known_hosts: Optional[str] = None, *, progress: bool = True) -> dict:
     """Copy, hash-check on the device, benchmark there, pull results/<host>.json back.
     On any failure the local bundle is left exactly as it was."""
     bundle = Path(bundle)
@@ -104,7 +127,6 @@ def deliver_and_benchmark(bundle: Path, host_spec: str, python: Optional[str] = 
     target = parse_host(host_spec)
     ssh = Ssh(target, key or os.environ.get("EDGESHRINK_SSH_KEY"), known_hosts)
     python = python or manifest["deploy"].get("python", "python3")
-    remote_dir = f"{manifest['deploy']['remote_dir'].rstrip('/')}/{bundle.name}"
 
     def say(msg):
         if progress:
@@ -112,12 +134,14 @@ def deliver_and_benchmark(bundle: Path, host_spec: str, python: Optional[str] = 
 
     say(f"connecting to {target}")
     ssh.run("true", "connection test", timeout=60)
-    ssh.run(f"mkdir -p {remote_dir}/results", "creating the remote folder")
+    remote_dir = _absolute_remote_dir(ssh, str(manifest["deploy"].get("remote_dir", "~/edgeshrink")), bundle.name)
+    quoted = shlex.quote(remote_dir)
+    ssh.run(f"mkdir -p -- {shlex.quote(remote_dir + '/results')}", "creating the remote folder")
     say(f"copying {bundle.name} -> {target.login}:{remote_dir}")
     ssh.push_dir(bundle, remote_dir)
     say("checking sha256 of every file on the device")
     try:
-        ssh.run(f"cd {remote_dir} && {python} edgeshrink_common.py .", "hash check")
+        ssh.run(f"cd -- {quoted} && {shlex.quote(python)} edgeshrink_common.py .", "hash check")
     except EdgeShrinkError as exc:
         raise EdgeShrinkError(f"hash check on the device failed, nothing was run: {exc}") from None
     say("running the device benchmark")

@@ -12,16 +12,54 @@ results schema (init time, first inference, warm-up and steady-state averages, m
 
 from __future__ import annotations
 
-import argparse
-import re
-import shutil
-import subprocess
+import os
 import sys
-import time
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+HERE = os.path.dirname(os.path.realpath(__file__))
+# Never import from the bundle folder: a planted numpy/ or argparse.py there would run unchecked.
+sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != HERE]
+
+
+def _load_common():
+    """edgeshrink_common from beside this script (or ../common in the source tree); inside a bundle
+    only when its bytes match the sha256 manifest.json lists, and those same bytes are what runs."""
+    import hashlib
+    import json
+    import types
+
+    for path in (os.path.join(HERE, "edgeshrink_common.py"), os.path.join(HERE, "..", "common", "edgeshrink_common.py")):
+        if os.path.isfile(path):
+            break
+    else:
+        raise SystemExit("error: edgeshrink_common.py is not beside this script; copy it from deploy/common/")
+    with open(path, "rb") as f:
+        code = f.read()
+    manifest = os.path.join(HERE, "manifest.json")
+    if os.path.exists(manifest):
+        try:
+            with open(manifest, "rb") as f:
+                listed = {e["file"]: e["sha256"] for e in json.loads(f.read())["device_files"]}
+        except (ValueError, KeyError, TypeError, AttributeError, OSError):
+            raise SystemExit(f"error: {manifest} is malformed or lists no device_files; copy the bundle again") from None
+        if listed.get(os.path.basename(path)) != hashlib.sha256(code).hexdigest():
+            raise SystemExit("error: edgeshrink_common.py: sha256 mismatch or not listed in manifest.json; "
+                             "copy the bundle again")
+    module = types.ModuleType("edgeshrink_common")
+    module.__file__ = path
+    sys.modules["edgeshrink_common"] = module
+    exec(compile(code, path, "exec"), module.__dict__)
+    return module
+
+
+C = _load_common()
+
+import argparse  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 from edgeshrink_common import open_bundle, results_record, write_json  # noqa: E402
 
 DELEGATE_FLAGS = {"xnnpack": ["--use_xnnpack=true"], "gpu": ["--use_gpu=true"], "nnapi": ["--use_nnapi=true"],

@@ -12,17 +12,55 @@ summary. Without TensorRT it falls back to onnxruntime (TensorRT EP, then CUDA E
 
 from __future__ import annotations
 
-import argparse
-import re
-import shutil
-import subprocess
+import os
 import sys
-from pathlib import Path
 
-import numpy as np
+HERE = os.path.dirname(os.path.realpath(__file__))
+# Never import from the bundle folder: a planted numpy/ or argparse.py there would run unchecked.
+sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != HERE]
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+
+def _load_common():
+    """edgeshrink_common from beside this script (or ../common in the source tree); inside a bundle
+    only when its bytes match the sha256 manifest.json lists, and those same bytes are what runs."""
+    import hashlib
+    import json
+    import types
+
+    for path in (os.path.join(HERE, "edgeshrink_common.py"), os.path.join(HERE, "..", "common", "edgeshrink_common.py")):
+        if os.path.isfile(path):
+            break
+    else:
+        raise SystemExit("error: edgeshrink_common.py is not beside this script; copy it from deploy/common/")
+    with open(path, "rb") as f:
+        code = f.read()
+    manifest = os.path.join(HERE, "manifest.json")
+    if os.path.exists(manifest):
+        try:
+            with open(manifest, "rb") as f:
+                listed = {e["file"]: e["sha256"] for e in json.loads(f.read())["device_files"]}
+        except (ValueError, KeyError, TypeError, AttributeError, OSError):
+            raise SystemExit(f"error: {manifest} is malformed or lists no device_files; copy the bundle again") from None
+        if listed.get(os.path.basename(path)) != hashlib.sha256(code).hexdigest():
+            raise SystemExit("error: edgeshrink_common.py: sha256 mismatch or not listed in manifest.json; "
+                             "copy the bundle again")
+    module = types.ModuleType("edgeshrink_common")
+    module.__file__ = path
+    sys.modules["edgeshrink_common"] = module
+    exec(compile(code, path, "exec"), module.__dict__)
+    return module
+
+
+C = _load_common()
+
+import argparse  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
 from edgeshrink_common import open_bundle, results_record, sha256_file, time_calls, write_json  # noqa: E402
 
 TRTEXEC_CANDIDATES = ("trtexec", "/usr/src/tensorrt/bin/trtexec", "/usr/local/tensorrt/bin/trtexec")
@@ -37,7 +75,7 @@ def find_trtexec() -> str | None:
     return None
 
 
-def trtexec_command(trtexec: str, onnx: Path, engine: Path, precision: str, fp16: bool, build: bool,
+def trtexec_command(trtexec: str, onnx: Path, engine: Path, precision: str, *, fp16: bool, build: bool,
                     warmup_ms: int = 500, duration_s: int = 5, avg_runs: int = 100) -> list[str]:
     """The trtexec command line: build-and-save (build=True) or load-and-benchmark."""
     cmd = [trtexec]
@@ -126,17 +164,18 @@ def run_tensorrt(bundle: Path, manifest: dict, artifact: dict, args) -> dict:
     engine.parent.mkdir(exist_ok=True)
     built = False
     if not engine.is_file():
-        cmd = trtexec_command(trtexec, onnx, engine, artifact["precision"], fp16, build=True)
+        cmd = trtexec_command(trtexec, onnx, engine, artifact["precision"], fp16=fp16, build=True)
         print("building engine:", " ".join(cmd))
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0 or not engine.is_file():
             raise RuntimeError("trtexec build failed: " + (proc.stdout + proc.stderr).strip().splitlines()[-1])
         built = True
-    proc = subprocess.run(trtexec_command(trtexec, onnx, engine, artifact["precision"], fp16, build=False,
+    proc = subprocess.run(trtexec_command(trtexec, onnx, engine, artifact["precision"], fp16=fp16, build=False,
                                           duration_s=int(args.seconds)), capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError("trtexec run failed: " + (proc.stdout + proc.stderr).strip().splitlines()[-1])
     perf = parse_trtexec_summary(proc.stdout)
+    artifact = dict(artifact, loaded_sha256=sha256_file(onnx))  # the ONNX the engine was built from
     bench = {"latency_ms": perf["latency_ms"], "fps": perf["fps"], "runs": None}
     runtime = {"name": "tensorrt", "version": version, "engine": engine.name, "engine_built_now": built,
                "fp16": fp16, "precision": artifact["precision"]}
@@ -150,7 +189,8 @@ def run_onnxruntime(bundle: Path, manifest: dict, artifact: dict, args) -> dict:
     wanted = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available] + ["CPUExecutionProvider"]
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = args.threads or manifest.get("deploy", {}).get("threads", 2)
-    session = ort.InferenceSession(str(bundle / artifact["file"]), opts, providers=wanted)
+    data = C.read_listed(bundle, artifact)  # the bytes hashed are the bytes run
+    session = ort.InferenceSession(data, opts, providers=wanted)
     spec = manifest["input"]
     x = np.random.default_rng(0).standard_normal((1, spec["channels"], spec["height"], spec["width"])).astype(np.float32)
     name = session.get_inputs()[0].name
@@ -159,7 +199,7 @@ def run_onnxruntime(bundle: Path, manifest: dict, artifact: dict, args) -> dict:
                        args.runs or b.get("min_runs", 100), args.seconds)
     runtime = {"name": "onnxruntime", "version": ort.__version__, "providers": session.get_providers(),
                "threads": opts.intra_op_num_threads}
-    return results_record(manifest, artifact, runtime, bench)
+    return results_record(manifest, dict(artifact, loaded_sha256=C.sha256_bytes(data)), runtime, bench)
 
 
 def main(argv=None) -> int:

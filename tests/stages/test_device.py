@@ -172,9 +172,123 @@ def test_ssh_deploy_failed_hash_check_leaves_bundle_intact(profile_bundles, devi
     assert _hashes(bundle) == before and not (bundle / "results").exists()
 
 
+def test_ssh_deploy_quotes_every_remote_value(profile_bundles, device_python, sshd, tmp_path, monkeypatch):
+    """A bundle name, remote_dir and python path full of shell syntax reach the device as plain words."""
+    from toolkit.remote import deliver_and_benchmark
+
+    import pwd
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    remote_home = Path(pwd.getpwuid(os.getuid()).pw_dir)  # where sshd starts the remote shell
+    bundle = tmp_path / "b $(touch PWNED1);`touch PWNED2`'"
+    shutil.copytree(profile_bundles["rpi4"], bundle)
+    _rewrite_manifest(bundle, lambda m: m["deploy"].update(remote_dir=str(tmp_path / "es dir;touch PWNED3")))
+    py = tmp_path / "py thon;touch PWNED4"
+    py.write_text(f"#!/bin/sh\nexec {device_python} \"$@\"\n")
+    py.chmod(0o755)
+    result = deliver_and_benchmark(bundle, sshd["host"], python=str(py), key=sshd["key"],
+                                   known_hosts=sshd["known_hosts"], progress=False)
+    assert result["latency_ms"]["p50"] > 0
+    assert (tmp_path / "es dir;touch PWNED3" / bundle.name / "results" / "device.json").is_file()
+    assert not [p for p in tmp_path.rglob("PWNED*") if p.name.startswith("PWNED")]
+    assert not list(remote_home.glob("PWNED*")) and not list(Path.cwd().glob("PWNED*"))
+
+
 def test_ssh_unreachable_host_is_a_clear_error(profile_bundles, sshd, tmp_path):
     from toolkit.remote import deliver_and_benchmark
 
     with pytest.raises(EdgeShrinkError, match="cannot reach .* over SSH"):
         deliver_and_benchmark(profile_bundles["rpi4"], f"nobody@127.0.0.1:{_free_port()}", key=sshd["key"],
                               known_hosts=sshd["known_hosts"], progress=False)
+
+
+# --- device-side refusals: nothing from the bundle folder runs before it is checked ----------------
+
+def _copy(profile_bundles, tmp_path, name="rpi4") -> Path:
+    bundle = tmp_path / "b"
+    shutil.copytree(profile_bundles[name], bundle)
+    return bundle
+
+
+def _one_line_error(proc) -> str:
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    assert "bundle ok" not in proc.stdout and "Traceback" not in proc.stderr
+    return lines[0]
+
+
+PLANTS = {  # file planted in the bundle -> what would run if Python imported from the bundle folder
+    "numpy/__init__.py": "numpy package shadowing the real one",
+    "argparse.py": "stdlib module shadowing",
+    "hashlib.py": "stdlib module used by the hash check itself",
+    "sitecustomize.py": "startup hook",
+}
+
+
+@pytest.mark.parametrize("planted", sorted(PLANTS))
+@pytest.mark.parametrize("script", ["edgeshrink_run.py", "edgeshrink_common.py"])
+def test_planted_code_in_the_bundle_never_runs(planted, script, profile_bundles, device_python, tmp_path):
+    bundle = _copy(profile_bundles, tmp_path)
+    marker = tmp_path / "PWNED"
+    (bundle / planted).parent.mkdir(exist_ok=True)
+    (bundle / planted).write_text(f"open({str(marker)!r}, 'w').write('ran')\nraise SystemExit('planted')\n")
+    args = ["--bench", "--runs", "1", "--seconds", "0"] if script == "edgeshrink_run.py" else ["."]
+    proc = subprocess.run([str(device_python), str(bundle / script), *args], capture_output=True, text=True, cwd=bundle)
+    assert not marker.exists(), PLANTS[planted]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode != 0 and "not listed in manifest.json" in line and planted.split("/")[0] in line
+
+
+def test_a_tampered_helper_module_is_refused_before_it_runs(profile_bundles, device_python, tmp_path):
+    bundle = _copy(profile_bundles, tmp_path)
+    marker = tmp_path / "PWNED"
+    with open(bundle / "edgeshrink_common.py", "a") as f:
+        f.write(f"\nopen({str(marker)!r}, 'w').write('ran')\n")
+    proc = subprocess.run([str(device_python), str(bundle / "edgeshrink_run.py"), "--bench"], capture_output=True, text=True)
+    assert "edgeshrink_common.py: sha256 mismatch" in _one_line_error(proc) and not marker.exists()
+
+
+def _rewrite_manifest(bundle: Path, edit) -> None:
+    m = json.loads((bundle / "manifest.json").read_text())
+    edit(m)
+    (bundle / "manifest.json").write_text(json.dumps(m))
+
+
+def _drop_deploy_artifact(m):
+    m["artifacts"] = [a for a in m["artifacts"] if a["name"] != m["deploy"]["artifact"]]
+
+
+MANIFEST_CASES = {
+    "empty_object": (lambda b: (b / "manifest.json").write_text("{}"), "lists no"),
+    "truncated": (lambda b: (b / "manifest.json").write_text((b / "manifest.json").read_text()[:200]), "malformed"),
+    "not_json": (lambda b: (b / "manifest.json").write_bytes(b"\x00\xff garbage"), "malformed"),
+    "a_list": (lambda b: (b / "manifest.json").write_text("[]"), "malformed"),
+    "no_artifacts": (lambda b: _rewrite_manifest(b, lambda m: m.update(artifacts=[])), "lists no artifacts"),
+    "no_deploy_artifact": (lambda b: _rewrite_manifest(b, _drop_deploy_artifact), "is not in the manifest"),
+    "no_deploy_section": (lambda b: _rewrite_manifest(b, lambda m: m.pop("deploy")), "names no deploy artifact"),
+    "path_outside_bundle": (lambda b: _rewrite_manifest(b, lambda m: m["artifacts"][0].update(file="../../etc/passwd")),
+                            "must be plain names inside the bundle"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MANIFEST_CASES))
+@pytest.mark.parametrize("script", ["edgeshrink_run.py", "edgeshrink_common.py"])
+def test_bad_manifests_are_one_line_errors(case, script, profile_bundles, device_python, tmp_path):
+    bundle = _copy(profile_bundles, tmp_path)
+    damage, expected = MANIFEST_CASES[case]
+    damage(bundle)
+    args = ["--bench", "--runs", "1", "--seconds", "0"] if script == "edgeshrink_run.py" else ["."]
+    proc = subprocess.run([str(device_python), str(bundle / script), *args], capture_output=True, text=True, cwd=bundle)
+    line = _one_line_error(proc)
+    assert expected in line or (expected == "lists no" and "device_files" in line), line
+
+
+def test_an_artifact_not_in_the_manifest_is_refused(profile_bundles, device_python, tmp_path):
+    bundle = _copy(profile_bundles, tmp_path)
+    proc = subprocess.run([str(device_python), str(bundle / "edgeshrink_run.py"), "--artifact", "planted.tflite"],
+                          capture_output=True, text=True)
+    assert "artifact 'planted.tflite' is not in the manifest" in _one_line_error(proc)
+    (bundle / "extra.tflite").write_bytes(next(bundle.glob("*_pruned_int8.tflite")).read_bytes())
+    proc = subprocess.run([str(device_python), str(bundle / "edgeshrink_common.py"), "."], capture_output=True,
+                          text=True, cwd=bundle)
+    assert proc.returncode == 0  # a data file beside the bundle is not code; the runner only loads listed files

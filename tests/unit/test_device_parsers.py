@@ -103,3 +103,16 @@ def test_host_spec_parsing():
     h = parse_host("pi@192.168.1.20:2222")
     assert (h.user, h.host, h.port) == ("pi", "192.168.1.20", 2222)
     assert parse_host("jetson@orin.local").port == 22
+
+
+def test_every_device_script_loads_its_helpers_the_same_checked_way():
+    """The bootstrap that strips the bundle folder from sys.path and hash-checks edgeshrink_common
+    before running it is one text, repeated in each script (it cannot be imported: that is the point)."""
+    def bootstrap(rel):
+        text = (REPO / rel).read_text()
+        return text[text.index("import os\nimport sys\n"):text.index("C = _load_common()")]
+
+    scripts = ["deploy/rpi/edgeshrink_run.py", "deploy/jetson/edgeshrink_trt.py", "deploy/android/android_bench.py"]
+    first = bootstrap(scripts[0])
+    assert "sys.path[:] = [p for p in sys.path if" in first and "hashlib.sha256(code)" in first
+    assert all(bootstrap(s) == first for s in scripts[1:])

@@ -1,34 +1,37 @@
-"""The timing loop shared by every harness: warm-up, then >= N runs and >= T seconds."""
+"""The host's handle on the one device helper module, deploy/common/edgeshrink_common.py.
+
+That file is what bundles ship and device scripts run (stdlib + numpy only); the host loads the
+same file by path instead of keeping its own copy of the timing loop, hashing, memory probe,
+interpreter loading and preprocessing."""
 
 from __future__ import annotations
 
-import time
-from typing import Callable
+import importlib.util
+from functools import lru_cache
 
-import numpy as np
+from toolkit.paths import REPO_ROOT
+
+COMMON_FILE = REPO_ROOT / "deploy" / "common" / "edgeshrink_common.py"
 
 
-def time_calls(call: Callable[[], object], warmup: int = 10, min_runs: int = 50, min_seconds: float = 2.0,
-               max_runs: int = 100_000) -> dict:
+@lru_cache(maxsize=1)
+def device_common():
+    """The edgeshrink_common module, loaded from deploy/common once per process."""
+    spec = importlib.util.spec_from_file_location("edgeshrink_common", COMMON_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def time_calls(call, warmup: int = 10, min_runs: int = 50, min_seconds: float = 2.0, max_runs: int = 100_000) -> dict:
     """Latency percentiles (ms) and FPS of `call()`; runs until both min_runs and min_seconds pass."""
-    for _ in range(warmup):
-        call()
-    samples = []
-    started = time.perf_counter()
-    while len(samples) < max_runs and (len(samples) < min_runs or time.perf_counter() - started < min_seconds):
-        t0 = time.perf_counter()
-        call()
-        samples.append((time.perf_counter() - t0) * 1000.0)
-    ms = np.asarray(samples)
-    return summarize_ms(ms)
+    return device_common().time_calls(call, warmup, min_runs, min_seconds, max_runs)
 
 
-def summarize_ms(ms: np.ndarray) -> dict:
+def summarize_ms(ms) -> dict:
     """The common latency record from raw per-run milliseconds."""
-    ms = np.asarray(ms, dtype=np.float64)
-    return {
-        "runs": int(ms.size),
-        "latency_ms": {"p50": float(np.percentile(ms, 50)), "p90": float(np.percentile(ms, 90)),
-                       "p99": float(np.percentile(ms, 99)), "mean": float(ms.mean()), "min": float(ms.min())},
-        "fps": float(1000.0 / np.percentile(ms, 50)),
-    }
+    return device_common().summarize_ms(ms)
+
+
+def peak_rss_mb():
+    return device_common().peak_rss_mb()

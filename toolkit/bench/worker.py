@@ -7,21 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 
 import numpy as np
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory (VmHWM; fresh after exec, unlike ru_maxrss)."""
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main(argv=None) -> int:
@@ -35,7 +23,7 @@ def main(argv=None) -> int:
     p.add_argument("--min-seconds", type=float, default=2.0)
     args = p.parse_args(argv)
 
-    from toolkit.bench.timing import time_calls
+    from toolkit.bench.timing import peak_rss_mb, time_calls
     from toolkit.runtime import open_runner
 
     base_rss_mb = peak_rss_mb()

@@ -1,4 +1,5 @@
-"""LiteRT runner (ai-edge-litert, else tflite-runtime, else TensorFlow's interpreter)."""
+"""LiteRT runner (ai-edge-litert, else tflite-runtime, else TensorFlow's interpreter). Interpreter
+loading and (de)quantisation come from the device helper module, so host and device agree."""
 
 from __future__ import annotations
 
@@ -8,16 +9,10 @@ import numpy as np
 
 
 def make_interpreter(path: str | Path, threads: int = 2):
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        try:
-            from tflite_runtime.interpreter import Interpreter
-        except ImportError:
-            from tensorflow.lite import Interpreter  # type: ignore
-    interp = Interpreter(model_path=str(path), num_threads=threads)
-    interp.allocate_tensors()
-    return interp
+    """An allocated interpreter for a .tflite file."""
+    from toolkit.bench.timing import device_common
+
+    return device_common().make_interpreter(path, threads)[0]
 
 
 class TFLiteRunner:
@@ -25,17 +20,16 @@ class TFLiteRunner:
     returns dequantised float output in NCHW/NC layout."""
 
     def __init__(self, path: str | Path, threads: int = 2):
-        self.interp = make_interpreter(path, threads)
+        from toolkit.bench.timing import device_common
+
+        self._common = device_common()
+        self.interp, self.runtime = self._common.make_interpreter(path, threads)
         self.inp = self.interp.get_input_details()[0]
         self.out = self.interp.get_output_details()[0]
 
     def prepare(self, x_nchw: np.ndarray) -> np.ndarray:
         x = x_nchw.transpose(0, 2, 3, 1) if x_nchw.ndim == 4 else x_nchw
-        if self.inp["dtype"] in (np.int8, np.uint8):
-            scale, zero = self.inp["quantization"]
-            info = np.iinfo(self.inp["dtype"])
-            x = np.clip(np.round(x / scale + zero), info.min, info.max)
-        return np.ascontiguousarray(x, dtype=self.inp["dtype"])
+        return self._common.quantize_input(x, self.inp)
 
     def invoke(self, prepared: np.ndarray) -> np.ndarray:
         self.interp.set_tensor(self.inp["index"], prepared)
@@ -43,10 +37,7 @@ class TFLiteRunner:
         return self.interp.get_tensor(self.out["index"])
 
     def finish(self, y: np.ndarray) -> np.ndarray:
-        if self.out["dtype"] in (np.int8, np.uint8):
-            scale, zero = self.out["quantization"]
-            y = (y.astype(np.float32) - zero) * scale
-        y = y.astype(np.float32)
+        y = self._common.dequantize_output(y, self.out)
         return y.transpose(0, 3, 1, 2) if y.ndim == 4 else y
 
     def __call__(self, x_nchw: np.ndarray) -> np.ndarray:
