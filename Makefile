@@ -9,7 +9,7 @@ REMOTE_PYTHON ?=
 TARGET ?= host
 EPOCHS ?= 30
 # Values reach recipes through the environment and are used as "$$VAR": never pasted into a shell line.
-export MODEL TARGET HOST REMOTE_PYTHON FINETUNE_EPOCHS DATA
+export MODEL TARGET HOST REMOTE_PYTHON FINETUNE_EPOCHS DATA MACS SCOPES EPOCHS FPS
 
 .PHONY: setup test test-slow deploy bench sweep train clean help
 
@@ -31,6 +31,7 @@ setup: $(STAMP)
 
 test: setup
 	@tests/prereqs.sh
+	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest -q
 
 test-slow: setup
@@ -42,15 +43,15 @@ deploy: setup
 	  $${HOST:+--host "$$HOST"} $${REMOTE_PYTHON:+--remote-python "$$REMOTE_PYTHON"}
 
 bench: setup
-	$(BIN)/edgeshrink bench dist/$(MODEL)-$(TARGET)
+	$(BIN)/edgeshrink bench "dist/$$MODEL-$$TARGET"
 
 sweep: setup
-	$(BIN)/edgeshrink sweep --model $(MODEL) --target $(TARGET) \
-	  $(if $(MACS),--macs $(MACS)) $(if $(SCOPES),--scopes $(SCOPES)) \
-	  $(if $(FINETUNE_EPOCHS),--finetune-epochs $(FINETUNE_EPOCHS)) $(if $(DATA),--data $(DATA))
+	$(BIN)/edgeshrink sweep --model "$$MODEL" --target "$$TARGET" \
+	  $${MACS:+--macs "$$MACS"} $${SCOPES:+--scopes "$$SCOPES"} \
+	  $${FINETUNE_EPOCHS:+--finetune-epochs "$$FINETUNE_EPOCHS"} $${DATA:+--data "$$DATA"}
 
 train: setup
-	$(BIN)/edgeshrink train --model $(MODEL) --epochs $(EPOCHS)
+	$(BIN)/edgeshrink train --model "$$MODEL" --epochs "$$EPOCHS"
 
 clean:
 	rm -rf dist .pytest_cache

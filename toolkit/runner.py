@@ -286,8 +286,8 @@ class Runner:
         for i, a in enumerate(self.artifacts):
             with self.clock("benchmark"):
                 try:
-                    r = benchmark_file(self.work / a.file, a.format, self.shape, self.threads, b.warmup, b.min_runs,
-                                       b.min_seconds)
+                    r = benchmark_file(self.work / a.file, a.format, self.shape, threads=self.threads, warmup=b.warmup,
+                                       min_runs=b.min_runs, min_seconds=b.min_seconds)
                 except subprocess.TimeoutExpired as exc:  # a verified run is worth more than one latency figure
                     self.artifacts[i] = a.with_(bench_error=f"timed out after {exc.timeout:.0f} s")
                     continue

@@ -67,7 +67,7 @@ DELEGATE_FLAGS = {"xnnpack": ["--use_xnnpack=true"], "gpu": ["--use_gpu=true"], 
 _NUM = r"([0-9.]+(?:e[+-]?\d+)?)"
 
 
-def benchmark_args(graph: str, delegate: str, threads: int, warmup: int, runs: int, min_secs: float) -> list[str]:
+def benchmark_args(graph: str, delegate: str, threads: int, warmup: int, runs: int, *, min_secs: float) -> list[str]:
     """Flags of the benchmark tool for one delegate."""
     return [f"--graph={graph}", f"--num_threads={threads}", f"--warmup_runs={warmup}", f"--num_runs={runs}",
             f"--min_secs={min_secs:g}", *DELEGATE_FLAGS[delegate]]
@@ -164,7 +164,7 @@ def main(argv=None) -> int:
     runs = []
     for delegate in delegates:
         flags = benchmark_args(graph, delegate, dep.get("threads", 4), bench.get("warmup", 20),
-                               bench.get("min_runs", 100), bench.get("min_seconds", 5.0))
+                               bench.get("min_runs", 100), min_secs=bench.get("min_seconds", 5.0))
         if args.app:
             adb("logcat", "-c")
             adb("shell", "am", "start", "-S", "-n", "org.tensorflow.lite.benchmark/.BenchmarkModelActivity",

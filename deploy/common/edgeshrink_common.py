@@ -13,7 +13,6 @@ if __name__ == "__main__":  # never import from the bundle folder: a planted has
 
 import hashlib  # noqa: E402
 import json  # noqa: E402
-import math  # noqa: E402
 import platform  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402

@@ -220,7 +220,7 @@ def main(argv=None) -> int:
             record = run_tensorrt(bundle, manifest, artifact, args)
         except (FileNotFoundError, RuntimeError) as exc:
             if args.runtime == "tensorrt":
-                raise SystemExit(f"error: {exc}")
+                raise SystemExit(f"error: {exc}") from None
             print(f"TensorRT unavailable ({exc}); falling back to onnxruntime")
     if record is None:
         record = run_onnxruntime(bundle, manifest, artifact, args)

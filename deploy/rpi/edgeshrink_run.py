@@ -148,7 +148,7 @@ def read_label_file(path) -> list:
     try:
         lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError as exc:
-        raise SystemExit(f"error: cannot read labels {path}: {exc.strerror}; pass a text file, one label per line")
+        raise SystemExit(f"error: cannot read labels {path}: {exc.strerror}; pass a text file, one label per line") from None
     while lines and not lines[-1].strip():
         lines.pop()
     names = []
@@ -415,7 +415,7 @@ def open_model_file(args):
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise SystemExit(f"error: cannot read {path}: {exc.strerror}; pass an existing .tflite file")
+        raise SystemExit(f"error: cannot read {path}: {exc.strerror}; pass an existing .tflite file") from None
     if data[4:8] != b"TFL3":
         raise SystemExit(f"error: {path} is not a TFLite flatbuffer (no TFL3 identifier); pass a .tflite file")
     prep = preprocessing(args)

@@ -201,12 +201,12 @@ def test_torch_to_litert_converts_or_says_how_to_install(tmp_path):
     images = real_images(8, 64)
     if importlib.util.find_spec("litert_torch") is None:
         with pytest.raises(EdgeShrinkError, match="litert-torch is not installed.*pip install litert-torch==0.10.0"):
-            torch_to_litert(model, (1, 3, 64, 64), tmp_path, images, MEAN, STD)
+            torch_to_litert(model, (1, 3, 64, 64), tmp_path, images, MEAN, std=STD)
         return
     from toolkit.convert.tflite_check import io_dtypes
     from toolkit.runtime.tflite import TFLiteRunner
 
-    out = torch_to_litert(model, (1, 3, 64, 64), tmp_path, images, MEAN, STD)
+    out = torch_to_litert(model, (1, 3, 64, 64), tmp_path, images, MEAN, std=STD)
     x = ((images[:2] - np.array(MEAN)) / np.array(STD)).astype(np.float32).transpose(0, 3, 1, 2)
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).numpy()

@@ -75,11 +75,11 @@ def test_benchmark_app_logcat_parser_old_format():
 
 def test_benchmark_flags_per_delegate():
     android = load_script("deploy/android/android_bench.py")
-    gpu = android.benchmark_args("/data/local/tmp/m.tflite", "gpu", 4, 20, 100, 5.0)
+    gpu = android.benchmark_args("/data/local/tmp/m.tflite", "gpu", 4, 20, 100, min_secs=5.0)
     assert gpu == ["--graph=/data/local/tmp/m.tflite", "--num_threads=4", "--warmup_runs=20", "--num_runs=100",
                    "--min_secs=5", "--use_gpu=true"]
-    assert android.benchmark_args("m", "nnapi", 2, 1, 1, 1)[-1] == "--use_nnapi=true"
-    assert android.benchmark_args("m", "xnnpack", 2, 1, 1, 1)[-1] == "--use_xnnpack=true"
+    assert android.benchmark_args("m", "nnapi", 2, 1, 1, min_secs=1)[-1] == "--use_nnapi=true"
+    assert android.benchmark_args("m", "xnnpack", 2, 1, 1, min_secs=1)[-1] == "--use_xnnpack=true"
 
 
 def test_android_without_adb_is_a_clear_error(monkeypatch):

@@ -28,7 +28,8 @@ def bench_bundle(bundle: Path, threads: int | None = None, min_runs: int = 100, 
     threads = threads or load_target(manifest["target"]).bench_threads
     rows = []
     for a in tqdm(manifest["artifacts"], desc="bench"):
-        r = benchmark_file(bundle / a["file"], a["format"], shape, threads, warmup, min_runs, min_seconds)
+        r = benchmark_file(bundle / a["file"], a["format"], shape, threads=threads, warmup=warmup, min_runs=min_runs,
+                           min_seconds=min_seconds)
         rows.append({"file": a["file"], "format": a["format"], "precision": a["precision"], "stage": a["stage"],
                      "size_bytes": a["size_bytes"], "metrics": a["metrics"], **r})
     base = next(r for r in rows if r["file"] == manifest["baseline"]["file"])

@@ -10,7 +10,7 @@ from pathlib import Path
 from toolkit.errors import EdgeShrinkError
 
 
-def benchmark_file(path: str | Path, fmt: str, input_shape: tuple[int, ...], threads: int = 2, warmup: int = 10,
+def benchmark_file(path: str | Path, fmt: str, input_shape: tuple[int, ...], *, threads: int = 2, warmup: int = 10,
                    min_runs: int = 50, min_seconds: float = 2.0, timeout: float = 600) -> dict:
     """Latency/FPS/peak-memory record of one model file, measured in a child process."""
     from toolkit.provenance import machine_description

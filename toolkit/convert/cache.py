@@ -19,7 +19,7 @@ from toolkit.convert.onnx_to_tflite import TFLiteOutputs, onnx_to_tflite
 from toolkit.paths import cache_dir
 
 
-def _key(onnx_path: Path, calib: Optional[np.ndarray], mean, std, int8: bool, io_dtype: str) -> str:
+def _key(onnx_path: Path, calib: Optional[np.ndarray], mean, std, *, int8: bool, io_dtype: str) -> str:
     h = hashlib.sha256(Path(onnx_path).read_bytes())
     if calib is not None:
         h.update(np.ascontiguousarray(calib, np.float32).tobytes())
@@ -29,13 +29,13 @@ def _key(onnx_path: Path, calib: Optional[np.ndarray], mean, std, int8: bool, io
     return h.hexdigest()[:32]
 
 
-def cached_onnx_to_tflite(onnx_path: Path, out_dir: Path, calibration_nhwc: Optional[np.ndarray], mean, std,
+def cached_onnx_to_tflite(onnx_path: Path, out_dir: Path, calibration_nhwc: Optional[np.ndarray], mean, std, *,
                           int8: bool = True, io_dtype: str = "int8") -> TFLiteOutputs:
     """onnx_to_tflite, reusing an earlier identical conversion when there is one."""
     if os.environ.get("EDGESHRINK_NO_CACHE"):
         return onnx_to_tflite(onnx_path, out_dir, calibration_nhwc, mean, std, int8=int8, io_dtype=io_dtype)
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
-    entry = cache_dir() / "tflite" / _key(onnx_path, calibration_nhwc, mean, std, int8, io_dtype)
+    entry = cache_dir() / "tflite" / _key(onnx_path, calibration_nhwc, mean, std, int8=int8, io_dtype=io_dtype)
     stem = onnx_path.stem
     fp32, q = out_dir / f"{stem}_float32.tflite", (out_dir / f"{stem}_int8.tflite") if int8 else None
     if not (entry / "float32.tflite").is_file() or (int8 and not (entry / "int8.tflite").is_file()):

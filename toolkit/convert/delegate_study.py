@@ -59,7 +59,7 @@ def study(model_name: str, checkpoint: Path, out: Path, *, calib: int = 256, thr
             rows.append({"variant": variant, "precision": precision, "partitions": rep["partitions"],
                          "undelegated": rep["undelegated_ops"], "top1": top1, "file": str(path)})
     for row in rows:  # benchmark last, back to back, so the machine state is as equal as it gets
-        r = benchmark_file(row["file"], "tflite", shape, threads, 20, 200, seconds)
+        r = benchmark_file(row["file"], "tflite", shape, threads=threads, warmup=20, min_runs=200, min_seconds=seconds)
         row["p50_ms"] = r["latency_ms"]["p50"] if isinstance(r["latency_ms"], dict) else r["latency_ms"]
     (out / "study.json").write_text(json.dumps({"changes": changes, "torch_max_abs_diff": torch_gap, "rows": rows},
                                                indent=1, default=str))

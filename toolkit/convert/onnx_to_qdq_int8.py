@@ -22,8 +22,8 @@ from toolkit.errors import EdgeShrinkError
 SCHEMES = ("s8s7", "s8s8", "u8u8")
 
 
-def onnx_to_qdq_int8(onnx_path: str | Path, out_path: str | Path, calibration_nchw: np.ndarray,
-                     input_name: str = "input", per_channel: bool = True, method: str = "minmax", *,
+def onnx_to_qdq_int8(onnx_path: str | Path, out_path: str | Path, calibration_nchw: np.ndarray, *,
+                     input_name: str = "input", per_channel: bool = True, method: str = "minmax",
                      scheme: str = "s8s7") -> Path:
     """Static QDQ quantization (weights per channel), calibrated on `calibration_nchw` (already
     normalised, model layout). `scheme` picks the integer types (see the module docstring; the

@@ -132,7 +132,7 @@ def _plain(text: str) -> str:
 
 
 def onnx_to_tflite(onnx_path: str | Path, out_dir: str | Path, calibration_nhwc: Optional[np.ndarray] = None,
-                   mean: tuple = (0.0,), std: tuple = (1.0,), int8: bool = True,
+                   mean: tuple = (0.0,), std: tuple = (1.0,), *, int8: bool = True,
                    io_dtype: str = "int8", input_name: str = "input") -> TFLiteOutputs:
     """Convert to `<stem>_float32.tflite` and, with `int8`, `<stem>_int8.tflite` (full-integer,
     per-channel, int8 or uint8 input/output). When onnx2tf fails and names an on/off option of its

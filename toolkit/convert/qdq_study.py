@@ -45,7 +45,7 @@ def study(model_name: str, checkpoint: Path, out: Path, *, calib: int = 256, thr
     for row in rows:
         row["top1"] = task.metrics(run_outputs(Path(row["file"]), "onnx", task, threads, progress=False), None)["top1"]
     for row in rows:
-        row["p50_ms"] = benchmark_file(row["file"], "onnx", shape, threads, 20, 200, 3.0)["latency_ms"]["p50"]
+        row["p50_ms"] = benchmark_file(row["file"], "onnx", shape, threads=threads, warmup=20, min_runs=200, min_seconds=3.0)["latency_ms"]["p50"]
     cpu = cpu_isa_flags()
     (out / "qdq_study.json").write_text(json.dumps({"cpu": cpu, "rows": rows}, indent=1))
     print(f"cpu: {cpu['vendor']} {cpu['model']}, vnni={cpu['vnni']}, u8s8_may_saturate={cpu['u8s8_may_saturate']}, "

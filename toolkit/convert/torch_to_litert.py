@@ -36,7 +36,7 @@ def _nhwc(model):
 
 
 def torch_to_litert(model, input_shape: tuple[int, ...], out_dir: str | Path,
-                    calibration_nhwc: Optional[np.ndarray] = None, mean: tuple = (0.0,), std: tuple = (1.0,), *,
+                    calibration_nhwc: Optional[np.ndarray] = None, mean: tuple = (0.0,), *, std: tuple = (1.0,),
                     int8: bool = True, stem: str = "model") -> TFLiteOutputs:
     """Write `<stem>_float32.tflite` and, with `int8`, `<stem>_int8.tflite` (static int8 weights and
     activations, int8 input/output, calibrated on `calibration_nhwc`: real NHWC images in [0, 1]

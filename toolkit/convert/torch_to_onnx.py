@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def torch_to_onnx(model, input_shape: tuple[int, ...], path: str | Path, opset: int = 17,
+def torch_to_onnx(model, input_shape: tuple[int, ...], path: str | Path, *, opset: int = 17,
                   input_name: str = "input", output_name: str = "output", simplify: bool = True) -> Path:
     """Export `model` (eval mode) at a fixed input shape (N,C,H,W). Returns the file path.
     The exported graph is validated with onnx.checker; onnxsim folds constants when it can."""

@@ -51,7 +51,8 @@ def full_slice_benchmarks(runner, task) -> dict:
             onnx_path.unlink()
         for precision, path in files:
             with clock("benchmark"):
-                r = benchmark_file(path, "tflite", shape, target.bench_threads, b.warmup, b.min_runs, b.min_seconds)
+                r = benchmark_file(path, "tflite", shape, threads=target.bench_threads, warmup=b.warmup,
+                                   min_runs=b.min_runs, min_seconds=b.min_seconds)
             a = Artifact.of_file(work, path, name=f"{stage}-tflite-{precision}-{FULL_SLICE}", stage=stage, format="tflite",
                                  precision=precision)
             rows.append({**a.to_dict(), "input_shape": list(shape), "latency_ms": r["latency_ms"], "fps": r["fps"],
