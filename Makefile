@@ -30,7 +30,7 @@ $(STAMP): requirements.txt pyproject.toml
 setup: $(STAMP)
 
 test: setup
-	@tests/prereqs.sh
+	@tests/prereqs.sh --install
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest -q
 
