@@ -137,8 +137,11 @@ def validate_target_file(path) -> TargetProfile:
 
 
 def load_target(name: str) -> TargetProfile:
-    """Read targets/<name>.yaml; unknown names get "did you mean"."""
+    """Read targets/<name>.yaml; unknown names get "did you mean"; a name with a path in it is refused
+    (`../elsewhere/x` must not load a file outside targets/)."""
+    from toolkit.cards import SAFE_NAME
+
     path = targets_dir() / f"{name}.yaml"
-    if not path.is_file():
+    if not SAFE_NAME.match(name or "") or ".." in name or not path.is_file():
         raise unknown_name("target", name, list_targets())
     return validate_target_file(path)
