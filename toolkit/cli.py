@@ -156,8 +156,14 @@ def _cmd_eval_pack(args) -> int:
     from toolkit.tasks import DataRef
 
     card = load_card(args.model)
+    out = Path(args.out or f"dist/{card.name}-heldout.npz")
+    if out.suffix != ".npz" or out.is_dir():
+        raise EdgeShrinkError(f"--out {out} must name a .npz file (e.g. dist/{card.name}-heldout.npz), not a folder")
     task = load_task(card, card.input_spec(), DataRef(args.data, args.synthetic_data))
-    path = write_eval_pack(task, Path(args.out or f"dist/{card.name}-heldout.npz"))
+    try:
+        path = write_eval_pack(task, out)
+    except OSError as exc:
+        raise EdgeShrinkError(f"cannot write {out} ({exc.strerror or type(exc).__name__}); choose a writable --out") from None
     print(f"wrote {path} ({task.eval_count()} held-out items)")
     return 0
 

@@ -44,9 +44,8 @@ BAD_NUMBERS = [
 
 @pytest.mark.parametrize("args, names", BAD_NUMBERS, ids=lambda v: " ".join(v) if isinstance(v, tuple) else None)
 def test_bad_number_or_flag_is_one_line(henv, tmp_path, args, names):
-    proc = cli(*args, "--out" if args[0] in ("run", "train", "sweep") else "", tmp_path / "out") \
-        if args[0] in ("run", "train", "sweep") else cli(*args)
-    assert_refused(proc, names)
+    out = ("--out", tmp_path / "out") if args[0] in ("run", "train", "sweep") else ()
+    assert_refused(cli(*args, *out), names)
     assert not (tmp_path / "out").exists()
 
 
@@ -89,3 +88,12 @@ def test_hostile_target_name_is_refused(henv, tmp_path, name):
 ], ids=lambda v: " ".join(v) if isinstance(v, tuple) else None)
 def test_other_subcommand_misuse_is_one_line(henv, tmp_path, args, words):
     assert_refused(cli(*args), *words)
+
+
+@pytest.mark.parametrize("out, words", [("{tmp}", "not a folder"), ("{tmp}/pack", ".npz"),
+                                        ("{tmp}/notes.txt/pack.npz", "cannot write")], ids=["folder", "no-suffix", "under-a-file"])
+def test_eval_pack_out_must_be_a_writable_npz(henv, tmp_path, out, words):
+    (tmp_path / "notes.txt").write_text("mine")
+    proc = cli("eval-pack", "--model", "tiny_mnv3", "--synthetic-data", "--out", out.format(tmp=tmp_path))
+    assert_refused(proc, words)
+    assert (tmp_path / "notes.txt").read_text() == "mine" and not list(tmp_path.glob("*.npz"))

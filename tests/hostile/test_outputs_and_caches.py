@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
 
-from tests.hostile.conftest import assert_error_line, assert_refused, cli, leftovers
-from toolkit.errors import EdgeShrinkError
+from tests.hostile.conftest import assert_refused, cli, leftovers
 
 RUN = ("run", "--model", "tiny_mnv3", "--target", "tiny", "--synthetic-data", "--quiet", "--no-bench",
        "--finetune-epochs", "0")
