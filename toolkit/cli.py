@@ -55,6 +55,11 @@ def _cmd_train(args) -> int:
                       weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
                       label_smoothing=args.label_smoothing, seed=args.seed)
     out = Path(args.out or f"runs/train-{card.name}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, an unwritable place: say so before training for an hour
+        raise EdgeShrinkError(f"cannot create output folder {out} ({exc.strerror or type(exc).__name__}); "
+                              "choose a writable --out") from None
     prov = train_card(card, cfg, out, args.data, args.synthetic_data)
     print(f"final checkpoint: {out / 'last.pt'}  sha256={prov['sha256']}")
     return 0

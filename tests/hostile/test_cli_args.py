@@ -97,3 +97,17 @@ def test_eval_pack_out_must_be_a_writable_npz(henv, tmp_path, out, words):
     proc = cli("eval-pack", "--model", "tiny_mnv3", "--synthetic-data", "--out", out.format(tmp=tmp_path))
     assert_refused(proc, words)
     assert (tmp_path / "notes.txt").read_text() == "mine" and not list(tmp_path.glob("*.npz"))
+
+
+@pytest.mark.parametrize("out", ["{tmp}/notes.txt", "{tmp}/notes.txt/run", "/proc/edgeshrink-hostile"], ids=["file", "under-file", "proc"])
+def test_train_out_must_be_a_writable_folder(henv, tmp_path, out):
+    (tmp_path / "notes.txt").write_text("mine")
+    proc = cli("train", "--model", "tiny_mnv3", "--synthetic-data", "--epochs", "0", "--out", out.format(tmp=tmp_path))
+    assert_refused(proc, "--out")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.xfail(strict=True, reason="remote.deliver_and_benchmark reads <bundle>/manifest.json without checking it "
+                                       "exists: `edgeshrink deliver /missing --host u@h` ends in a FileNotFoundError traceback")
+def test_deliver_refuses_a_missing_bundle_before_connecting(henv, tmp_path):
+    assert_refused(cli("deliver", tmp_path / "missing", "--host", "user@127.0.0.1:1"), "manifest.json")
