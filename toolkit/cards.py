@@ -92,7 +92,19 @@ class ModelCard(Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v):
-        check_safe_name("model", v)
+        try:
+            check_safe_name("model", v)
+        except EdgeShrinkError as exc:  # a ValueError names the card file and the key
+            raise ValueError(str(exc)) from None
+        return v
+
+    @field_validator("pruning")
+    @classmethod
+    def _pruning(cls, v):
+        epochs, lr, distill = v.get("finetune_epochs", 0), v.get("finetune_lr", 1.0), v.get("distill", 0.0)
+        numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (epochs, lr, distill))
+        if not numbers or not isinstance(epochs, int) or epochs < 0 or not lr > 0 or not 0.0 <= distill <= 1.0:
+            raise ValueError(f"needs finetune_epochs >= 0 (an integer), finetune_lr > 0 and distill in [0, 1], got {v}")
         return v
 
     @field_validator("task")

@@ -8,6 +8,37 @@ import sys
 from toolkit.errors import EdgeShrinkError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (`edgeshrink: error: ...`, exit 2) instead of usage + error."""
+
+    def error(self, message):
+        self.exit(2, f"edgeshrink: error: {self.prog}: {message}; see `{self.prog} --help`\n")
+
+
+def _number(kind, low=None, high=None, *, low_open=False):
+    """An argparse type: a finite `kind` in [low, high] (low excluded with low_open)."""
+    import math
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        bad_low = low is not None and (value <= low if low_open else value < low)
+        if not math.isfinite(value) or bad_low or (high is not None and value > high):
+            rng = f"{'>' if low_open else '>='} {low}" if high is None else f"in {low}..{high}"
+            raise argparse.ArgumentTypeError(f"{text!r} must be a finite number {rng}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+SEED = _number(int, 0, 2**32 - 1)
+COUNT = _number(int, 0)          # epochs, ...
+POSITIVE = _number(int, 1)       # threads, sizes, runs
+
+
 def _cmd_train(args) -> int:
     from pathlib import Path
 
@@ -24,6 +55,11 @@ def _cmd_train(args) -> int:
                       weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
                       label_smoothing=args.label_smoothing, seed=args.seed)
     out = Path(args.out or f"runs/train-{card.name}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, an unwritable place: say so before training for an hour
+        raise EdgeShrinkError(f"cannot create output folder {out} ({exc.strerror or type(exc).__name__}); "
+                              "choose a writable --out") from None
     prov = train_card(card, cfg, out, args.data, args.synthetic_data)
     print(f"final checkpoint: {out / 'last.pt'}  sha256={prov['sha256']}")
     return 0
@@ -125,8 +161,14 @@ def _cmd_eval_pack(args) -> int:
     from toolkit.tasks import DataRef
 
     card = load_card(args.model)
+    out = Path(args.out or f"dist/{card.name}-heldout.npz")
+    if out.suffix != ".npz" or out.is_dir():
+        raise EdgeShrinkError(f"--out {out} must name a .npz file (e.g. dist/{card.name}-heldout.npz), not a folder")
     task = load_task(card, card.input_spec(), DataRef(args.data, args.synthetic_data))
-    path = write_eval_pack(task, Path(args.out or f"dist/{card.name}-heldout.npz"))
+    try:
+        path = write_eval_pack(task, out)
+    except OSError as exc:
+        raise EdgeShrinkError(f"cannot write {out} ({exc.strerror or type(exc).__name__}); choose a writable --out") from None
     print(f"wrote {path} ({task.eval_count()} held-out items)")
     return 0
 
@@ -148,30 +190,45 @@ def _cmd_publish(args) -> int:
 
 
 def _cmd_models(args) -> int:
+    """List the cards; a broken card file is reported in one line on stderr, the good ones still listed."""
     from toolkit.architectures import list_models
     from toolkit.cards import list_cards, load_card
 
     print("model cards (models/*.yaml):")
+    broken = 0
     for name in list_cards():
-        card = load_card(name)
+        try:
+            card = load_card(name)
+        except EdgeShrinkError as exc:
+            broken += 1
+            print(f"edgeshrink: skipped broken model card: {exc}", file=sys.stderr)
+            continue
         ck = card.checkpoint_path()
         state = "checkpoint ok" if ck and ck.is_file() else "no checkpoint"
         print(f"  {name:28s} {card.architecture:20s} {card.task:15s} {card.input.size[0]}x{card.input.size[1]}  {state}")
     print("architectures:", ", ".join(list_models()))
-    return 0
+    return 2 if broken else 0
 
 
 def _cmd_targets(args) -> int:
+    """List the profiles; a broken profile file is reported in one line on stderr, the good ones still listed."""
     from toolkit.targets import list_targets, load_target
 
+    broken = 0
     for name in list_targets():
-        t = load_target(name)
+        try:
+            t = load_target(name)
+        except EdgeShrinkError as exc:
+            broken += 1
+            print(f"edgeshrink: skipped broken target profile: {exc}", file=sys.stderr)
+            continue
         print(f"  {name:18s} {t.device.soc:22s} {t.runtime.engine}/{t.runtime.delegate:8s} {'+'.join(t.precisions):9s} "
               f"{t.deploy.transport:5s} {t.description}")
-    return 0
+    return 2 if broken else 0
 
 
 def _cmd_validate(args) -> int:
+    """`ok PATH` on stdout per valid file, one `invalid ...` line on stderr per bad one; exit 2 when any is bad."""
     from pathlib import Path
 
     from toolkit.paths import targets_dir
@@ -185,8 +242,8 @@ def _cmd_validate(args) -> int:
             print(f"ok      {f}")
         except EdgeShrinkError as exc:
             failed += 1
-            print(f"invalid {exc}")
-    return 1 if failed else 0
+            print(f"edgeshrink: invalid {exc}", file=sys.stderr)
+    return 2 if failed else 0
 
 
 def _cmd_bench(args) -> int:
@@ -208,23 +265,23 @@ def _ssh_args(p, required: bool = False) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgeshrink", description=__doc__)
+    parser = _Parser(prog="edgeshrink", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model card's architecture on its dataset")
     p.add_argument("--model", required=True)
     p.add_argument("--data", help="dataset folder (default: $EDGESHRINK_DATA_DIR/<card dataset>)")
     p.add_argument("--synthetic-data", action="store_true", help="use a small generated dataset (labelled synthetic)")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--epochs", type=COUNT, default=30)
+    p.add_argument("--batch-size", type=POSITIVE, default=64)
     p.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--warmup-epochs", type=float, default=1.0)
-    p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=_number(float, 0, low_open=True), default=3e-3)
+    p.add_argument("--weight-decay", type=_number(float, 0), default=0.05)
+    p.add_argument("--warmup-epochs", type=_number(float, 0), default=1.0)
+    p.add_argument("--label-smoothing", type=_number(float, 0, 1), default=0.1)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--out", help="output folder (default runs/train-<model>)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    p.add_argument("--threads", type=POSITIVE, help="torch CPU threads (default: all cores)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("run", help="prune, quantize, convert, verify and benchmark a model for a target")
@@ -235,12 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset folder (default: $EDGESHRINK_DATA_DIR/<card dataset>)")
     p.add_argument("--synthetic-data", action="store_true", help="generated data (labelled synthetic in every output)")
     p.add_argument("--checkpoint", help="dense checkpoint (default: the model card's)")
-    p.add_argument("--finetune-epochs", type=int, help="override the profile's fine-tuning epochs (0 = none)")
-    p.add_argument("--calibration-size", type=int, help="override the profile's calibration image count")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--finetune-epochs", type=COUNT, help="override the profile's fine-tuning epochs (0 = none)")
+    p.add_argument("--calibration-size", type=POSITIVE, help="override the profile's calibration image count")
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--no-bench", action="store_true", help="skip latency benchmarks")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--train-threads", type=int, help="torch threads for pruning and fine-tuning")
+    p.add_argument("--train-threads", type=POSITIVE, help="torch threads for pruning and fine-tuning")
     p.add_argument("--no-cache", action="store_true", help="redo pruning/fine-tuning and conversions even if cached")
     _ssh_args(p)
     p.set_defaults(func=_cmd_run)
@@ -250,13 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="host")
     p.add_argument("--scopes", default="uniform,global", help="comma-separated: uniform, global")
     p.add_argument("--macs", default="0.3,0.4,0.5", help="comma-separated MAC fractions to keep")
-    p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune each point and report its accuracy")
-    p.add_argument("--repeats", type=int, default=2, help="interleaved benchmark repeats (lowest p50 kept)")
+    p.add_argument("--finetune-epochs", type=COUNT, default=0, help="fine-tune each point and report its accuracy")
+    p.add_argument("--repeats", type=POSITIVE, default=2, help="interleaved benchmark repeats (lowest p50 kept)")
     p.add_argument("--out", default=None, help="output root (default: dist/)")
     p.add_argument("--data")
     p.add_argument("--synthetic-data", action="store_true")
     p.add_argument("--checkpoint")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_sweep)
 
@@ -278,9 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="re-benchmark every file of a bundle (table + bench.json)")
     p.add_argument("bundle")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--min-runs", type=int, default=100)
-    p.add_argument("--min-seconds", type=float, default=5.0)
+    p.add_argument("--threads", type=POSITIVE)
+    p.add_argument("--min-runs", type=POSITIVE, default=100)
+    p.add_argument("--min-seconds", type=_number(float, 0, 3600), default=5.0)
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("publish", help="commit a trained dense checkpoint (--run) or a bundle's pruned one (--bundle) to its card")

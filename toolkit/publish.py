@@ -3,7 +3,6 @@ run's pruned, fine-tuned model (listed in the card under `pruned`, keyed by its 
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -46,12 +45,16 @@ def publish_checkpoint(model: str, run: Path) -> Path:
     if not best.is_file() or not prov_path.is_file():
         raise EdgeShrinkError(f"{run} has no last.pt and provenance.json; point --run at a finished `edgeshrink train` output")
     _check_committable(best)
-    provenance = json.loads(prov_path.read_text())
+    from toolkit.compare import read_json_file
+
+    provenance = read_json_file(prov_path, "point --run at a finished `edgeshrink train` output")
+    history = read_json_file(Path(run) / "history.json", "point --run at a finished `edgeshrink train` output")
+    if not isinstance(history.get("epochs"), list) or not history["epochs"]:
+        raise EdgeShrinkError(f"{run}/history.json lists no epochs; point --run at a finished `edgeshrink train` output")
     dest = REPO_ROOT / "models" / "checkpoints" / f"{card.name}.pt"
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(best, dest)
     checkpoint = {"path": str(dest.relative_to(REPO_ROOT)), "sha256": sha256_file(dest)}
-    history = json.loads((Path(run) / "history.json").read_text())
     last = history["epochs"][-1]
     metric = "dice" if card.task == "segmentation" else next(k for k in ("top1", "val_top1") if k in last)
     card_provenance = {
@@ -82,7 +85,11 @@ def publish_pruned(bundle: Path) -> Path:
     manifest_path = bundle / "manifest.json"
     if not manifest_path.is_file():
         raise EdgeShrinkError(f"{bundle} has no manifest.json; point --bundle at a finished `edgeshrink run` output")
-    manifest = json.loads(manifest_path.read_text())
+    from toolkit.compare import read_manifest
+
+    manifest = read_manifest(bundle, "rerun `edgeshrink run` to rebuild the bundle")
+    if not isinstance(manifest.get("model"), str) or not isinstance(manifest.get("data"), dict):
+        raise EdgeShrinkError(f"{manifest_path} lacks 'model' or 'data' (edited or truncated); rerun `edgeshrink run`")
     card = load_card(manifest["model"])
     key = (manifest.get("pruning", {}).get("cache") or {}).get("key")
     source = bundle / f"{card.name}_pruned.pt"

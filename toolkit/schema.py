@@ -15,7 +15,7 @@ M = TypeVar("M", bound=BaseModel)
 class Strict(BaseModel):
     """Base for every config model: unknown keys forbidden, frozen after validation."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # NaN/inf is never a setting
 
 
 def _fields_at(model_cls: type[BaseModel], loc: tuple) -> list[str]:
@@ -60,7 +60,12 @@ def load_yaml(path: Path, what: str) -> dict:
     import yaml
 
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise EdgeShrinkError(f"{path}: cannot read the {what} file ({exc.strerror or type(exc).__name__}); "
+                              "pass the path of an existing .yaml file") from None
+    except UnicodeDecodeError:
+        raise EdgeShrinkError(f"{path}: not a text file (binary bytes); a {what} file must be UTF-8 YAML") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from toolkit.errors import EdgeShrinkError, unknown_name
 from toolkit.paths import REPO_ROOT, targets_dir
@@ -15,8 +15,8 @@ from toolkit.schema import Strict, load_yaml, validate_data
 class Device(Strict):
     soc: str
     arch: Literal["x86_64", "aarch64", "armv7l"]
-    cores: int
-    memory_gb: float
+    cores: int = Field(ge=1, le=1024)
+    memory_gb: float = Field(gt=0, le=65536)
     accelerator: Optional[str] = None
 
 
@@ -24,13 +24,13 @@ class Runtime(Strict):
     engine: Literal["tflite", "onnxruntime", "tensorrt"]
     delegate: Literal["none", "xnnpack", "gpu", "nnapi", "cuda", "tensorrt"] = "none"
     delegate_variants: list[Literal["xnnpack", "gpu", "nnapi"]] = []  # extra delegates the device benchmark also runs
-    threads: int = 2
+    threads: int = Field(default=2, ge=1, le=1024)
     fp16: bool = False
     python: str = "python3"  # interpreter on the device
 
 
 class Quantization(Strict):
-    calibration_size: int = 256
+    calibration_size: int = Field(default=256, le=1_000_000)
     method: Literal["minmax", "entropy", "percentile"] = "minmax"
     per_channel: bool = True
     io_dtype: Literal["int8", "uint8"] = "int8"
@@ -47,15 +47,15 @@ class Quantization(Strict):
 
 
 class Benchmark(Strict):
-    warmup: int = 10
-    min_runs: int = 50
-    min_seconds: float = 2.0
-    threads: Optional[int] = None
+    warmup: int = Field(default=10, ge=0, le=100_000)
+    min_runs: int = Field(default=50, ge=1, le=1_000_000)
+    min_seconds: float = Field(default=2.0, ge=0, le=3600)
+    threads: Optional[int] = Field(default=None, ge=1, le=1024)
 
 
 class Budget(Strict):
-    target_fps: float
-    max_model_mb: Optional[float] = None
+    target_fps: float = Field(gt=0, le=1e6)
+    max_model_mb: Optional[float] = Field(default=None, gt=0, le=1e6)
 
 
 class Deploy(Strict):
@@ -94,6 +94,13 @@ class TargetProfile(Strict):
     deploy: Deploy
     gate: Gate = Gate()
 
+    @field_validator("input_size")
+    @classmethod
+    def _input_size(cls, v):
+        if v is not None and (min(v) < 8 or max(v) > 4096):
+            raise ValueError(f"must be two sizes between 8 and 4096 pixels, got {list(v)}")
+        return v
+
     @model_validator(mode="after")
     def _consistent(self):
         if self.runtime.engine == "tflite" and "tflite" not in self.formats:
@@ -106,6 +113,10 @@ class TargetProfile(Strict):
             raise ValueError(f"delegate {self.runtime.delegate} is not a TFLite delegate; use xnnpack, gpu or nnapi")
         if self.runtime.delegate in ("gpu", "nnapi", "xnnpack") and self.runtime.engine != "tflite":
             raise ValueError(f"delegate {self.runtime.delegate} is a TFLite delegate but runtime.engine is {self.runtime.engine}")
+        p = self.pruning
+        if p.finetune_epochs < 0 or p.finetune_lr <= 0 or not 0.0 <= p.distill <= 1.0:
+            raise ValueError("pruning needs finetune_epochs >= 0, finetune_lr > 0 and distill in [0, 1], got "
+                             f"{p.finetune_epochs}, {p.finetune_lr}, {p.distill}")
         if self.runtime.threads > self.device.cores:
             raise ValueError(f"runtime.threads={self.runtime.threads} exceeds device.cores={self.device.cores}")
         if self.runtime.delegate_variants and self.runtime.engine != "tflite":
@@ -145,8 +156,11 @@ def validate_target_file(path) -> TargetProfile:
 
 
 def load_target(name: str) -> TargetProfile:
-    """Read targets/<name>.yaml; unknown names get "did you mean"."""
+    """Read targets/<name>.yaml; unknown names get "did you mean"; a name with a path in it is refused
+    (`../elsewhere/x` must not load a file outside targets/)."""
+    from toolkit.cards import SAFE_NAME
+
     path = targets_dir() / f"{name}.yaml"
-    if not path.is_file():
+    if not SAFE_NAME.match(name or "") or ".." in name or not path.is_file():
         raise unknown_name("target", name, list_targets())
     return validate_target_file(path)

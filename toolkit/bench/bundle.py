@@ -16,28 +16,39 @@ def bench_bundle(bundle: Path, threads: int | None = None, min_runs: int = 100, 
     from toolkit.bench.host import benchmark_file
     from toolkit.provenance import library_versions, machine_description
 
-    bundle = Path(bundle)
-    manifest_path = bundle / "manifest.json"
-    if not manifest_path.is_file():
-        raise EdgeShrinkError(f"{bundle} has no manifest.json; build it first with `make deploy` / `edgeshrink run`")
-    manifest = json.loads(manifest_path.read_text())
-    spec = manifest["input"]
-    shape = (1, spec["channels"], spec["height"], spec["width"])
+    from toolkit.compare import read_manifest
     from toolkit.targets import load_target
 
-    threads = threads or load_target(manifest["target"]).bench_threads
+    bundle = Path(bundle)
+    if not (bundle / "manifest.json").is_file():
+        raise EdgeShrinkError(f"{bundle} has no manifest.json; build it first with `make deploy` / `edgeshrink run`")
+    manifest = read_manifest(bundle)
+    try:
+        spec = manifest["input"]
+        shape = (1, int(spec["channels"]), int(spec["height"]), int(spec["width"]))
+        baseline, target = manifest["baseline"]["file"], manifest["target"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise EdgeShrinkError(f"{bundle}/manifest.json lacks or mistypes {exc} (edited or truncated); rebuild the "
+                              "bundle with `edgeshrink run`") from None
+    missing = [a["file"] for a in manifest["artifacts"] if not (bundle / a["file"]).is_file()]
+    if missing:
+        raise EdgeShrinkError(f"{bundle} lacks {', '.join(missing[:3])} listed in its manifest; rebuild the bundle "
+                              "with `edgeshrink run`")
+    threads = threads or load_target(target).bench_threads
     rows = []
     for a in tqdm(manifest["artifacts"], desc="bench"):
         r = benchmark_file(bundle / a["file"], a["format"], shape, threads=threads, warmup=warmup, min_runs=min_runs,
                            min_seconds=min_seconds)
         rows.append({"file": a["file"], "format": a["format"], "precision": a["precision"], "stage": a["stage"],
                      "size_bytes": a["size_bytes"], "metrics": a["metrics"], **r})
-    base = next(r for r in rows if r["file"] == manifest["baseline"]["file"])
+    base = next((r for r in rows if r["file"] == baseline), None)
+    if base is None:
+        raise EdgeShrinkError(f"{bundle}: baseline {baseline} is not among the manifest's artifacts; rebuild the bundle")
     for r in rows:
         r["speedup_vs_baseline"] = base["latency_ms"]["p50"] / r["latency_ms"]["p50"]
         r["size_ratio_vs_baseline"] = base["size_bytes"] / r["size_bytes"]
     result = {"bundle": str(bundle), "model": manifest["model"], "target": manifest["target"], "threads": threads,
-              "input_shape": list(shape), "baseline": manifest["baseline"]["file"], "rows": rows,
+              "input_shape": list(shape), "baseline": baseline, "rows": rows,
               "device": {"kind": "host", **machine_description()}, "versions": library_versions()}
     (bundle / "bench.json").write_text(json.dumps(result, indent=2))
     return result

@@ -95,6 +95,23 @@ def _cache_key(root: Path, split: str, files: list[Path], decode: tuple) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _read_cache(cache: Path, count: int, size: tuple[int, int]):
+    """(images, labels) from a decoded-image cache entry, or None (entry removed) when it is truncated,
+    edited or of another shape: a damaged cache is decoded again, never trusted."""
+    import shutil
+
+    try:
+        images = np.asarray(np.load(cache / "images.npy", mmap_mode="r"))
+        labels = np.load(cache / "labels.npy")
+        if images.shape[:3] == (count, *size) and images.dtype == np.uint8 and labels.shape == (count,):
+            return images, labels
+    except (OSError, ValueError, EOFError):
+        pass
+    print(f"[edgeshrink] warning: decoded-image cache {cache.name} is damaged; decoding the images again")
+    shutil.rmtree(cache, ignore_errors=True)
+    return None
+
+
 def load_image_split(root: Path, split: str, height: int, width: int, progress: bool = True, *,
                      classes: list[str] | None = None, interpolation: str = "bilinear", channels: int = 3) -> ImageSplit:
     """Decode `root/split` at HxW (cached). Refuses missing folders, class lists that differ from
@@ -108,8 +125,9 @@ def load_image_split(root: Path, split: str, height: int, width: int, progress: 
     key = _cache_key(Path(root), split, files, decode)
     cache = cache_dir() / f"images-{split}-{height}x{width}-{key}"
     if (cache / "done").exists():
-        images = np.load(cache / "images.npy", mmap_mode="r")
-        return ImageSplit(np.asarray(images), np.load(cache / "labels.npy"), classes, str(root))
+        cached = _read_cache(cache, len(files), (height, width))
+        if cached is not None:
+            return ImageSplit(cached[0], cached[1], classes, str(root))
     jobs = [(str(f), *decode) for f in files]
     with Pool(max(1, min(4, os.cpu_count() or 1))) as pool:
         decoded = list(
@@ -126,8 +144,12 @@ def load_image_split(root: Path, split: str, height: int, width: int, progress: 
     np.save(tmp / "images.npy", images)
     np.save(tmp / "labels.npy", labels_arr)
     (tmp / "done").write_text("ok")
-    if not cache.exists():
-        os.replace(tmp, cache)
+    try:
+        os.replace(tmp, cache)  # another run may have written the same entry meanwhile: keep theirs
+    except OSError:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
     return ImageSplit(images, labels_arr, classes, str(root))
 
 
