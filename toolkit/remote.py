@@ -118,9 +118,11 @@ def deliver_and_benchmark(bundle: Path, host_spec: str, python: Optional[str] = 
                           known_hosts: Optional[str] = None, *, progress: bool = True) -> dict:
     """Copy, hash-check on the device, benchmark there, pull results/<host>.json back.
     On any failure the local bundle is left exactly as it was."""
+    from toolkit.compare import read_manifest
+
     bundle = Path(bundle)
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    if "deploy" not in manifest:
+    manifest = read_manifest(bundle)
+    if not isinstance(manifest.get("deploy"), dict):
         raise EdgeShrinkError(f"{bundle} has no deploy section; rebuild it with `make deploy`")
     if manifest["deploy"]["transport"] == "adb":
         raise EdgeShrinkError(f"target {manifest['target']} deploys over adb, not SSH; run android_bench.py from the bundle")

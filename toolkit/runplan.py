@@ -174,13 +174,14 @@ def plan_from_json(data: dict, source: str = "plan") -> RunPlan:
                        pruning=validate_data(PruneConfig, data["pruning"], f"{source}: pruning"),
                        input=InputSpec.from_dict(data["input"]), source=ModelSource(**data["source"]),
                        checkpoint=data["checkpoint"], checkpoint_sha256=data["checkpoint_sha256"],
-                       data=DataRef(**data["data"]), calibration_size=int(data["calibration_size"]),
-                       seed=int(data["seed"]), train_threads=data["train_threads"], bench=bool(data["bench"]),
+                       data=DataRef(**data["data"]), calibration_size=data["calibration_size"],
+                       seed=data["seed"], train_threads=data["train_threads"], bench=bool(data["bench"]),
                        progress=bool(data["progress"]), cache=bool(data["cache"]), out_root=str(data["out_root"]),
                        card_ref=str(data["card_ref"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise EdgeShrinkError(f"{source} is incomplete or malformed ({type(exc).__name__}: {exc}); "
                               "pass an unmodified config.json") from None
+    _checks({"seed": plan.seed, "calibration_size": plan.calibration_size, "train_threads": plan.train_threads})
     if plan.checkpoint and (not Path(plan.checkpoint).is_file() or sha256_file(plan.checkpoint) != plan.checkpoint_sha256):
         raise EdgeShrinkError(f"{source}: weights file {plan.checkpoint} is missing or changed since the plan was "
                               "written; restore it or make a new plan")

@@ -107,7 +107,5 @@ def test_train_out_must_be_a_writable_folder(henv, tmp_path, out):
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
-@pytest.mark.xfail(strict=True, reason="remote.deliver_and_benchmark reads <bundle>/manifest.json without checking it "
-                                       "exists: `edgeshrink deliver /missing --host u@h` ends in a FileNotFoundError traceback")
 def test_deliver_refuses_a_missing_bundle_before_connecting(henv, tmp_path):
     assert_refused(cli("deliver", tmp_path / "missing", "--host", "user@127.0.0.1:1"), "manifest.json")

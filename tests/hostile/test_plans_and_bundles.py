@@ -38,11 +38,7 @@ PLAN_EDITS = {
 }
 
 
-REPLAY_UNCHECKED = pytest.mark.xfail(strict=True, reason="runplan.plan_from_json does not re-run make_plan's _checks: "
-                                     "a replayed seed of -1 reaches numpy's seed() and tracebacks")
-
-
-@pytest.mark.parametrize("edit", [pytest.param(e, marks=REPLAY_UNCHECKED) if e == "negative-seed" else e for e in PLAN_EDITS])
+@pytest.mark.parametrize("edit", list(PLAN_EDITS))
 def test_broken_plan_is_refused(plan_json, tmp_path, edit):
     data, _ = plan_json
     text = PLAN_EDITS[edit](json.dumps(data), data)

@@ -2,11 +2,12 @@
 
 The key covers everything that changes the output: the ONNX bytes, the calibration data,
 mean/std, INT8 on/off, the I/O dtype and the onnx2tf/TensorFlow versions. Deploying one model to
-several targets with the same pruning converts it once. EDGESHRINK_NO_CACHE=1 turns it off."""
+several targets with the same pruning converts it once. Runs with `--no-cache` do not use it."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from importlib import metadata
@@ -29,16 +30,37 @@ def _key(onnx_path: Path, calib: Optional[np.ndarray], mean, std, *, int8: bool,
     return h.hexdigest()[:32]
 
 
+def _write_digests(entry: Path) -> None:
+    from toolkit.checkpoint import sha256_file
+
+    digests = {p.name: sha256_file(p) for p in sorted(entry.glob("*.tflite"))}
+    (entry / "sha256.json").write_text(json.dumps(digests))
+
+
+def _entry_ok(entry: Path, int8: bool) -> bool:
+    """The entry holds the files asked for, each matching the sha256 written with it."""
+    from toolkit.checkpoint import sha256_file
+
+    try:
+        digests = json.loads((entry / "sha256.json").read_text())
+    except (OSError, ValueError):
+        return False
+    needed = ["float32.tflite"] + (["int8.tflite"] if int8 else [])
+    return all(n in digests and (entry / n).is_file() and sha256_file(entry / n) == digests[n] for n in needed)
+
+
 def cached_onnx_to_tflite(onnx_path: Path, out_dir: Path, calibration_nhwc: Optional[np.ndarray], mean, std, *,
                           int8: bool = True, io_dtype: str = "int8") -> TFLiteOutputs:
-    """onnx_to_tflite, reusing an earlier identical conversion when there is one."""
-    if os.environ.get("EDGESHRINK_NO_CACHE"):
-        return onnx_to_tflite(onnx_path, out_dir, calibration_nhwc, mean, std, int8=int8, io_dtype=io_dtype)
+    """onnx_to_tflite, reusing an earlier identical conversion when there is one. Every entry is
+    stored with the sha256 of its files and checked on each hit; a bad entry is rebuilt."""
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     entry = cache_dir() / "tflite" / _key(onnx_path, calibration_nhwc, mean, std, int8=int8, io_dtype=io_dtype)
     stem = onnx_path.stem
     fp32, q = out_dir / f"{stem}_float32.tflite", (out_dir / f"{stem}_int8.tflite") if int8 else None
-    if not (entry / "float32.tflite").is_file() or (int8 and not (entry / "int8.tflite").is_file()):
+    if entry.exists() and not _entry_ok(entry, int8):
+        print(f"[edgeshrink] warning: cached TFLite conversion {entry.name} failed its sha256 check; converting again")
+        shutil.rmtree(entry, ignore_errors=True)
+    if not entry.exists():
         fresh = onnx_to_tflite(onnx_path, out_dir, calibration_nhwc, mean, std, int8=int8, io_dtype=io_dtype)
         tmp = entry.with_name(entry.name + f".tmp{os.getpid()}")
         tmp.mkdir(parents=True, exist_ok=True)
@@ -46,6 +68,7 @@ def cached_onnx_to_tflite(onnx_path: Path, out_dir: Path, calibration_nhwc: Opti
         if fresh.int8:
             shutil.copyfile(fresh.int8, tmp / "int8.tflite")
         (tmp / "onnx2tf_options.txt").write_text(" ".join(fresh.onnx2tf_options))
+        _write_digests(tmp)
         if not entry.exists():
             os.replace(tmp, entry)
         else:
