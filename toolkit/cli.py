@@ -12,9 +12,14 @@ def _cmd_train(args) -> int:
     from pathlib import Path
 
     from toolkit.cards import load_card
+    from toolkit.distributed import launch, under_torchrun
     from toolkit.train import TrainConfig
     from toolkit.train_card import train_card
 
+    if args.nproc > 1 and not under_torchrun():  # start N copies of this command under torchrun
+        import sys
+
+        return launch(args.nproc, sys.argv[1:])
     if args.threads:
         import torch
 
@@ -24,8 +29,9 @@ def _cmd_train(args) -> int:
                       weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
                       label_smoothing=args.label_smoothing, seed=args.seed)
     out = Path(args.out or f"runs/train-{card.name}")
-    prov = train_card(card, cfg, out, args.data, args.synthetic_data)
-    print(f"final checkpoint: {out / 'last.pt'}  sha256={prov['sha256']}")
+    prov = train_card(card, cfg, out, args.data, args.synthetic_data, resume=args.resume)
+    if prov:  # rank 0
+        print(f"final checkpoint: {out / 'last.pt'}  sha256={prov['sha256']}")
     return 0
 
 
@@ -212,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output folder (default runs/train-<model>)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
+    p.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this machine (torchrun; --batch-size is the global batch)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt (also automatic when it matches this config)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("run", help="prune, quantize, convert, verify and benchmark a model for a target")
