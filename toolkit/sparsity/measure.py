@@ -139,10 +139,15 @@ def _tflite_weight(raw: bytes, model, graph, index: int, producers: dict, codes:
     data = _buffer(raw, model, tensor.Buffer())
     if data is None or tensor.Type() not in _NP:
         return None
-    values = np.frombuffer(data, dtype=_NP[tensor.Type()]).reshape(tuple(int(s) for s in tensor.ShapeAsNumpy()))
+    values = np.frombuffer(data, dtype=_NP[tensor.Type()])
+    shape = tuple(int(s) for s in tensor.ShapeAsNumpy())
     q = tensor.Quantization()
     zero = int(q.ZeroPointAsNumpy()[0]) if q is not None and q.ZeroPointLength() else 0
-    return values, zero, "dense", tensor.Name().decode()
+    if tensor.Sparsity() is not None and values.size < int(np.prod(shape)):  # natively sparse (e.g. FC)
+        dense = np.full(int(np.prod(shape)), zero, values.dtype)
+        dense[:values.size] = values
+        return dense.reshape(shape), zero, "sparse(native)", tensor.Name().decode()
+    return values.reshape(shape), zero, "dense", tensor.Name().decode()
 
 
 def _buffer(raw: bytes, model, index: int):
