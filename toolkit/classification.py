@@ -19,7 +19,7 @@ def _to_tensor(images_u8: np.ndarray, spec: InputSpec):
     return torch.from_numpy(normalize_nhwc_uint8(images_u8, spec))
 
 
-def _crop_params(rng: np.random.Generator, n: int, h: int, w: int, scale, ratio) -> list[tuple]:
+def _crop_params(rng: np.random.Generator, n: int, h: int, w: int, *, scale, ratio) -> list[tuple]:
     """(top, left, crop_h, crop_w, flip) for n images; draws from `rng` in a fixed order, so
     every rank of a distributed run draws the same parameters for the whole global batch."""
     params = []
@@ -38,14 +38,14 @@ def _crop_params(rng: np.random.Generator, n: int, h: int, w: int, scale, ratio)
 
 
 def augment_batch(images_u8: np.ndarray, rng: np.random.Generator, out_hw: tuple[int, int],
-                  scale=(0.25, 1.0), ratio=(3 / 4, 4 / 3), keep: slice = slice(None)) -> np.ndarray:
+                  scale=(0.25, 1.0), ratio=(3 / 4, 4 / 3), *, keep: slice = slice(None)) -> np.ndarray:
     """RandomResizedCrop + horizontal flip on a uint8 NHWC batch (torch bilinear resize).
     Crop parameters are drawn for the whole batch; only the images in `keep` are produced."""
     import torch
     import torch.nn.functional as F
 
     n, h, w, _ = images_u8.shape
-    params = _crop_params(rng, n, h, w, scale, ratio)[keep]
+    params = _crop_params(rng, n, h, w, scale=scale, ratio=ratio)[keep]
     chosen = images_u8[keep]
     out = np.empty((len(chosen), out_hw[0], out_hw[1], 3), np.uint8)
     for i, (top, left, ch, cw, flip) in enumerate(params):
@@ -57,7 +57,7 @@ def augment_batch(images_u8: np.ndarray, rng: np.random.Generator, out_hw: tuple
     return out
 
 
-def train_batches(split: ImageSplit, spec: InputSpec, batch_size: int, seed: int, augment: bool = True,
+def train_batches(split: ImageSplit, spec: InputSpec, batch_size: int, seed: int, augment: bool = True, *,
                   shard: slice = slice(None)):
     """Return (batches(epoch) -> iterator of (x, y), steps_per_epoch). Drops the last partial batch.
     `batch_size` is the global batch; `shard` (DistContext.shard) keeps one process's slice of it,

@@ -134,7 +134,7 @@ def train_loop(model, cfg: TrainConfig, *, batches: Callable[[int], Iterable], s
     stop = cfg.epochs if max_epochs_this_session is None else min(cfg.epochs, start + max_epochs_this_session)
     try:
         for epoch in range(start, stop):
-            record = _train_epoch(net, model, opt, cfg, epoch, state, batches=batches, loss_fn=loss_fn,
+            record = _train_epoch(net, model, opt, cfg, epoch=epoch, state=state, batches=batches, loss_fn=loss_fn,
                                   teacher=teacher, progress=progress and dist.is_main, step_callback=step_callback)
             metrics = D.broadcast_object(evaluate(model) if dist.is_main else None, dist)
             state.end_epoch(model, opt, {**record, **metrics}, score_key, progress=progress)
@@ -166,7 +166,7 @@ def _check_ranks_agree(model, dist: DistContext, history: dict) -> None:
         raise EdgeShrinkError(f"data-parallel ranks ended with different weights ({digests}); report this with the command line, or train with --nproc 1")
 
 
-def _train_epoch(net, model, opt, cfg: TrainConfig, epoch: int, state, *, batches, loss_fn, teacher,
+def _train_epoch(net, model, opt, cfg: TrainConfig, *, epoch: int, state, batches, loss_fn, teacher,
                  progress: bool, step_callback) -> dict:
     """One pass over this process's batches; returns the epoch's training record."""
     import torch
@@ -207,7 +207,7 @@ class TrainState:
     """The loop's progress (step, history, best score) and its resumable file in out_dir."""
 
     def __init__(self, cfg: TrainConfig, steps_per_epoch: int, dist: DistContext,
-                 policy: Optional[CheckpointPolicy], key_extra: Optional[dict] = None):
+                 policy: Optional[CheckpointPolicy], *, key_extra: Optional[dict] = None):
         import hashlib
 
         self.cfg, self.steps_per_epoch, self.dist, self.policy = cfg, steps_per_epoch, dist, policy
@@ -265,10 +265,10 @@ class TrainState:
                 self.best_state = copy.deepcopy(model.state_dict())
         rngs = gather_objects(_rng_state(), self.dist)
         if self.path is not None and self.dist.is_main:
-            self._write_outputs(model, opt, record, better, rngs)
+            self._write_outputs(model, opt, record, better=better, rngs=rngs)
         barrier(self.dist)
 
-    def _write_outputs(self, model, opt, record: dict, better: bool, rngs: list) -> None:
+    def _write_outputs(self, model, opt, record: dict, *, better: bool, rngs: list) -> None:
         import os
 
         import torch

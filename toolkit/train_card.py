@@ -47,7 +47,7 @@ def train_card(card: ModelCard, cfg: TrainConfig, out_dir: Path, data: Optional[
                          max_epochs_this_session=max_epochs_this_session, dist=dist,
                          state_key={"card": card.name, "architecture": card.architecture,
                                     "arguments": card.arguments, "data": task.data_description()})
-    provenance = _provenance(task, cfg, history, out_dir, dist, metric) if dist.is_main else {}
+    provenance = _provenance(task, cfg, history, out_dir, dist=dist, metric=metric) if dist.is_main else {}
     barrier(dist)
     return provenance
 
@@ -65,7 +65,7 @@ def _task_batches(task, cfg: TrainConfig, dist):
     return train_batches(task.train, task.spec, cfg.batch_size, cfg.seed, shard=dist.shard(cfg.batch_size))
 
 
-def _provenance(task, cfg: TrainConfig, history: dict, out_dir: Path, dist, metric: str) -> dict:
+def _provenance(task, cfg: TrainConfig, history: dict, out_dir: Path, *, dist, metric: str) -> dict:
     from toolkit.checkpoint import sha256_file
     from toolkit.provenance import library_versions
 

@@ -105,7 +105,7 @@ def _tflite_layers(path: Path) -> dict:
         if codes[i] not in ops:
             continue
         op = graph.Operators(i)
-        found = _tflite_weight(raw, model, graph, int(op.Inputs(1)), producers, codes, fb)
+        found = _tflite_weight(raw, model, graph, int(op.Inputs(1)), producers=producers, codes=codes, fb=fb)
         if found is None:  # e.g. a natively sparse FULLY_CONNECTED weight with no readable buffer
             unread.append(graph.Tensors(int(op.Inputs(1))).Name().decode())
             continue
@@ -118,7 +118,7 @@ def _tflite_layers(path: Path) -> dict:
 _NP = {0: np.float32, 1: np.float16, 2: np.int32, 3: np.uint8, 9: np.int8}
 
 
-def _tflite_weight(raw: bytes, model, graph, index: int, producers: dict, codes: list, fb):
+def _tflite_weight(raw: bytes, model, graph, index: int, *, producers: dict, codes: list, fb):
     """(values with the tensor's logical shape, zero point, encoding, name) or None when the
     filter is not a constant (or its type is not one we read)."""
     tensor = graph.Tensors(index)
