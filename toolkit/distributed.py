@@ -144,7 +144,7 @@ def _global_bn_forward(self, x):
     if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                             self.training or not self.track_running_stats, self.momentum or 0.0, self.eps)
-    count = torch.full((1,), x.numel() / x.shape[1], dtype=x.dtype)
+    count = torch.full((1,), x.numel() / x.shape[1], dtype=x.dtype, device=x.device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         stats = all_reduce(torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), count]))

@@ -42,6 +42,7 @@ class LotteryConfig:
     methods: tuple = METHODS
     score_batches: int = 4  # real batches for SNIP / GraSP scores
     train_images: Optional[int] = None  # a fixed random subset of the training set (speed)
+    val_images: Optional[int] = None  # a fixed random subset of the validation set (speed)
     data: Optional[str] = None
     synthetic_data: bool = False
     seed: int = 0
@@ -94,6 +95,8 @@ def _setup(cfg: LotteryConfig, progress: bool) -> _Setup:
         train, val = (load_image_split(root, s, cfg.size, cfg.size, progress) for s in ("train", "val"))
     if cfg.train_images:
         train = train.subset(cfg.train_images, seed=cfg.seed)
+    if cfg.val_images:
+        val = val.subset(cfg.val_images, seed=cfg.seed)
     architecture = card.architecture if card else cfg.model
     arguments = dict(card.arguments) if card else {"num_classes": len(train.classes)}
     if cfg.width_mult is not None:
@@ -333,6 +336,7 @@ def register_cli(subparsers) -> None:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--width-mult", type=float)
     p.add_argument("--train-images", type=int, help="train on a fixed random subset of this many images")
+    p.add_argument("--val-images", type=int, help="evaluate on a fixed random subset of this many images")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
     p.add_argument("--data")
     p.add_argument("--synthetic-data", action="store_true")
@@ -345,7 +349,7 @@ def register_cli(subparsers) -> None:
 def _cmd_lottery(args) -> int:
     cfg = LotteryConfig(model=args.model, rounds=args.rounds, epochs=args.epochs, rewind_iter=args.rewind_iter,
                         rate=args.rate, size=args.size, batch_size=args.batch_size, lr=args.lr,
-                        width_mult=args.width_mult, train_images=args.train_images,
+                        width_mult=args.width_mult, train_images=args.train_images, val_images=args.val_images,
                         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), data=args.data,
                         synthetic_data=args.synthetic_data, seed=args.seed, threads=args.threads, out=args.out)
     print(format_table(run_lottery(cfg)))

@@ -130,13 +130,13 @@ def train_loop(model, cfg: TrainConfig, *, batches: Callable[[int], Iterable], s
     state = TrainState(cfg, steps_per_epoch, dist, checkpoints, key_extra=state_key)
     start = state.restore(model, opt, resume) if checkpoints and checkpoints.resumable else state.fresh()
     if teacher is not None:
-        teacher.eval()
+        teacher.eval().to(next(model.parameters()).device)  # NCCL: the model now lives on this rank's GPU
     stop = cfg.epochs if max_epochs_this_session is None else min(cfg.epochs, start + max_epochs_this_session)
     try:
         for epoch in range(start, stop):
             record = _train_epoch(net, model, opt, cfg, epoch=epoch, state=state, batches=batches, loss_fn=loss_fn,
                                   teacher=teacher, progress=progress and dist.is_main, step_callback=step_callback)
-            metrics = D.broadcast_object(evaluate(model) if dist.is_main else None, dist)
+            metrics = D.broadcast_object(_evaluate_on_cpu(evaluate, model) if dist.is_main else None, dist)
             state.end_epoch(model, opt, {**record, **metrics}, score_key, progress=progress)
     finally:
         D.global_batchnorm(model, False)
@@ -166,6 +166,14 @@ def _check_ranks_agree(model, dist: DistContext, history: dict) -> None:
         raise EdgeShrinkError(f"data-parallel ranks ended with different weights ({digests}); report this with the command line, or train with --nproc 1")
 
 
+def _evaluate_on_cpu(evaluate, model) -> dict:
+    """Task evaluations feed CPU tensors; a model on a GPU (NCCL runs) is evaluated as a CPU copy."""
+    import copy
+
+    device = next(model.parameters()).device
+    return evaluate(model if device.type == "cpu" else copy.deepcopy(model).cpu())
+
+
 def _train_epoch(net, model, opt, cfg: TrainConfig, *, epoch: int, state, batches, loss_fn, teacher,
                  progress: bool, step_callback) -> dict:
     """One pass over this process's batches; returns the epoch's training record."""
@@ -177,7 +185,10 @@ def _train_epoch(net, model, opt, cfg: TrainConfig, *, epoch: int, state, batche
     started, seen, loss_sum = time.perf_counter(), 0, 0.0
     bar = tqdm(batches(epoch), total=state.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                disable=not progress, leave=False)
+    device = next(model.parameters()).device
     for x, y in bar:
+        if device.type != "cpu":  # NCCL: batches are built on the CPU
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         for group in opt.param_groups:
             group["lr"] = lr_at(state.step, total, warmup, cfg.lr)
         with torch.no_grad():

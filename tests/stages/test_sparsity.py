@@ -123,3 +123,9 @@ def test_zeros_survive_export_to_onnx_and_tflite(tmp_path):
     timing = measure_sparse_speedup(tfl.float32, sparse, runs=10, repeats=1)
     assert timing["densify_ops"] > 0 and timing["dense_p50_ms"] > 0
     assert timing["verdict"] == NO_SPEEDUP or timing["verdict"].startswith("sparse kernels")
+    from toolkit.sparsity.bundle import bundle_sparsity_fields
+
+    fields = bundle_sparsity_fields(record, {"onnx": (onnx_path, "onnx"), "fp32": (tfl.float32, "tflite"),
+                                             "int8": (tfl.int8, "tflite")}, sparse_timing=timing)
+    assert fields["files"]["int8"]["kernels"] == NO_SPEEDUP and fields["files"]["onnx"]["kernels"] == NO_SPEEDUP
+    assert fields["files"]["fp32"]["kernels"] == timing["verdict"] and fields["target_sparsity"] == 0.75
