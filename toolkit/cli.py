@@ -43,9 +43,14 @@ def _cmd_train(args) -> int:
     from pathlib import Path
 
     from toolkit.cards import load_card
+    from toolkit.distributed import launch, under_torchrun
     from toolkit.train import TrainConfig
     from toolkit.train_card import train_card
 
+    if args.nproc > 1 and not under_torchrun():  # start N copies of this command under torchrun
+        import sys
+
+        return launch(args.nproc, sys.argv[1:])
     if args.threads:
         import torch
 
@@ -60,8 +65,9 @@ def _cmd_train(args) -> int:
     except OSError as exc:  # a file in the way, an unwritable place: say so before training for an hour
         raise EdgeShrinkError(f"cannot create output folder {out} ({exc.strerror or type(exc).__name__}); "
                               "choose a writable --out") from None
-    prov = train_card(card, cfg, out, args.data, args.synthetic_data)
-    print(f"final checkpoint: {out / 'last.pt'}  sha256={prov['sha256']}")
+    prov = train_card(card, cfg, out, data=args.data, synthetic=args.synthetic_data, resume=args.resume)
+    if prov:  # rank 0
+        print(f"final checkpoint: {out / 'last.pt'}  sha256={prov['sha256']}")
     return 0
 
 
@@ -282,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--out", help="output folder (default runs/train-<model>)")
     p.add_argument("--threads", type=POSITIVE, help="torch CPU threads (default: all cores)")
+    p.add_argument("--nproc", type=POSITIVE, default=1, help="data-parallel processes on this machine (torchrun; --batch-size is the global batch)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt (also automatic when it matches this config)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("run", help="prune, quantize, convert, verify and benchmark a model for a target")
@@ -346,6 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", help="an `edgeshrink run` output folder whose pruned, fine-tuned model to publish")
     p.set_defaults(func=_cmd_publish)
 
+    from toolkit.lottery import register_cli as lottery_cli
+    from toolkit.sparsity.run import register_cli as sparsity_cli
+
+    lottery_cli(sub)
+    sparsity_cli(sub)
     sub.add_parser("models", help="list model cards and architectures").set_defaults(func=_cmd_models)
     sub.add_parser("targets", help="list target profiles").set_defaults(func=_cmd_targets)
     p = sub.add_parser("validate", help="validate target profile files (default: all in targets/)")
