@@ -74,10 +74,13 @@ def _cmd_train(args) -> int:
 def _run_overrides(args) -> dict:
     """CLI flags that were given, as plan overrides (unset flags leave the card's/profile's value)."""
     given = {"finetune_epochs": args.finetune_epochs, "calibration_size": args.calibration_size, "data": args.data,
-             "checkpoint": args.checkpoint, "train_threads": args.train_threads, "out": args.out}
+             "checkpoint": args.checkpoint, "train_threads": args.train_threads, "out": args.out,
+             "sparsity": args.sparsity, "sparsity_schedule": args.sparsity_schedule, "sparsity_steps": args.sparsity_steps,
+             "sparsity_finetune_epochs": args.sparsity_finetune_epochs, "fps": args.fps,
+             "max_metric_drop": args.max_metric_drop}
     overrides = {k: v for k, v in given.items() if v is not None}
     overrides.update(seed=args.seed, synthetic_data=args.synthetic_data, bench=not args.no_bench,
-                     progress=not args.quiet, cache=not args.no_cache)
+                     progress=not args.quiet, cache=not args.no_cache, structured=not args.no_structured)
     return overrides
 
 
@@ -307,6 +310,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--train-threads", type=POSITIVE, help="torch threads for pruning and fine-tuning")
     p.add_argument("--no-cache", action="store_true", help="redo pruning/fine-tuning and conversions even if cached")
+    p.add_argument("--sparsity", type=_number(float, 0, 1, low_open=True),
+                   help="unstructured magnitude sparsity after channel pruning, e.g. 0.8 (zeros in conv/linear weights)")
+    p.add_argument("--sparsity-schedule", choices=["gradual", "oneshot"], help="gradual: cubic schedule (default)")
+    p.add_argument("--sparsity-steps", type=POSITIVE, help="gradual steps (default 4)")
+    p.add_argument("--sparsity-finetune-epochs", type=COUNT, help="fine-tune epochs after each sparsity step (default 2)")
+    p.add_argument("--no-structured", action="store_true", help="skip channel pruning (sparsity only)")
+    p.add_argument("--fps", type=_number(float, 0, low_open=True),
+                   help="latency budget: prune as little as needed for the deployed file to reach this FPS")
+    p.add_argument("--max-metric-drop", type=_number(float, 0, 1),
+                   help="deploy gate: primary metric at most this far below dense FP32 (default: the profile's, 0.015)")
     _ssh_args(p)
     p.set_defaults(func=_cmd_run)
 

@@ -99,12 +99,14 @@ class Runner:
         from toolkit.checkpoint import save_checkpoint
 
         with self.clock("prune"):
-            model, history = self._prune_or_reuse(dense.model)
+            model, history = self._prune_or_reuse(dense.model) if self.plan.structured else self._unpruned(dense)
         finetune_seconds = sum((h.get("finetune") or {}).get("seconds", 0.0) for h in history[1:])
         if self.extra["prune_cache"]["hit"]:
             finetune_seconds = 0.0  # the reused model's fine-tuning happened in an earlier run
         self.clock.seconds["prune"] = round(self.clock.seconds["prune"] - finetune_seconds, 2)
         self.clock.add("fine-tune", finetune_seconds)
+        if self.plan.sparsity:
+            model = self._sparsify_or_reuse(model, dense.model, history)
         self.extra["prune_history"] = history
         macs, params = history[-1]["macs"], history[-1]["params"]
         save_checkpoint(self.work / f"{self.name}_pruned.pt", model, self.plan.source.architecture,
@@ -136,12 +138,49 @@ class Runner:
         self.extra["prune_cache"] = {"key": key, "hit": False}
         return model, history
 
-    def _finetuner(self, dense_model):
+    def _unpruned(self, dense: Family):
+        """No channel pruning (plan.structured False): the dense model, for sparsity alone."""
+        self.extra["prune_cache"] = {"key": None, "hit": False, "structured": False}
+        return copy.deepcopy(dense.model), [{"step": 0, "macs": dense.macs, "params": dense.params, "macs_fraction": 1.0}]
+
+    def _sparsify_or_reuse(self, model, dense_model, history: list):
+        """Unstructured magnitude sparsity on top of the (channel-pruned) model, fine-tuned between
+        steps; cached under the structured key + the sparsity settings."""
+        import hashlib
+        import json
+
+        from toolkit.prune.cache import find_pruned, store_pruned
+        from toolkit.sparsity import sparsify
+
+        plan = self.plan
+        settings = {"sparsity": plan.sparsity, "schedule": plan.sparsity_schedule, "steps": plan.sparsity_steps,
+                    "epochs": plan.sparsity_finetune_epochs, "lr": plan.pruning.finetune_lr, "seed": plan.seed,
+                    "base": self.extra["prune_cache"]["key"] or plan.checkpoint_sha256, "never_prune": plan.card.never_prune}
+        key = hashlib.sha256(repr(sorted(settings.items())).encode()).hexdigest()[:32]
+        found = find_pruned(plan.card, key, source=plan.source) if plan.cache else None
+        with self.clock("sparsify"):
+            if found is not None:
+                model, record, _ = found
+                record = record[0]
+            else:
+                steps = plan.sparsity_steps if plan.sparsity_schedule == "gradual" else 1
+                model, record = sparsify(model, sparsity=plan.sparsity, scope="global", schedule=plan.sparsity_schedule,
+                                         steps=steps, finetune=self._finetuner(dense_model, plan.sparsity_finetune_epochs),
+                                         exclude=tuple(plan.card.never_prune))
+                record = json.loads(json.dumps(record, default=float))  # plain data: checkpoints load weights-only
+                if plan.cache:
+                    store_pruned(key, model, plan.source, [record])
+        self.extra["sparsify"] = {"key": key, "hit": found is not None, "record": record}
+        return model.eval()
+
+    def _finetuner(self, dense_model, epochs: Optional[int] = None):
+        """finetune(model, step) for the pruning loops: the task's fine-tuning with distillation."""
         cfg, teacher = self.plan.pruning, copy.deepcopy(dense_model).eval()
+        epochs = cfg.finetune_epochs if epochs is None else epochs
 
         def finetune(model, step: int) -> dict:
             t0 = time.perf_counter()
-            result = self.task.finetune(model, epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, distill=cfg.distill,
+            result = self.task.finetune(model, epochs=epochs, lr=cfg.finetune_lr, distill=cfg.distill,
                                         teacher=teacher, seed=self.plan.seed + step, progress=self.plan.progress)
             return {**result, "seconds": round(time.perf_counter() - t0, 2)}
 
@@ -268,6 +307,25 @@ class Runner:
         self.artifacts.append(art)
         return art
 
+    def _sparsity_report(self) -> dict:
+        """Zeros really present in each pruned file, raw vs gzip size, and whether any kernel uses
+        them (XNNPACK's FP32 sparse path, measured on a sparse-encoded twin of the FP32 TFLite)."""
+        import tempfile
+
+        from toolkit.sparsity.bundle import bundle_sparsity_fields
+        from toolkit.sparsity.xnnpack import measure_sparse_speedup, sparse_tflite
+
+        files = {a.name: (self.work / a.file, a.format) for a in self.artifacts
+                 if a.stage == "pruned" and a.format in ("onnx", "tflite")}
+        timing = None
+        fp32 = next((a for a in self.artifacts if a.name == "pruned-tflite-fp32"), None)
+        onnx = self.work / f"{self.name}_pruned_fp32.onnx"
+        if fp32 is not None and onnx.is_file() and self.plan.bench:
+            with self.clock("sparse kernels"), tempfile.TemporaryDirectory() as tmp:
+                twin = sparse_tflite(onnx, Path(tmp) / "sparse_float32.tflite")
+                timing = measure_sparse_speedup(self.work / fp32.file, twin, threads=self.threads)
+        return bundle_sparsity_fields(self.extra["sparsify"]["record"], files, sparse_timing=timing)
+
     def parity_gate(self) -> None:
         """Every float file must compute what its torch model computes (relative to the output scale)."""
         bad = [a for a in self.artifacts if a.parity and not a.parity["ok"]]
@@ -306,6 +364,8 @@ class Runner:
         self.parity_gate()
         if self.plan.bench:
             self.benchmark()
+        if self.plan.sparsity:
+            self.extra["sparsity"] = self._sparsity_report()
         self.extra.update(self.task.extras(self))
 
 

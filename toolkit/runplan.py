@@ -19,7 +19,8 @@ from toolkit.weights import ModelSource
 
 PLAN_SCHEMA = "edgeshrink-plan/1"
 RUN_OPTIONS = ("finetune_epochs", "calibration_size", "data", "synthetic_data", "checkpoint", "seed", "train_threads",
-               "bench", "progress", "cache", "out")
+               "bench", "progress", "cache", "out", "sparsity", "sparsity_schedule", "sparsity_steps", "sparsity_finetune_epochs", "structured", "fps",
+               "max_metric_drop")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,12 @@ class RunPlan:
     cache: bool = True
     out_root: str = "dist"
     card_ref: str = ""
+    sparsity: Optional[float] = None      # unstructured magnitude sparsity after channel pruning (e.g. 0.8)
+    sparsity_schedule: str = "gradual"    # gradual (Zhu & Gupta cubic, fine-tuning between steps) | oneshot
+    sparsity_steps: int = 4
+    sparsity_finetune_epochs: int = 2     # fine-tuning after each sparsity step
+    structured: bool = True               # channel pruning first (False: only the sparsity, if any)
+    fps: Optional[float] = None           # latency budget: search the pruning level that meets it
 
     @property
     def bundle_name(self) -> str:
@@ -63,7 +70,10 @@ class RunPlan:
                 "source": asdict(self.source), "checkpoint": self.checkpoint,
                 "checkpoint_sha256": self.checkpoint_sha256, "data": asdict(self.data),
                 "calibration_size": self.calibration_size, "seed": self.seed, "train_threads": self.train_threads,
-                "bench": self.bench, "progress": self.progress, "cache": self.cache, "out_root": self.out_root}
+                "bench": self.bench, "progress": self.progress, "cache": self.cache, "out_root": self.out_root,
+                "sparsity": self.sparsity, "sparsity_schedule": self.sparsity_schedule,
+                "sparsity_steps": self.sparsity_steps, "sparsity_finetune_epochs": self.sparsity_finetune_epochs,
+                "structured": self.structured, "fps": self.fps}
 
     @classmethod
     def from_json(cls, data: dict, source: str = "plan") -> "RunPlan":
@@ -108,9 +118,33 @@ def _checks(run: dict) -> None:
     calib = run.get("calibration_size")
     if calib is not None and (not isinstance(calib, int) or calib < 1):
         raise EdgeShrinkError(f"calibration set is empty (calibration_size {calib}); use >= 1 (>= 200 recommended)")
+    sparsity = run.get("sparsity")
+    if sparsity is not None and (not isinstance(sparsity, (int, float)) or not 0.0 < sparsity < 1.0):
+        raise EdgeShrinkError(f"sparsity must be a fraction between 0 and 1 (e.g. 0.8), got {sparsity!r}")
+    if run.get("sparsity_schedule", "gradual") not in ("gradual", "oneshot"):
+        raise EdgeShrinkError(f"sparsity_schedule must be gradual or oneshot, got {run['sparsity_schedule']!r}")
+    sft = run.get("sparsity_finetune_epochs", 2)
+    if not isinstance(sft, int) or not 0 <= sft <= 1000:
+        raise EdgeShrinkError(f"sparsity_finetune_epochs must be an integer >= 0, got {sft!r}")
+    steps = run.get("sparsity_steps", 4)
+    if not isinstance(steps, int) or not 1 <= steps <= 100:
+        raise EdgeShrinkError(f"sparsity_steps must be an integer 1..100, got {steps!r}")
+    fps = run.get("fps")
+    if fps is not None and (not isinstance(fps, (int, float)) or not 0 < fps < 1e6 or fps != fps):
+        raise EdgeShrinkError(f"fps must be a positive number of frames per second, got {fps!r}")
     threads = run.get("train_threads")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise EdgeShrinkError(f"train_threads must be an integer >= 1, got {threads!r}")
+
+
+def _with_gate(profile, max_metric_drop):
+    """The profile with its deploy gate's accuracy bound overridden (validated like the file)."""
+    from toolkit.schema import validate_data
+    from toolkit.targets import TargetProfile
+
+    data = profile.model_dump()
+    data["gate"]["max_metric_drop"] = max_metric_drop
+    return validate_data(TargetProfile, data, f"{profile.name}: --max-metric-drop")
 
 
 def _weights(card, checkpoint: Optional[str]) -> tuple[Optional[Path], Optional[str]]:
@@ -141,6 +175,8 @@ def make_plan(card, *, target: str = "host", **overrides) -> RunPlan:
     profile = load_target(target)
     run, prune_overrides = _split_overrides(overrides)
     _checks(run)
+    if run.get("max_metric_drop") is not None:
+        profile = _with_gate(profile, run["max_metric_drop"])
     pruning = _pruning(card, profile, prune_overrides, run.get("finetune_epochs"))
     spec = card.input_spec()
     if profile.input_size:
@@ -152,7 +188,10 @@ def make_plan(card, *, target: str = "host", **overrides) -> RunPlan:
                    calibration_size=run.get("calibration_size") or profile.quantization.calibration_size,
                    seed=run.get("seed", 0), train_threads=run.get("train_threads"), bench=run.get("bench", True),
                    progress=run.get("progress", True), cache=run.get("cache", True),
-                   out_root=str(run.get("out") or DIST_DIR), card_ref=card_ref)
+                   out_root=str(run.get("out") or DIST_DIR), card_ref=card_ref, sparsity=run.get("sparsity"),
+                   sparsity_schedule=run.get("sparsity_schedule", "gradual"), sparsity_steps=run.get("sparsity_steps", 4),
+                   sparsity_finetune_epochs=run.get("sparsity_finetune_epochs", 2),
+                   structured=bool(run.get("structured", True)), fps=run.get("fps"))
     load_dense(plan)  # the weights must fit the architecture before any data is read
     return plan
 
@@ -177,11 +216,17 @@ def plan_from_json(data: dict, source: str = "plan") -> RunPlan:
                        data=DataRef(**data["data"]), calibration_size=data["calibration_size"],
                        seed=data["seed"], train_threads=data["train_threads"], bench=bool(data["bench"]),
                        progress=bool(data["progress"]), cache=bool(data["cache"]), out_root=str(data["out_root"]),
-                       card_ref=str(data["card_ref"]))
+                       card_ref=str(data["card_ref"]), sparsity=data.get("sparsity"),
+                       sparsity_schedule=data.get("sparsity_schedule", "gradual"),
+                       sparsity_steps=data.get("sparsity_steps", 4), structured=data.get("structured", True),
+                       sparsity_finetune_epochs=data.get("sparsity_finetune_epochs", 2),
+                       fps=data.get("fps"))
     except (KeyError, TypeError, ValueError) as exc:
         raise EdgeShrinkError(f"{source} is incomplete or malformed ({type(exc).__name__}: {exc}); "
                               "pass an unmodified config.json") from None
-    _checks({"seed": plan.seed, "calibration_size": plan.calibration_size, "train_threads": plan.train_threads})
+    _checks({"seed": plan.seed, "calibration_size": plan.calibration_size, "train_threads": plan.train_threads,
+             "sparsity": plan.sparsity, "sparsity_schedule": plan.sparsity_schedule, "sparsity_steps": plan.sparsity_steps,
+             "fps": plan.fps})
     if plan.checkpoint and (not Path(plan.checkpoint).is_file() or sha256_file(plan.checkpoint) != plan.checkpoint_sha256):
         raise EdgeShrinkError(f"{source}: weights file {plan.checkpoint} is missing or changed since the plan was "
                               "written; restore it or make a new plan")

@@ -177,3 +177,24 @@ def test_publish_refuses_synthetic_bundles(bundle, use_workspace):
 
     with pytest.raises(EdgeShrinkError, match="synthetic"):
         publish_pruned(bundle)
+
+
+def test_sparsity_run_reports_zeros_present_in_every_pruned_file(use_workspace, tmp_path):
+    """`--sparsity 0.8` after channel pruning: the deployed file really holds the zeros, and the
+    report says what they buy (raw vs gzip size; kernels)."""
+    from tests.conftest import build_bundle
+
+    bundle = build_bundle("tiny_mnv3", "tiny", tmp_path, synthetic_data=True, finetune_epochs=0, sparsity=0.8,
+                          sparsity_steps=2, sparsity_finetune_epochs=0, bench=False, progress=False,
+                          max_metric_drop=1.0)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    files = manifest["sparsity"]["files"]
+    assert set(files) >= {"pruned-tflite-fp32", "pruned-tflite-int8", "pruned-onnx-fp32"}
+    assert all(f["prunable_zero_fraction"] >= 0.79 for f in files.values())
+    assert all(f["gzip_bytes"] < f["raw_bytes"] for f in files.values())
+    assert files["pruned-tflite-int8"]["kernels"] == "no speed-up: dense kernels"
+    deployed = manifest["deploy"]["selection"]["artifact"]
+    assert deployed.startswith("pruned-") and files[deployed]["prunable_zero_fraction"] >= 0.79
+    assert "Unstructured sparsity" in (bundle / "report.md").read_text()
+    config = json.loads((bundle / "config.json").read_text())
+    assert config["sparsity"] == 0.8 and config["sparsity_steps"] == 2

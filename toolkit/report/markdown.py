@@ -57,6 +57,23 @@ def pruning_line(pruning: dict) -> str:
     return line
 
 
+def sparsity_lines(manifest: dict) -> list[str]:
+    """Zeros present in each sparse file, raw vs gzip size, and whether any kernel uses them."""
+    sp = manifest.get("sparsity")
+    if not sp:
+        return []
+    lines = [f"## Unstructured sparsity ({sp['target_sparsity']:.0%} target, {sp['schedule']}, {sp['scope']})", "",
+             "| file | zero weights (prunable layers) | raw KB | gzip KB | kernels |", "|---|---|---|---|---|"]
+    for name, f in sp["files"].items():
+        lines.append(f"| {name} | {f['prunable_zero_fraction']:.1%} | {f['raw_bytes'] / 1024:,.0f} | "
+                     f"{f['gzip_bytes'] / 1024:,.0f} | {f['kernels']} |")
+    x = sp.get("xnnpack_sparse")
+    if x:
+        lines += ["", f"XNNPACK sparse inference, FP32 sparse-encoded twin vs dense-encoded file: {x.get('verdict')} "
+                  f"(p50 {x.get('dense_p50_ms', float('nan')):.3f} vs {x.get('sparse_p50_ms', float('nan')):.3f} ms)."]
+    return lines + [""]
+
+
 def deploy_lines(manifest: dict) -> list[str]:
     """Which file the target deploys and why, and each candidate's gate result."""
     sel = (manifest.get("deploy") or {}).get("selection")
@@ -88,6 +105,7 @@ def write_report(path: Path, manifest: dict, artifacts, metric: str) -> None:
         stage_table(artifacts, metric),
         "",
         *deploy_lines(manifest),
+        *sparsity_lines(manifest),
         "Latency: batch 1, the target profile's thread count, warm-up then at least N runs and T seconds, "
         "each file in its own process (peak MB is that process's max RSS). Parity: max |output − torch output| "
         "over the held-out set divided by max |torch output|, float files only (tolerance 1e-4).",
