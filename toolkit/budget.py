@@ -327,3 +327,48 @@ def plot_frontier(result: BudgetResult, path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def main(argv=None) -> int:
+    """`python -m toolkit.budget MODEL --target T (--fps F | --speedup S) --out DIR`: run the search
+    on a card's dense weights without fine-tuning; writes budget.json, frontier.md, frontier.png."""
+    import argparse
+    import json
+    import tempfile
+
+    import torch
+
+    from toolkit.runplan import load_dense, make_plan
+
+    p = argparse.ArgumentParser(prog="python -m toolkit.budget")
+    p.add_argument("model")
+    p.add_argument("--target", default="host")
+    goal = p.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--fps", type=float, help="frames per second to reach (the budget is 1000/fps ms)")
+    goal.add_argument("--speedup", type=float, help="budget = dense FP32 TFLite p50 / SPEEDUP (measured first)")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    plan = make_plan(args.model, target=args.target, finetune_epochs=0)
+    torch.set_num_threads(1)
+    model, shape, threads = load_dense(plan).eval(), plan.input_shape, plan.target.bench_threads
+    dense_ms = None
+    if args.speedup:
+        with tempfile.TemporaryDirectory() as tmp:
+            dense_ms = measure_model(model, shape, threads, Path(tmp), name="dense", bench=BENCH)
+    budget = 1000.0 / args.fps if args.fps else dense_ms / args.speedup
+    result = search_for_latency(model, input_shape=shape, cfg=plan.pruning, budget_ms=budget, threads=threads,
+                                never_prune=plan.card.never_prune, progress=plan.progress)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "frontier.md").write_text(frontier_table(result))
+    plot_frontier(result, out / "frontier.png")
+    (out / "budget.json").write_text(json.dumps({"model": args.model, "target": args.target, "input_shape": list(shape),
+                                                 "budget_from_dense_ms": dense_ms, **result.to_json()}, indent=1))
+    print(frontier_table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
