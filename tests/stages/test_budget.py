@@ -1,0 +1,112 @@
+"""Prune to a latency budget on a tiny MobileNetV3-Small (width 0.5, 64 px, random weights, 1 thread):
+a per-layer LUT measured on LiteRT/XNNPACK, the real converters (torch -> ONNX -> onnx2tf FP32) and
+the real host benchmark. Latencies here are tens of microseconds on a shared machine, so the
+assertions are about what a user relies on (the chosen file meets the budget when measured; an
+unreachable budget is refused), with sane bounds on the prediction."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from toolkit.architectures import create_model
+from toolkit.errors import EdgeShrinkError
+from toolkit.prune.config import PruneConfig
+
+SHAPE = (1, 3, 64, 64)
+SEARCH = {"input_shape": SHAPE, "threads": 1, "never_prune": ["classifier.3"], "progress": False,
+          "round_tos": (8,), "floor": 0.3, "steps": 12, "margin": 0.1, "max_measurements": 1,
+          "bench": {"warmup": 5, "min_runs": 30, "min_seconds": 0.5}}  # each measured file is an onnx2tf run
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from toolkit.budget import BENCH, measure_model
+    from toolkit.latency_lut import LatencyTable
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    model = create_model("mobilenet_v3_small", num_classes=4, width_mult=0.5).eval()
+    folder = tmp_path_factory.mktemp("lut")
+    dense_ms = measure_model(model, SHAPE, 1, tmp_path_factory.mktemp("dense"), name="dense", bench=BENCH)
+    return {"model": model, "folder": folder, "dense_ms": dense_ms,
+            "table": LatencyTable(1, folder=folder, progress=False)}
+
+
+@pytest.fixture(scope="module")
+def searched(tiny):
+    from toolkit.budget import search_for_latency
+
+    cfg = PruneConfig(importance="l2", scope="uniform", target_macs=0.5, steps=1, round_to=8)
+    budget = 0.7 * tiny["dense_ms"]
+    return budget, search_for_latency(tiny["model"], cfg=cfg, budget_ms=budget, table=tiny["table"], **SEARCH)
+
+
+def test_search_meets_a_budget_with_a_measured_file(searched, tiny, tmp_path):
+    from toolkit.budget import frontier_table, plot_frontier
+
+    budget, result = searched
+    assert result.chosen is not None and 0.0 < result.chosen.target_macs < 1.0
+    assert result.chosen.round_to == 8 and result.chosen.scope == "uniform"  # the rest of cfg is kept
+    assert result.chosen_probe.measured_ms <= budget  # measured on the real file, not just predicted
+    assert 2 <= len(result.measurements) <= 2 + 1  # dense + fastest calibrate; at most max_measurements more
+    lighter_measured_hits = [p for p in result.probes if p.measured_ms is not None and p.measured_ms <= budget
+                             and p.macs_fraction > result.chosen_probe.macs_fraction]
+    assert not lighter_measured_hits  # the least pruning among the files that met it
+    # The raw per-layer sum is within a sane factor of the real dense file; once calibrated on the
+    # dense and fastest files, each prediction made before a file was measured is within 50 %.
+    assert 1 / 3 < result.dense.lut_ms / tiny["dense_ms"] < 3
+    fastest = min(result.probes, key=lambda p: p.lut_ms)
+    assert fastest.measured_ms is not None
+    for probe in result.measurements[1:]:
+        if probe is not fastest:
+            assert abs(probe.picked_at_ms - probe.measured_ms) < 0.5 * probe.measured_ms
+    chosen = result.chosen_probe
+    assert result.lut["entries"] > 20 and result.lut["build_seconds"] > 0
+    table = frontier_table(result)
+    assert "**chosen**" in table and f"{chosen.target_macs:g}" in table
+    png = plot_frontier(result, tmp_path / "frontier.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    json.dumps(result.to_json())  # goes into the manifest as is
+
+
+def test_chosen_config_reproduces_the_measured_model(searched, tiny):
+    from toolkit.latency_lut import layer_specs
+    from toolkit.prune.prune import prune_model
+
+    _, result = searched
+    pruned, history = prune_model(copy.deepcopy(tiny["model"]), SHAPE, result.chosen, ["classifier.3"], progress=False)
+    assert layer_specs(pruned, SHAPE) == result.chosen_probe.specs  # what the runner prunes is what was measured
+    assert history[-1]["macs_fraction"] == pytest.approx(result.chosen_probe.macs_fraction)
+
+
+def test_unreachable_budget_is_one_line_naming_the_fastest(tiny):
+    from toolkit.budget import search_for_latency
+
+    cfg = PruneConfig(scope="uniform", target_macs=0.5, round_to=8)
+    with pytest.raises(EdgeShrinkError) as info:
+        search_for_latency(tiny["model"], cfg=cfg, budget_ms=0.05 * tiny["dense_ms"], table=tiny["table"], **SEARCH)
+    message = str(info.value)
+    assert "\n" not in message and "out of reach" in message and "fastest pruning level reaches" in message
+    assert "lower the FPS target" in message
+
+
+def test_lut_is_reused_from_disk_and_a_tampered_entry_is_measured_again(tiny):
+    from toolkit.latency_lut import LatencyTable, layer_specs
+
+    specs = layer_specs(tiny["model"], SHAPE)
+    first = tiny["table"].lookup(specs)
+    again = LatencyTable(1, folder=tiny["folder"], progress=False)
+    assert again.lookup(specs) == first
+    assert again.stats["measured"] == 0 and again.stats["disk_hits"] == len(set(specs))
+    entry = again._path(specs[0])
+    data = json.loads(entry.read_text())
+    data["ms"] = 1e6  # a forged figure: its checksum no longer matches
+    entry.write_text(json.dumps(data))
+    rebuilt = LatencyTable(1, folder=tiny["folder"], progress=False)
+    values = rebuilt.lookup(specs)
+    assert rebuilt.stats["measured"] == 1 and rebuilt.stats["rebuilt"] == 1
+    assert values[0] < 1e3 and json.loads(entry.read_text())["ms"] == values[0]
