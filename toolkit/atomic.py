@@ -16,7 +16,7 @@ from pathlib import Path
 from toolkit.errors import EdgeShrinkError
 
 KEEP_ON_RERUN = ("results", "bench.json")  # written later by `deliver` / `bench`, not by the run itself
-TOOL_FILES = {"manifest.json", "config.json", "report.md", "tradeoffs.png", "examples.png", "sweep.json", "sweep.md",
+TOOL_FILES = {"manifest.json", "config.json", "report.md", "tradeoffs.png", "examples.png", "frontier.png", "sweep.json", "sweep.md",
               "sweep.png", "bench.json", "results", "requirements-device.txt", "README.md"}
 
 

@@ -91,7 +91,7 @@ def measure_model(model, input_shape: tuple[int, ...], threads: int, work: Path,
 
     onnx = torch_to_onnx(model, input_shape, work / f"{name}.onnx")
     tflite = cached_onnx_to_tflite(onnx, work / f"{name}-tflite", None, (0.0,), (1.0,), int8=False).float32
-    return float(benchmark_file(tflite, "tflite", input_shape, threads, **bench)["latency_ms"]["p50"])
+    return float(benchmark_file(tflite, "tflite", input_shape, threads=threads, **bench)["latency_ms"]["p50"])
 
 
 def _target_for(macs: int, previous: int, dense: int) -> float:

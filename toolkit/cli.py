@@ -35,6 +35,11 @@ def _number(kind, low=None, high=None, *, low_open=False):
 
 
 SEED = _number(int, 0, 2**32 - 1)
+
+
+def _fps(text: str):
+    """--fps 60, or --fps target for the profile's budget.target_fps."""
+    return "target" if text == "target" else _number(float, 0, low_open=True)(text)
 COUNT = _number(int, 0)          # epochs, ...
 POSITIVE = _number(int, 1)       # threads, sizes, runs
 
@@ -316,8 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity-steps", type=POSITIVE, help="gradual steps (default 4)")
     p.add_argument("--sparsity-finetune-epochs", type=COUNT, help="fine-tune epochs after each sparsity step (default 2)")
     p.add_argument("--no-structured", action="store_true", help="skip channel pruning (sparsity only)")
-    p.add_argument("--fps", type=_number(float, 0, low_open=True),
-                   help="latency budget: prune as little as needed for the deployed file to reach this FPS")
+    p.add_argument("--fps", type=_fps,
+                   help="latency budget: prune as little as needed for the deployed file to reach this FPS on this host "
+                        "('target': the profile's budget.target_fps)")
     p.add_argument("--max-metric-drop", type=_number(float, 0, 1),
                    help="deploy gate: primary metric at most this far below dense FP32 (default: the profile's, 0.015)")
     _ssh_args(p)

@@ -70,7 +70,8 @@ def build_manifest(runner) -> dict:
                      "macs": baseline.macs, "params": baseline.params, "size_bytes": baseline.size_bytes,
                      "metrics": baseline.metrics, "latency_ms": baseline.latency_ms, "fps": baseline.fps},
         "artifacts": [a.to_dict() for a in arts],
-        "pruning": {"config": plan.pruning.model_dump(), "history": runner.extra.get("prune_history", []),
+        "pruning": {"config": (runner.extra.get("latency_budget") or {}).get("chosen") or plan.pruning.model_dump(),
+                    "history": runner.extra.get("prune_history", []),
                     "cache": runner.extra.get("prune_cache"),
                     "excluded": runner.extra.get("prune_excluded", [])},
         **{k: v for k, v in runner.extra.items() if k not in ("prune_history", "prune_cache", "prune_excluded")},
@@ -79,6 +80,15 @@ def build_manifest(runner) -> dict:
         "device": {"kind": "host", **machine_description(), "isa": _isa()},
         "versions": library_versions(),
     }
+
+
+def _budget_check(manifest: dict, deployed: str) -> dict:
+    """Whether the deployed file meets the FPS budget, measured in this run."""
+    art = next(a for a in manifest["artifacts"] if a["name"] == deployed)
+    p50 = (art.get("latency_ms") or {}).get("p50")
+    budget = manifest["latency_budget"]["budget_ms"]
+    return {"artifact": deployed, "p50_ms": p50, "fps": (1000.0 / p50) if p50 else None,
+            "met": None if p50 is None else bool(p50 <= budget)}
 
 
 def _isa() -> dict:
@@ -101,6 +111,8 @@ def write_bundle_files(runner) -> dict:
     target = plan.target.model_copy(update={"deploy": plan.target.deploy.model_copy(update={"artifact": selection["artifact"]})})
     add_device_files(work, target, manifest)
     manifest["deploy"]["selection"] = selection
+    if "latency_budget" in manifest:
+        manifest["latency_budget"]["deployed"] = _budget_check(manifest, selection["artifact"])
     with runner.clock("report"):
         plot_tradeoffs(runner.artifacts, runner.task.primary_metric, work / "tradeoffs.png",
                        f"{plan.card.name} on {plan.target.name}")

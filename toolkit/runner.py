@@ -109,8 +109,9 @@ class Runner:
             model = self._sparsify_or_reuse(model, dense.model, history)
         self.extra["prune_history"] = history
         macs, params = history[-1]["macs"], history[-1]["params"]
+        config = (self.extra.get("latency_budget") or {}).get("chosen") or self.plan.pruning.model_dump()
         save_checkpoint(self.work / f"{self.name}_pruned.pt", model, self.plan.source.architecture,
-                        self.plan.source.arguments, {"pruning": self.plan.pruning.model_dump(), "history": history})
+                        self.plan.source.arguments, {"pruning": config, "history": history})
         with self.clock("verify"):
             out = self.task.torch_outputs(model)
         self.outputs["pruned-torch-fp32"] = out
@@ -123,20 +124,45 @@ class Runner:
         from toolkit.prune.prune import prune_model
 
         plan = self.plan
-        key = prune_cache_key(plan.checkpoint_sha256, plan.pruning, plan.input, self.task.data_description(),
+        cfg = self._budget_config(dense_model) if plan.fps else plan.pruning
+        if cfg is None:  # the dense model already meets the latency budget
+            self.extra["prune_cache"] = {"key": None, "hit": False, "budget_met_by_dense": True}
+            return copy.deepcopy(dense_model), [self._dense_record(dense_model)]
+        key = prune_cache_key(plan.checkpoint_sha256, cfg, plan.input, self.task.data_description(),
                               seed=plan.seed, never_prune=plan.card.never_prune)
         found = find_pruned(plan.card, key, source=plan.source) if plan.cache else None
         if found is not None:
             model, history, published = found
             self.extra["prune_cache"] = {"key": key, "hit": True, **({"published": published} if published else {})}
             return model, history
-        grad = self.task.grad_batches() if plan.pruning.importance == "taylor" else None
-        model, history = prune_model(copy.deepcopy(dense_model), self.shape, plan.pruning, plan.card.never_prune,
+        grad = self.task.grad_batches() if cfg.importance == "taylor" else None
+        model, history = prune_model(copy.deepcopy(dense_model), self.shape, cfg, plan.card.never_prune,
                                      self._finetuner(dense_model), grad, plan.progress)
         if plan.cache:
             store_pruned(key, model, plan.source, history)
         self.extra["prune_cache"] = {"key": key, "hit": False}
         return model, history
+
+    def _budget_config(self, dense_model):
+        """The least pruning whose FP32 TFLite file meets the FPS budget on this host: per-layer
+        latencies measured on LiteRT/XNNPACK (a lookup table), calibrated and confirmed by converting
+        and benchmarking real files. Fine-tuning happens after the search. None: dense meets it."""
+        from toolkit.budget import plot_frontier, search_for_latency
+
+        plan = self.plan
+        with self.clock("latency budget search"):
+            result = search_for_latency(dense_model, input_shape=self.shape, cfg=plan.pruning,
+                                        budget_ms=1000.0 / plan.fps, threads=self.threads,
+                                        never_prune=plan.card.never_prune, progress=plan.progress)
+        self.extra["latency_budget"] = result.to_json()
+        plot_frontier(result, self.work / "frontier.png")
+        return result.chosen
+
+    def _dense_record(self, dense_model) -> dict:
+        from toolkit.prune.prune import count_macs_params
+
+        macs, params = count_macs_params(dense_model, self.shape)
+        return {"step": 0, "macs": macs, "params": params, "macs_fraction": 1.0}
 
     def _unpruned(self, dense: Family):
         """No channel pruning (plan.structured False): the dense model, for sparsity alone."""

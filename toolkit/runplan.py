@@ -130,7 +130,7 @@ def _checks(run: dict) -> None:
     if not isinstance(steps, int) or not 1 <= steps <= 100:
         raise EdgeShrinkError(f"sparsity_steps must be an integer 1..100, got {steps!r}")
     fps = run.get("fps")
-    if fps is not None and (not isinstance(fps, (int, float)) or not 0 < fps < 1e6 or fps != fps):
+    if fps is not None and fps != "target" and (not isinstance(fps, (int, float)) or not 0 < fps < 1e6 or fps != fps):
         raise EdgeShrinkError(f"fps must be a positive number of frames per second, got {fps!r}")
     threads = run.get("train_threads")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
@@ -177,7 +177,15 @@ def make_plan(card, *, target: str = "host", **overrides) -> RunPlan:
     _checks(run)
     if run.get("max_metric_drop") is not None:
         profile = _with_gate(profile, run["max_metric_drop"])
+    if run.get("fps") == "target":
+        run["fps"] = profile.budget.target_fps
+    if run.get("fps") is not None and ({"target_macs", "channel_ratio"} & set(prune_overrides)):
+        raise EdgeShrinkError("give --fps or a pruning amount (target_macs / channel_ratio), not both: the budget "
+                              "search chooses the amount")
     pruning = _pruning(card, profile, prune_overrides, run.get("finetune_epochs"))
+    if run.get("fps") is not None and (pruning.steps > 1 or pruning.importance == "taylor"):
+        raise EdgeShrinkError("--fps needs one-step pruning with l1/l2/bn_scale importance (the searched structure must be "
+                              "the one fine-tuned); set pruning steps: 1")
     spec = card.input_spec()
     if profile.input_size:
         spec = replace(spec, height=profile.input_size[0], width=profile.input_size[1])

@@ -198,3 +198,22 @@ def test_sparsity_run_reports_zeros_present_in_every_pruned_file(use_workspace, 
     assert "Unstructured sparsity" in (bundle / "report.md").read_text()
     config = json.loads((bundle / "config.json").read_text())
     assert config["sparsity"] == 0.8 and config["sparsity_steps"] == 2
+
+
+@pytest.mark.slow
+def test_fps_budget_run_meets_the_budget_and_draws_the_frontier(use_workspace, tmp_path):
+    """`--fps F`: the least pruning that meets F is searched before fine-tuning; the bundle says
+    whether the deployed file met it, with the frontier plot beside the table."""
+    from tests.conftest import build_bundle
+
+    dense = build_bundle("tiny_mnv3", "tiny", tmp_path / "dense", synthetic_data=True, finetune_epochs=0,
+                         progress=False)
+    dense_p50 = json.loads((dense / "manifest.json").read_text())["baseline"]["latency_ms"]["p50"]
+    fps = 1000.0 / (0.8 * dense_p50)
+    bundle = build_bundle("tiny_mnv3", "tiny", tmp_path / "fps", synthetic_data=True, finetune_epochs=0,
+                          progress=False, fps=fps)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    budget = manifest["latency_budget"]
+    assert abs(budget["budget_fps"] - fps) < 1e-6 and budget["deployed"]["artifact"]
+    assert budget["deployed"]["met"] is True
+    assert (bundle / "frontier.png").is_file() and "Latency budget" in (bundle / "report.md").read_text()

@@ -74,6 +74,29 @@ def sparsity_lines(manifest: dict) -> list[str]:
     return lines + [""]
 
 
+def budget_lines(manifest: dict) -> list[str]:
+    """The latency budget, the chosen pruning point, the deployed file's measured FPS, the frontier."""
+    b = manifest.get("latency_budget")
+    if not b:
+        return []
+    d = b.get("deployed") or {}
+    chosen = b.get("chosen") or {}
+    met = {True: "**met**", False: "**missed**", None: "not measured"}[d.get("met")]
+    lines = [f"## Latency budget: {b['budget_fps']:.0f} FPS ({b['budget_ms']:.3f} ms p50)", "",
+             f"Chosen: target_macs {chosen.get('target_macs', 1.0)}, round_to {chosen.get('round_to', '–')} "
+             f"(the least pruning predicted and measured to meet the budget before fine-tuning; {b['note']}). "
+             f"Deployed `{d.get('artifact')}`: p50 {d.get('p50_ms') or float('nan'):.3f} ms = "
+             f"{d.get('fps') or float('nan'):.0f} FPS — {met}.", "",
+             "| round_to | MACs kept | LUT-predicted ms | measured FP32 ms |", "|---|---|---|---|"]
+    probes = b["probes"]
+    shown = [p for i, p in enumerate(probes) if p.get("measured_ms") is not None or i % 8 == 0]
+    for p in shown:
+        measured = "–" if p.get("measured_ms") is None else f"{p['measured_ms']:.3f}"
+        lines.append(f"| {p['round_to']} | {p['macs_fraction']:.1%} | {p['predicted_ms']:.3f} | {measured} |")
+    return lines + ["", f"({len(shown)} of {len(probes)} frontier points shown; all in manifest.json)",
+                    "", "![frontier](frontier.png)", ""]
+
+
 def deploy_lines(manifest: dict) -> list[str]:
     """Which file the target deploys and why, and each candidate's gate result."""
     sel = (manifest.get("deploy") or {}).get("selection")
@@ -106,6 +129,7 @@ def write_report(path: Path, manifest: dict, artifacts, metric: str) -> None:
         "",
         *deploy_lines(manifest),
         *sparsity_lines(manifest),
+        *budget_lines(manifest),
         "Latency: batch 1, the target profile's thread count, warm-up then at least N runs and T seconds, "
         "each file in its own process (peak MB is that process's max RSS). Parity: max |output − torch output| "
         "over the held-out set divided by max |torch output|, float files only (tolerance 1e-4).",
