@@ -20,6 +20,7 @@ from toolkit.prune.safety import (Deadline, attention_layers, check_forward, des
                                   refuse_foreign_attention, time_box)
 
 _FINE_STEPS = 160  # granularity of the ratio schedule when aiming at a MAC budget
+_DRY_RUN_STEPS = 8  # points of the schedule at which a dry run checks the forward
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ def _build_pruner(model, example_input, cfg: PruneConfig, *, ignored: list[str],
     except Exception as exc:  # Torch-Pruning raises ZeroDivisionError, RuntimeError, ... on odd graphs
         raise EdgeShrinkError(
             f"pruning refused: Torch-Pruning cannot trace {type(model).__name__} ({describe_failure(exc)}); "
-            "skip the prune stage for this model (convert it dense) or list the layer in never_prune") from None
+            "skip the prune stage for this model (convert it dense)") from None
 
 
 def _root_names(pruner, model) -> list[str]:
@@ -101,15 +102,19 @@ def _dry_run_exclusions(model, example_input, cfg: PruneConfig, ignored: list[st
     def trial(allowed: list[str]) -> Optional[str]:
         trial_model = copy.deepcopy(model)
         skip = ignored + [r for r in roots if r not in set(allowed)]
-        try:
-            pruner = _build_pruner(trial_model, example_input, cfg, ignored=skip, ratio=ratio, steps=1,
+        try:  # widths change along the way (rounding), so check at several points of the schedule
+            pruner = _build_pruner(trial_model, example_input, cfg, ignored=skip, ratio=ratio, steps=_DRY_RUN_STEPS,
                                    importance=_importance("l2"))
-            pruner.step()
+            for _ in range(_DRY_RUN_STEPS):
+                pruner.step()
+                reason = check_forward(trial_model, example_input, expected)
+                if reason is not None:
+                    return reason
         except EdgeShrinkError as exc:
             return str(exc)
         except Exception as exc:  # a group Torch-Pruning cannot prune is a finding
             return f"Torch-Pruning fails to prune it ({describe_failure(exc)})"
-        return check_forward(trial_model, example_input, expected)
+        return None
 
     excluded = find_breaking_roots(trial, roots, deadline)
     if roots and len(excluded) == len(roots):
@@ -143,13 +148,18 @@ def _prune_one_step(model, pruner, example_input, cfg: PruneConfig, *, goal: Opt
         deadline.check("pruning")
         if cfg.importance == "taylor":
             _taylor_gradients(model, grad_batches)
-        if goal is not None and drop_per_step > 0:  # MACs fall ever slower: a linear guess undershoots
-            ahead = int(0.6 * (macs - goal * dense_macs) / drop_per_step)
+        if goal is not None and drop_per_step > 0:  # at most double the progress: rounding makes MACs fall in jumps
+            ahead = min(int(0.5 * (macs - goal * dense_macs) / drop_per_step), pruner.current_step)
             pruner.current_step += max(0, min(ahead, pruner.iterative_steps - pruner.current_step - 1))
         before, step_before = macs, pruner.current_step
         with time_box(deadline, "pruning"):
             pruner.step()
-        macs = count_macs(model, example_input)
+        try:
+            macs = count_macs(model, example_input)
+        except Exception as exc:  # widths the dry run did not visit broke the forward: refuse, in one line
+            raise EdgeShrinkError(
+                f"pruning refused: the forward broke at schedule point {pruner.current_step}/{pruner.iterative_steps} "
+                f"({describe_failure(exc)}) though the dry run passed; list the layers around it in never_prune") from None
         drop_per_step = (before - macs) / max(pruner.current_step - step_before, 1)
         bar.update(1)
         bar.set_postfix(macs=f"{macs / dense_macs:.3f}")

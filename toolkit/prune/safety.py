@@ -11,7 +11,7 @@ from typing import Callable, Optional
 
 from toolkit.errors import EdgeShrinkError
 
-_UNTRACEABLE_HINT = "skip the prune stage for this model (convert it dense) or list the layer in never_prune"
+_UNTRACEABLE_HINT = "skip the prune stage for this model (convert it dense)"
 
 
 class Deadline:
@@ -48,15 +48,19 @@ class _Expired(BaseException):
 
 @contextlib.contextmanager
 def time_box(deadline: Deadline, doing: str):
-    """Interrupt the enclosed work when the deadline passes (main thread only: elsewhere the
-    deadline is checked after the work)."""
+    """Interrupt the enclosed work when the deadline passes (SIGALRM, main thread only: elsewhere
+    the deadline is checked after the work). An enclosing alarm (e.g. a caller's own time box)
+    is honoured and re-armed afterwards."""
     seconds = deadline.remaining()
     armed = threading.current_thread() is threading.main_thread() and seconds != float("inf")
     if armed:
+        outer_left, _ = signal.getitimer(signal.ITIMER_REAL)
+        started = time.monotonic()
+
         def expire(signum, frame):
             raise _Expired()
         previous = signal.signal(signal.SIGALRM, expire)
-        signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.01))
+        signal.setitimer(signal.ITIMER_REAL, max(min(seconds, outer_left or seconds), 0.01))
     try:
         yield
     except _Expired:
@@ -66,6 +70,8 @@ def time_box(deadline: Deadline, doing: str):
         if armed:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
+            if outer_left:
+                signal.setitimer(signal.ITIMER_REAL, max(outer_left - (time.monotonic() - started), 0.001))
     deadline.check(doing)
 
 
