@@ -1,0 +1,69 @@
+"""The zoo benchmark on torchvision classifiers nobody here wrote (random weights, small inputs)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import pytest
+import torch
+
+from toolkit.zoo import STAGES, register_cli, run_zoo, zoo_models, zoo_one
+
+torch.set_num_threads(1)
+HARD = ["shufflenet_v2_x0_5", "mnasnet0_5", "regnet_x_400mf", "resnet18"]
+
+
+def _failures(rows):
+    return [(r["model"], s, e.get("message")) for r in rows for s, e in r["stages"].items() if e["status"] == "failed"]
+
+
+def test_hard_convnets_prune_or_refuse_and_export_with_parity(tmp_path, capsys):
+    rows = run_zoo(HARD, size=64, out=tmp_path, progress=False)
+    by_name = {r["model"]: r for r in rows}
+    assert not _failures(rows)  # every stage is ok, or refused in one line
+    for name in ("mnasnet0_5", "regnet_x_400mf", "resnet18"):
+        row = by_name[name]
+        assert all(row["stages"][s]["status"] == "ok" for s in STAGES), row
+        assert row["macs_pruned"] < row["macs_dense"]
+    assert by_name["resnet18"]["protected_outputs"] == ["fc"]  # the 1000-way classifier is kept whole
+    shuffle = by_name["shufflenet_v2_x0_5"]["stages"]
+    assert shuffle["prune"]["status"] in ("ok", "refused") and "\n" not in shuffle["prune"].get("message", "")
+    assert shuffle["parity"]["status"] == "ok"  # a refused prune still exports the dense model
+    saved = json.loads((tmp_path / "zoo.json").read_text())
+    assert [r["model"] for r in saved["models"]] == HARD
+    assert "ok per stage (4 models)" in capsys.readouterr().out.strip().splitlines()[-1]
+
+
+def test_vision_transformer_is_pruned_safely_or_refused_quickly(tmp_path):
+    started = time.monotonic()
+    row = zoo_one("vit_b_16", size=32, work_dir=tmp_path)
+    assert row["stages"]["prune"]["seconds"] < 60  # prune (or refusal) within its budget
+    assert time.monotonic() - started < 150  # build, prune, reload, ONNX export and parity of an 86 M model
+    assert not _failures([row]), row
+    assert row["stages"]["prune"]["status"] in ("ok", "refused")
+    if row["stages"]["prune"]["status"] == "ok":
+        assert row["protected_outputs"] == ["heads.head"] and row["macs_pruned"] < row["macs_dense"]
+        assert any("attention" in e["reason"] for e in row["excluded"])
+
+
+def test_cli_registration_parses_the_zoo_options():
+    parser = argparse.ArgumentParser()
+    register_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["zoo", "--models", "resnet18,mnasnet0_5", "--size", "96", "--out", "x"])
+    assert (args.models, args.size, args.out, args.func.__name__) == ("resnet18,mnasnet0_5", 96, "x", "_cmd_zoo")
+    assert "resnet18" in zoo_models() and len(zoo_models()) > 70
+
+
+def test_unknown_model_is_one_line_error(tmp_path):
+    from toolkit.errors import EdgeShrinkError
+
+    with pytest.raises(EdgeShrinkError, match="did you mean"):
+        run_zoo(["resnet181"], out=tmp_path)
+
+
+@pytest.mark.slow
+def test_whole_zoo_has_no_failed_stage(tmp_path):
+    rows = run_zoo(size=64, out=tmp_path, progress=True)
+    assert not _failures(rows), _failures(rows)
