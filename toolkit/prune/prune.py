@@ -20,7 +20,7 @@ from toolkit.prune.safety import (Deadline, attention_layers, check_forward, des
                                   refuse_foreign_attention, time_box)
 
 _FINE_STEPS = 160  # granularity of the ratio schedule when aiming at a MAC budget
-_DRY_RUN_STEPS = 8  # points of the schedule at which a dry run checks the forward
+_DRY_RUN_STEPS = 4  # points of the schedule at which a dry run checks the forward
 
 
 @dataclass(frozen=True)
@@ -148,8 +148,9 @@ def _prune_one_step(model, pruner, example_input, cfg: PruneConfig, *, goal: Opt
         deadline.check("pruning")
         if cfg.importance == "taylor":
             _taylor_gradients(model, grad_batches)
-        if goal is not None and drop_per_step > 0:  # at most double the progress: rounding makes MACs fall in jumps
-            ahead = min(int(0.5 * (macs - goal * dense_macs) / drop_per_step), pruner.current_step)
+        if goal is not None:  # at most double the progress: rounding makes MACs fall in jumps (or not at all)
+            guess = int(0.5 * (macs - goal * dense_macs) / drop_per_step) if drop_per_step > 0 else pruner.current_step // 2
+            ahead = min(guess, pruner.current_step)
             pruner.current_step += max(0, min(ahead, pruner.iterative_steps - pruner.current_step - 1))
         before, step_before = macs, pruner.current_step
         with time_box(deadline, "pruning"):
