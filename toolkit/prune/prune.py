@@ -139,7 +139,7 @@ def _prune_one_step(model, pruner, example_input, cfg: PruneConfig, *, goal: Opt
     """Advance the pruner until MACs <= goal * dense (MAC mode) or by one step (ratio mode).
     Returns the MACs reached. Far from the goal it skips ahead on the ratio schedule (relative to
     the dense widths, so one skip equals several small steps)."""
-    macs, drop_per_step = count_macs(model, example_input), 0.0
+    macs, drop_per_step = count_macs(model, example_input), None  # None: no fine step taken yet
     while True:
         if goal is not None and pruner.current_step >= pruner.iterative_steps:
             raise EdgeShrinkError(
@@ -148,8 +148,9 @@ def _prune_one_step(model, pruner, example_input, cfg: PruneConfig, *, goal: Opt
         deadline.check("pruning")
         if cfg.importance == "taylor":
             _taylor_gradients(model, grad_batches)
-        if goal is not None:  # at most double the progress: rounding makes MACs fall in jumps (or not at all)
-            guess = int(0.5 * (macs - goal * dense_macs) / drop_per_step) if drop_per_step > 0 else pruner.current_step // 2
+        if goal is not None and drop_per_step is not None:  # at most double the progress: rounding makes MACs
+            flat = drop_per_step <= 0                            # fall in jumps, or not at all for a while
+            guess = pruner.current_step // 2 if flat else int(0.5 * (macs - goal * dense_macs) / drop_per_step)
             ahead = min(guess, pruner.current_step)
             pruner.current_step += max(0, min(ahead, pruner.iterative_steps - pruner.current_step - 1))
         before, step_before = macs, pruner.current_step
