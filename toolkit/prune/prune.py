@@ -139,7 +139,8 @@ def _prune_one_step(model, pruner, example_input, cfg: PruneConfig, *, goal: Opt
     """Advance the pruner until MACs <= goal * dense (MAC mode) or by one step (ratio mode).
     Returns the MACs reached. Far from the goal it skips ahead on the ratio schedule (relative to
     the dense widths, so one skip equals several small steps)."""
-    macs, drop_per_step = count_macs(model, example_input), None  # None: no fine step taken yet
+    macs = start_macs = count_macs(model, example_input)
+    start_step, drop_per_step = pruner.current_step, None  # None: no fine step taken yet
     while True:
         if goal is not None and pruner.current_step >= pruner.iterative_steps:
             raise EdgeShrinkError(
@@ -153,7 +154,6 @@ def _prune_one_step(model, pruner, example_input, cfg: PruneConfig, *, goal: Opt
             guess = pruner.current_step // 2 if flat else int(0.5 * (macs - goal * dense_macs) / drop_per_step)
             ahead = min(guess, pruner.current_step)
             pruner.current_step += max(0, min(ahead, pruner.iterative_steps - pruner.current_step - 1))
-        before, step_before = macs, pruner.current_step
         with time_box(deadline, "pruning"):
             pruner.step()
         try:
@@ -162,7 +162,7 @@ def _prune_one_step(model, pruner, example_input, cfg: PruneConfig, *, goal: Opt
             raise EdgeShrinkError(
                 f"pruning refused: the forward broke at schedule point {pruner.current_step}/{pruner.iterative_steps} "
                 f"({describe_failure(exc)}) though the dry run passed; list the layers around it in never_prune") from None
-        drop_per_step = (before - macs) / max(pruner.current_step - step_before, 1)
+        drop_per_step = (start_macs - macs) / max(pruner.current_step - start_step, 1)  # average: MACs fall in steps
         bar.update(1)
         bar.set_postfix(macs=f"{macs / dense_macs:.3f}")
         if goal is None or macs <= goal * dense_macs:
