@@ -24,7 +24,7 @@ STAGES = ("build", "prune", "forward", "reload", "onnx", "parity")
 # inception_v3 needs >= 75 px; AlexNet / VGG end in an adaptive pool to 6x6 / 7x7 that ONNX exports
 # only when it divides the feature map evenly, i.e. at 224 px
 _MIN_SIZE = {"inception_v3": 96, "alexnet": 224, **{f"vgg{d}{bn}": 224 for d in (11, 13, 16, 19) for bn in ("", "_bn")}}
-_DIVISOR = {"vit_h_14": 14, "maxvit_t": 32}  # input must be a multiple of the patch / partition size
+_DIVISOR = {"vit_h_14": 14, "maxvit_t": 224}  # a multiple of the patch size; MaxViT: 7x7 partitions at /32
 
 
 class _ModelTimeout(BaseException):
