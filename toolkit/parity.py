@@ -45,7 +45,7 @@ def compare_outputs(outputs, reference, *, rtol: float = 1e-3, atol_floor: float
     figures are those of the worst item (by relative error). A different number of outputs is
     not ok."""
     outs, refs = _as_list(outputs), _as_list(reference)
-    items = [compare_item(o, r, rtol=rtol, atol_floor=atol_floor) for o, r in zip(outs, refs)]
+    items = [compare_item(o, r, rtol=rtol, atol_floor=atol_floor) for o, r in zip(outs, refs, strict=False)]
     if len(outs) != len(refs) or not items:
         return {"max_abs_error": float("inf"), "max_rel_error": float("inf"), "scale": 0.0, "tolerance": 0.0,
                 "ok": False, "items": items, "reason": f"{len(outs)} outputs, reference has {len(refs)}"}
