@@ -151,8 +151,8 @@ def _prune_one_step(model, pruner, example_input, cfg: PruneConfig, *, goal: Opt
             _taylor_gradients(model, grad_batches)
         if goal is not None and drop_per_step is not None:  # at most double the progress: rounding makes MACs
             flat = drop_per_step <= 0                            # fall in jumps, or not at all for a while
-            guess = pruner.current_step // 2 if flat else int(0.5 * (macs - goal * dense_macs) / drop_per_step)
-            ahead = min(guess, pruner.current_step)
+            guess = (pruner.current_step - start_step) // 2 if flat else int(0.5 * (macs - goal * dense_macs) / drop_per_step)
+            ahead = min(guess, pruner.current_step - start_step)  # at most double this call's progress
             pruner.current_step += max(0, min(ahead, pruner.iterative_steps - pruner.current_step - 1))
         with time_box(deadline, "pruning"):
             pruner.step()
