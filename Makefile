@@ -11,7 +11,7 @@ EPOCHS ?= 30
 # Values reach recipes through the environment and are used as "$$VAR": never pasted into a shell line.
 export MODEL TARGET HOST REMOTE_PYTHON FINETUNE_EPOCHS DATA MACS SCOPES EPOCHS FPS
 
-.PHONY: setup test test-slow deploy bench sweep train clean help
+.PHONY: setup test test-slow deploy bench sweep train zoo clean help
 
 help:
 	@echo "make deploy TARGET=host MODEL=mobilenet_v3_small   prune + INT8 + convert + verify + benchmark -> dist/<model>-<target>/"
@@ -19,6 +19,7 @@ help:
 	@echo "make bench [MODEL=..] [TARGET=..]                 re-benchmark a bundle: table + dist/<model>-<target>/bench.json"
 	@echo "make train MODEL=mobilenet_v3_small EPOCHS=30     train a model card's architecture on its dataset"
 	@echo "make test-slow                                    end-to-end runs on the real data (minutes)"
+	@echo "make zoo [ZOO_MODELS=a,b] [ZOO_SIZE=64]            prune/reload/ONNX/parity over torchvision classifiers -> dist/zoo/zoo.json"
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,6 +53,10 @@ sweep: setup
 
 train: setup
 	$(BIN)/edgeshrink train --model "$$MODEL" --epochs "$$EPOCHS"
+
+zoo: setup
+	$(BIN)/python -m toolkit.zoo --threads 1 $(if $(ZOO_MODELS),--models $(ZOO_MODELS)) \
+	  $(if $(ZOO_SIZE),--size $(ZOO_SIZE)) --out dist/zoo
 
 clean:
 	rm -rf dist .pytest_cache

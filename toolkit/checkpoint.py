@@ -26,16 +26,21 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def channel_spec(model) -> dict[str, dict[str, int]]:
+def channel_spec(model) -> dict[str, dict]:
     """Structural sizes of every conv/linear/norm layer, keyed by module name."""
     import torch.nn as nn
 
     spec = {}
     for name, module in model.named_modules():
-        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.BatchNorm2d, nn.GroupNorm)):
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)):
             spec[name] = {a: int(getattr(module, a)) for a in _STRUCTURAL if hasattr(module, a)}
-            if isinstance(module, nn.GroupNorm):
-                spec[name] = {"num_channels": module.num_channels, "num_groups": module.num_groups}
+        elif isinstance(module, nn.GroupNorm):
+            spec[name] = {"num_channels": module.num_channels, "num_groups": module.num_groups}
+        elif isinstance(module, nn.LayerNorm):
+            spec[name] = {"normalized_shape": [int(d) for d in module.normalized_shape]}
+        elif isinstance(module, nn.MultiheadAttention):
+            spec[name] = {"embed_dim": int(module.embed_dim), "kdim": int(module.kdim), "vdim": int(module.vdim),
+                          "head_dim": int(module.head_dim)}
     return spec
 
 
@@ -50,15 +55,32 @@ def apply_channel_spec(model, spec: dict, state_dict: dict) -> None:
         if module is None:
             raise EdgeShrinkError(f"checkpoint layer {name!r} is not in the architecture; was it saved from another model?")
         for attr, value in attrs.items():
-            setattr(module, attr, value)
+            setattr(module, attr, tuple(value) if isinstance(value, list) else value)
+    for name, module in modules.items():  # every tensor a pruning run resized (also layer scales, tokens)
         for pname, tensor in list(module.named_parameters(recurse=False)):
-            shape = state_dict[f"{name}.{pname}" if name else pname].shape
-            if tuple(tensor.shape) != tuple(shape):
-                setattr(module, pname, nn.Parameter(torch.empty(shape, dtype=tensor.dtype)))
+            key = f"{name}.{pname}" if name else pname
+            if key in state_dict and tuple(tensor.shape) != tuple(state_dict[key].shape):
+                setattr(module, pname, nn.Parameter(torch.empty(state_dict[key].shape, dtype=tensor.dtype)))
         for bname, tensor in list(module.named_buffers(recurse=False)):
             key = f"{name}.{bname}" if name else bname
             if tensor is not None and key in state_dict and tuple(tensor.shape) != tuple(state_dict[key].shape):
                 module.register_buffer(bname, torch.empty_like(state_dict[key]))
+
+
+def _plain_metadata(state_dict) -> dict:
+    """`state_dict._metadata` (per-module versions, e.g. MNASNet's) as plain nested dicts."""
+    metadata = getattr(state_dict, "_metadata", None) or {}
+    return {str(k): {str(a): v for a, v in dict(v).items()} for k, v in metadata.items()}
+
+
+def with_metadata(state_dict: dict, metadata: dict | None):
+    """An OrderedDict copy of `state_dict` carrying `metadata` as `_metadata` (what load_state_dict reads)."""
+    from collections import OrderedDict
+
+    restored = OrderedDict(state_dict)
+    if metadata:
+        restored._metadata = OrderedDict((k, dict(v)) for k, v in metadata.items())
+    return restored
 
 
 def save_checkpoint(path: str | Path, model, architecture: str, arguments: dict, meta: dict | None = None) -> str:
@@ -67,12 +89,14 @@ def save_checkpoint(path: str | Path, model, architecture: str, arguments: dict,
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    state = model.state_dict()
     payload = {
         "format": FORMAT,
         "architecture": architecture,
         "arguments": dict(arguments),
         "channel_spec": channel_spec(model),
-        "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "state_dict": {k: v.detach().clone() for k, v in state.items()},
+        "state_dict_metadata": _plain_metadata(state),
         "meta": dict(meta or {}),
     }
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
@@ -99,8 +123,9 @@ def read_checkpoint(path: str | Path) -> dict:
     return payload
 
 
-def load_checkpoint(path: str | Path, expect_sha256: str | None = None):
-    """Rebuild the model stored at `path` (eval mode). Returns (model, payload)."""
+def load_checkpoint(path: str | Path, expect_sha256: str | None = None, *, factory=None):
+    """Rebuild the model stored at `path` (eval mode) with the registered architecture, or with
+    `factory(**arguments)` for architectures outside the registry. Returns (model, payload)."""
     from toolkit.architectures import create_model
 
     if expect_sha256 and Path(path).is_file():
@@ -111,7 +136,60 @@ def load_checkpoint(path: str | Path, expect_sha256: str | None = None):
                 "restore the file or update the card"
             )
     payload = read_checkpoint(path)
-    model = create_model(payload["architecture"], **payload["arguments"])
+    if factory is not None:
+        model = factory(**payload["arguments"])
+    else:
+        model = create_model(payload["architecture"], **payload["arguments"])
     apply_channel_spec(model, payload["channel_spec"], payload["state_dict"])
-    model.load_state_dict(payload["state_dict"], strict=True)
+    model.load_state_dict(with_metadata(payload["state_dict"], payload.get("state_dict_metadata")), strict=True)
     return model.eval(), payload
+
+
+def load_state_dict_file(path: str | Path, *, key: str | None = None, strip_prefix: str | None = None) -> dict:
+    """A plain PyTorch state_dict read with weights_only=True, optionally nested under `key`
+    (e.g. "state_dict") and with `strip_prefix` (e.g. "module.") removed. Refuses unreadable
+    files, a missing key and contents that are not a name -> tensor mapping (one-line errors)."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeShrinkError(f"state_dict file {path} does not exist; fix the path")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt or pickled-module files
+        raise EdgeShrinkError(f"state_dict file {path} is unreadable with weights_only=True ({type(exc).__name__}); "
+                              "save it with torch.save(model.state_dict(), path)") from None
+    if key is not None:
+        if not isinstance(loaded, dict) or key not in loaded:
+            found = sorted(loaded)[:5] if isinstance(loaded, dict) else type(loaded).__name__
+            raise EdgeShrinkError(f"state_dict file {path} has no entry {key!r} (found {found}); fix the key")
+        loaded = loaded[key]
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise EdgeShrinkError(f"{path} does not hold a state_dict (name -> tensor); give key= for a nested one")
+    metadata = getattr(loaded, "_metadata", None)
+    if strip_prefix:
+        loaded = {k[len(strip_prefix):] if k.startswith(strip_prefix) else k: v for k, v in loaded.items()}
+        metadata = {k[len(strip_prefix):] if k.startswith(strip_prefix) else k: v for k, v in (metadata or {}).items()}
+    return with_metadata(loaded, metadata)
+
+
+def fit_state_dict(model, state_dict: dict, source: str):
+    """Load `state_dict` into `model` strictly after checking every key and shape first; the
+    first missing, unexpected or mis-shaped key is a one-line error (nothing is loaded then).
+    Returns the model."""
+    expected = model.state_dict()
+    for name, tensor in expected.items():
+        if name not in state_dict:
+            prefixed = next((k for k in state_dict if k.endswith(f".{name}")), None)
+            hint = (f"it has {prefixed!r}: pass strip_prefix={prefixed[:-len(name)]!r}" if prefixed
+                    else "is it saved from another architecture?")
+            raise EdgeShrinkError(f"{source} lacks weights for {name!r} of {type(model).__name__}; {hint}")
+        if tuple(state_dict[name].shape) != tuple(tensor.shape):
+            raise EdgeShrinkError(f"{source} has {name!r} of shape {tuple(state_dict[name].shape)}, the model expects "
+                                  f"{tuple(tensor.shape)}; check the architecture arguments (e.g. num_classes)")
+    for name in state_dict:
+        if name not in expected:
+            raise EdgeShrinkError(f"{source} has weights {name!r} that {type(model).__name__} does not have; "
+                                  "is it saved from another architecture or with a prefix (strip_prefix)?")
+    model.load_state_dict(with_metadata(state_dict, getattr(state_dict, "_metadata", None)), strict=True)
+    return model

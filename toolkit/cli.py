@@ -376,8 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
     from toolkit.lottery import register_cli as lottery_cli
     from toolkit.sparsity.run import register_cli as sparsity_cli
 
+    from toolkit.zoo import register_cli as zoo_cli
+
     lottery_cli(sub)
     sparsity_cli(sub)
+    zoo_cli(sub)
     sub.add_parser("models", help="list model cards and architectures").set_defaults(func=_cmd_models)
     sub.add_parser("targets", help="list target profiles").set_defaults(func=_cmd_targets)
     p = sub.add_parser("validate", help="validate target profile files (default: all in targets/)")

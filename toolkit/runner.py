@@ -107,8 +107,11 @@ class Runner:
         self.clock.add("fine-tune", finetune_seconds)
         if self.plan.sparsity:
             model = self._sparsify_or_reuse(model, dense.model, history)
+        from toolkit.prune.prune import count_macs_params
+
         self.extra["prune_history"] = history
-        macs, params = history[-1]["macs"], history[-1]["params"]
+        macs, params = count_macs_params(model, self.shape)  # the same counter as the dense figures
+        self.extra["macs_fraction"] = macs / dense.macs
         config = (self.extra.get("latency_budget") or {}).get("chosen") or self.plan.pruning.model_dump()
         save_checkpoint(self.work / f"{self.name}_pruned.pt", model, self.plan.source.architecture,
                         self.plan.source.arguments, {"pruning": config, "history": history})
@@ -121,7 +124,7 @@ class Runner:
 
     def _prune_or_reuse(self, dense_model):
         from toolkit.prune.cache import find_pruned, prune_cache_key, store_pruned
-        from toolkit.prune.prune import prune_model
+        from toolkit.prune.prune import prune
 
         plan = self.plan
         cfg = self._budget_config(dense_model) if plan.fps else plan.pruning
@@ -136,8 +139,15 @@ class Runner:
             self.extra["prune_cache"] = {"key": key, "hit": True, **({"published": published} if published else {})}
             return model, history
         grad = self.task.grad_batches() if cfg.importance == "taylor" else None
-        model, history = prune_model(copy.deepcopy(dense_model), self.shape, cfg, plan.card.never_prune,
-                                     self._finetuner(dense_model), grad, plan.progress)
+        import torch
+
+        example = torch.from_numpy(np.ascontiguousarray(self.task.example_batch(2), dtype=np.float32))
+        result = prune(copy.deepcopy(dense_model), example_input=example, cfg=cfg, never_prune=plan.card.never_prune,
+                       finetune=self._finetuner(dense_model), grad_batches=grad, progress=plan.progress,
+                       time_budget_s=plan.prune_time_budget_s)
+        model, history = result.model, result.history
+        self.extra["prune_excluded"] = result.excluded
+        self.extra["prune_protected_outputs"] = result.protected_outputs
         if plan.cache:
             store_pruned(key, model, plan.source, history)
         self.extra["prune_cache"] = {"key": key, "hit": False}
@@ -354,11 +364,13 @@ class Runner:
 
     def parity_gate(self) -> None:
         """Every float file must compute what its torch model computes (relative to the output scale)."""
+        from toolkit.verify import PARITY_RTOL
+
         bad = [a for a in self.artifacts if a.parity and not a.parity["ok"]]
         if bad:
             worst = max(bad, key=lambda a: a.parity["max_rel_error"])
             raise ParityFailure(f"numerical parity failed for {', '.join(a.name for a in bad)} (relative error "
-                                f"{worst.parity['max_rel_error']:.2e} > {worst.parity['tolerance']:.0e} of the output "
+                                f"{worst.parity['max_rel_error']:.2e} > {PARITY_RTOL:.0e} of the output "
                                 "scale vs torch); the converter changed the model")
 
     def benchmark(self) -> None:

@@ -49,6 +49,7 @@ class RunPlan:
     sparsity_finetune_epochs: int = 2     # fine-tuning after each sparsity step
     structured: bool = True               # channel pruning first (False: only the sparsity, if any)
     fps: Optional[float] = None           # latency budget: search the pruning level that meets it
+    prune_time_budget_s: float = 60.0     # pruning analysis (dry run, exclusions) must answer within this
 
     @property
     def bundle_name(self) -> str:

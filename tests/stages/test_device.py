@@ -49,13 +49,13 @@ def test_every_profile_yields_a_self_contained_bundle(profile_bundles):
 def test_pi_runtime_in_minimal_venv_reproduces_manifest_accuracy(profile_bundles, device_python, use_workspace, tmp_path):
     from toolkit.bundle import write_eval_pack
     from toolkit.cards import load_card
-    from toolkit.tasks import load_task
+    from toolkit.tasks import DataRef, load_task
 
     bundle = profile_bundles["rpi4"]
     out = subprocess.run([str(device_python), "-c", "import torch"], capture_output=True)
     assert out.returncode != 0  # the device venv really has no torch
     card = load_card("tiny_mnv3")
-    pack = write_eval_pack(load_task(card, card.input_spec(), None, True, False), tmp_path / "heldout.npz")
+    pack = write_eval_pack(load_task(card, card.input_spec(), DataRef(None, True), False), tmp_path / "heldout.npz")
     result = tmp_path / "r.json"
     proc = subprocess.run([str(device_python), str(bundle / "edgeshrink_run.py"), "--eval-pack", str(pack), "--bench",
                            "--runs", "5", "--seconds", "0.1", "--warmup", "1", "--json", str(result)],

@@ -33,13 +33,13 @@ def study(model_name: str, checkpoint: Path, out: Path, *, calib: int = 256, thr
     from toolkit.checkpoint import load_checkpoint
     from toolkit.delegate import delegate_report
     from toolkit.graph_rewrite import rewrite_for_delegates
-    from toolkit.tasks import load_task
+    from toolkit.tasks import DataRef, load_task
     from toolkit.verify import run_outputs
 
     torch.set_num_threads(threads)
     card = load_card(model_name)
     spec = card.input_spec()
-    task = load_task(card, spec, None, synthetic=False, progress=False)
+    task = load_task(card, spec, DataRef(), progress=False)
     model, _ = load_checkpoint(checkpoint)
     shape = (1, spec.channels, spec.height, spec.width)
     calib01 = task.calibration_nhwc(calib, 0)

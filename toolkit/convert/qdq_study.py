@@ -23,13 +23,13 @@ def study(model_name: str, checkpoint: Path, out: Path, *, calib: int = 256, thr
     from toolkit.convert.onnx_to_qdq_int8 import SCHEMES, onnx_to_qdq_int8, u8s8_saturation_rows
     from toolkit.convert.torch_to_onnx import torch_to_onnx
     from toolkit.cpuinfo import cpu_isa_flags
-    from toolkit.tasks import load_task
+    from toolkit.tasks import DataRef, load_task
     from toolkit.verify import run_outputs
 
     torch.set_num_threads(threads)
     card = load_card(model_name)
     spec = card.input_spec()
-    task = load_task(card, spec, None, synthetic=False, progress=False)
+    task = load_task(card, spec, DataRef(), progress=False)
     model, _ = load_checkpoint(checkpoint)
     shape = (1, spec.channels, spec.height, spec.width)
     fp32 = torch_to_onnx(model, shape, out / "fp32.onnx")

@@ -1,27 +1,46 @@
 """Iterative structured pruning to a MAC budget (or a channel ratio), with fine-tuning between
 steps. The result is an ordinary nn.Module whose layers are narrower; save it with
-toolkit.checkpoint (architecture + channel spec + state_dict)."""
+toolkit.checkpoint (architecture + channel spec + state_dict).
+
+Before the model is touched: the output layers are protected, attention blocks are set aside,
+and a dry run on a copy (pruned to the most the run may remove) finds layer groups whose pruning
+breaks the forward pass; those are excluded and reported in `PruneResult.excluded`."""
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
 from toolkit.errors import EdgeShrinkError
 from toolkit.prune.config import PruneConfig
+from toolkit.prune.macs import count_macs, count_params
+from toolkit.prune.safety import (Deadline, attention_layers, check_forward, describe_failure,
+                                  find_breaking_roots, find_output_layers, output_shapes,
+                                  refuse_foreign_attention, time_box)
 
 _FINE_STEPS = 160  # granularity of the ratio schedule when aiming at a MAC budget
+_DRY_RUN_STEPS = 4  # points of the schedule at which a dry run checks the forward
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """A pruning run: the pruned model, one history record per step (step, macs, params,
+    macs_fraction[, finetune]), the excluded layer groups ({"layer", "reason"}), the output layers
+    kept whole, and Torch-Pruning's replayable `pruning_history()`."""
+
+    model: object
+    history: list
+    excluded: list = field(default_factory=list)
+    protected_outputs: list = field(default_factory=list)
+    pruning_history: list = field(default_factory=list)
 
 
 def count_macs_params(model, input_shape: tuple[int, ...]) -> tuple[int, int]:
-    """(MACs, parameters) of one forward pass at `input_shape`."""
+    """(MACs, parameters) of one forward pass at `input_shape` (conv/linear/attention MACs)."""
     import torch
-    import torch_pruning as tp
 
-    was_training = model.training
-    model.eval()
-    macs, params = tp.utils.count_ops_and_params(model, torch.zeros(*input_shape))
-    model.train(was_training)
-    return int(macs), int(params)
+    return count_macs(model, torch.zeros(*input_shape)), count_params(model)
 
 
 def _importance(name: str):
@@ -36,7 +55,7 @@ def _importance(name: str):
     return tp.importance.GroupTaylorImportance()
 
 
-def _ignored_modules(model, names: Iterable[str]) -> list:
+def _modules_named(model, names: Iterable[str]) -> list:
     modules = dict(model.named_modules())
     missing = [n for n in names if n not in modules]
     if missing:
@@ -44,56 +63,167 @@ def _ignored_modules(model, names: Iterable[str]) -> list:
     return [modules[n] for n in names]
 
 
-def prune_model(model, input_shape: tuple[int, ...], cfg: PruneConfig, never_prune: Iterable[str] = (),
-                finetune: Optional[Callable[[object, int], dict]] = None,
-                grad_batches: Optional[Callable[[], Iterable]] = None, progress: bool = True) -> tuple[object, list[dict]]:
-    """Prune `model` in place over `cfg.steps` steps. After each step `finetune(model, step)` runs
-    (if given). `grad_batches()` yields (x, y) for Taylor importance. Returns (model, history)."""
-    import torch
-    import torch.nn.functional as F
+def _build_pruner(model, example_input, cfg: PruneConfig, *, ignored: list[str], ratio: float,
+                  steps: int, importance):
+    """A Torch-Pruning BasePruner with explicit (fresh) group dictionaries; tracing errors of any
+    kind become one-line EdgeShrinkErrors."""
     import torch_pruning as tp
+    from torch_pruning import ops
+
+    try:
+        return tp.pruner.BasePruner(
+            model, example_input, importance=importance, global_pruning=cfg.scope == "global",
+            pruning_ratio=ratio, max_pruning_ratio=max(ratio, cfg.max_layer_ratio), iterative_steps=steps,
+            ignored_layers=_modules_named(model, ignored), round_to=cfg.round_to,
+            pruning_ratio_dict={}, in_channel_groups={}, out_channel_groups={}, num_heads={},
+            customized_pruners={}, root_module_types=[ops.TORCH_CONV, ops.TORCH_LINEAR])
+    except EdgeShrinkError:
+        raise
+    except Exception as exc:  # Torch-Pruning raises ZeroDivisionError, RuntimeError, ... on odd graphs
+        raise EdgeShrinkError(
+            f"pruning refused: Torch-Pruning cannot trace {type(model).__name__} ({describe_failure(exc)}); "
+            "skip the prune stage for this model (convert it dense)") from None
+
+
+def _root_names(pruner, model) -> list[str]:
+    """Names of the root layers of the groups the pruner would prune."""
+    names = {m: n for n, m in model.named_modules()}
+    groups = pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types)
+    return [names[g[0][0].target.module] for g in groups if g[0][0].target.module in names]
+
+
+def _dry_run_exclusions(model, example_input, cfg: PruneConfig, ignored: list[str], deadline: Deadline) -> list[dict]:
+    """Prune copies by the most this run may remove and return the groups to exclude."""
+    ratio = cfg.max_layer_ratio if cfg.target_macs is not None else cfg.channel_ratio
+    expected = output_shapes(model, example_input)
+    roots = _root_names(_build_pruner(model, example_input, cfg, ignored=ignored, ratio=ratio, steps=1,
+                                      importance=_importance("l2")), model)  # building a pruner does not modify
+
+    def trial(allowed: list[str]) -> Optional[str]:
+        trial_model = copy.deepcopy(model)
+        skip = ignored + [r for r in roots if r not in set(allowed)]
+        try:  # widths change along the way (rounding), so check at several points of the schedule
+            pruner = _build_pruner(trial_model, example_input, cfg, ignored=skip, ratio=ratio, steps=_DRY_RUN_STEPS,
+                                   importance=_importance("l2"))
+            for _ in range(_DRY_RUN_STEPS):
+                pruner.step()
+                reason = check_forward(trial_model, example_input, expected)
+                if reason is not None:
+                    return reason
+        except EdgeShrinkError as exc:
+            return str(exc)
+        except Exception as exc:  # a group Torch-Pruning cannot prune is a finding
+            return f"Torch-Pruning fails to prune it ({describe_failure(exc)})"
+        return None
+
+    excluded = find_breaking_roots(trial, roots, deadline)
+    if roots and len(excluded) == len(roots):
+        raise EdgeShrinkError(
+            f"pruning refused: none of the {len(roots)} layer groups of {type(model).__name__} can be pruned safely "
+            f"(first: {excluded[0]['layer']}: {excluded[0]['reason']}); skip the prune stage for this model")
+    return excluded
+
+
+def _taylor_gradients(model, grad_batches) -> None:
+    import torch.nn.functional as F
+
+    model.zero_grad()
+    model.train()
+    for x, y in grad_batches():
+        F.cross_entropy(model(x), y).backward()
+    model.eval()
+
+
+def _prune_one_step(model, pruner, example_input, cfg: PruneConfig, *, goal: Optional[float], dense_macs: int,
+                    grad_batches, deadline: Deadline, bar) -> int:
+    """Advance the pruner until MACs <= goal * dense (MAC mode) or by one step (ratio mode).
+    Returns the MACs reached. Far from the goal it skips ahead on the ratio schedule (relative to
+    the dense widths, so one skip equals several small steps)."""
+    macs = start_macs = count_macs(model, example_input)
+    start_step, drop_per_step = pruner.current_step, None  # None: no fine step taken yet
+    while True:
+        if goal is not None and pruner.current_step >= pruner.iterative_steps:
+            raise EdgeShrinkError(
+                f"cannot reach {cfg.target_macs:.0%} of dense MACs within max_layer_ratio={cfg.max_layer_ratio}; "
+                "raise max_layer_ratio or the MAC target")
+        deadline.check("pruning")
+        if cfg.importance == "taylor":
+            _taylor_gradients(model, grad_batches)
+        if goal is not None and drop_per_step is not None:  # at most double the progress: rounding makes MACs
+            flat = drop_per_step <= 0                            # fall in jumps, or not at all for a while
+            guess = (pruner.current_step - start_step) // 2 if flat else int(0.5 * (macs - goal * dense_macs) / drop_per_step)
+            ahead = min(guess, pruner.current_step - start_step)  # at most double this call's progress
+            pruner.current_step += max(0, min(ahead, pruner.iterative_steps - pruner.current_step - 1))
+        with time_box(deadline, "pruning"):
+            pruner.step()
+        try:
+            macs = count_macs(model, example_input)
+        except Exception as exc:  # widths the dry run did not visit broke the forward: refuse, in one line
+            raise EdgeShrinkError(
+                f"pruning refused: the forward broke at schedule point {pruner.current_step}/{pruner.iterative_steps} "
+                f"({describe_failure(exc)}) though the dry run passed; list the layers around it in never_prune") from None
+        drop_per_step = (start_macs - macs) / max(pruner.current_step - start_step, 1)  # average: MACs fall in steps
+        bar.update(1)
+        bar.set_postfix(macs=f"{macs / dense_macs:.3f}")
+        if goal is None or macs <= goal * dense_macs:
+            return macs
+
+
+def prune(model, *, example_input, cfg: PruneConfig, never_prune: Iterable[str] = (),
+          finetune: Optional[Callable[[object, int], dict]] = None, grad_batches: Optional[Callable[[], Iterable]] = None,
+          progress: bool = True, time_budget_s: Optional[float] = 60.0) -> PruneResult:
+    """Prune `model` in place over `cfg.steps` steps; `finetune(model, step)` runs after each step
+    (its time is not charged to `time_budget_s`), `grad_batches()` yields (x, y) for Taylor importance.
+    Output layers are kept whole, groups that break the forward on a dry run are excluded.
+    Refuses (EdgeShrinkError, one line): attention blocks Torch-Pruning cannot trace, graphs it cannot
+    trace, models with nothing safe to prune, an unreachable MAC target, a spent time budget."""
     from tqdm import tqdm
 
     if cfg.importance == "taylor" and grad_batches is None:
         raise EdgeShrinkError("taylor importance needs training batches for gradients; give data or choose l1/l2/bn_scale")
+    deadline = Deadline(time_budget_s)
     model.eval()
-    example = torch.zeros(*input_shape)
-    dense_macs, dense_params = count_macs_params(model, input_shape)
+    refuse_foreign_attention(model)
+    expected = output_shapes(model, example_input)
+    protected = [n for n in find_output_layers(model, example_input) if n not in set(never_prune)]
+    attention, _ = attention_layers(model)
+    ignored = list(dict.fromkeys([*never_prune, *protected, *attention]))
+    _modules_named(model, ignored)
+    with time_box(deadline, "dry-running the pruning on a copy"):
+        excluded = _dry_run_exclusions(model, example_input, cfg, ignored, deadline)
+    excluded = [{"layer": a, "reason": "attention block: heads and token reshapes are left whole"} for a in attention] + excluded
     by_macs = cfg.target_macs is not None
-    pruner = tp.pruner.MetaPruner(
-        model, example, importance=_importance(cfg.importance), global_pruning=cfg.scope == "global",
-        pruning_ratio=cfg.max_layer_ratio if by_macs else cfg.channel_ratio,
-        max_pruning_ratio=cfg.max_layer_ratio if by_macs else max(cfg.channel_ratio, cfg.max_layer_ratio),
-        iterative_steps=_FINE_STEPS if by_macs else cfg.steps,
-        ignored_layers=_ignored_modules(model, never_prune), round_to=cfg.round_to,
-    )
+    dense_macs, dense_params = count_macs(model, example_input), count_params(model)
+    with time_box(deadline, "building the dependency graph"):
+        pruner = _build_pruner(model, example_input, cfg, ignored=ignored + [e["layer"] for e in excluded if e["layer"] not in ignored],
+                               ratio=cfg.max_layer_ratio if by_macs else cfg.channel_ratio,
+                               steps=_FINE_STEPS if by_macs else cfg.steps, importance=_importance(cfg.importance))
     history = [{"step": 0, "macs": dense_macs, "params": dense_params, "macs_fraction": 1.0}]
-    fine_done = 0
     for step in range(1, cfg.steps + 1):
         goal = 1.0 - (1.0 - cfg.target_macs) * step / cfg.steps if by_macs else None
-        bar = tqdm(desc=f"prune step {step}/{cfg.steps}", disable=not progress, leave=False)
-        while True:
-            if by_macs and fine_done >= _FINE_STEPS:
-                raise EdgeShrinkError(
-                    f"cannot reach {cfg.target_macs:.0%} of dense MACs within max_layer_ratio={cfg.max_layer_ratio}; raise max_layer_ratio or the MAC target"
-                )
-            if cfg.importance == "taylor":
-                model.zero_grad()
-                model.train()
-                for x, y in grad_batches():
-                    F.cross_entropy(model(x), y).backward()
-                model.eval()
-            pruner.step()
-            fine_done += 1
-            macs, params = count_macs_params(model, input_shape)
-            bar.update(1)
-            bar.set_postfix(macs=f"{macs / dense_macs:.3f}")
-            if not by_macs or macs <= goal * dense_macs:
-                break
-        bar.close()
-        record = {"step": step, "macs": macs, "params": params, "macs_fraction": macs / dense_macs}
+        with tqdm(desc=f"prune step {step}/{cfg.steps}", disable=not progress, leave=False) as bar:
+            macs = _prune_one_step(model, pruner, example_input, cfg, goal=goal, dense_macs=dense_macs,
+                                   grad_batches=grad_batches, deadline=deadline, bar=bar)
+        reason = check_forward(model, example_input, expected)
+        if reason is not None:
+            raise EdgeShrinkError(f"pruning step {step} broke the model ({reason}); list the layer in never_prune")
+        record = {"step": step, "macs": macs, "params": count_params(model), "macs_fraction": macs / dense_macs}
         if finetune is not None:
-            record["finetune"] = finetune(model, step)
+            with deadline.paused():
+                record["finetune"] = finetune(model, step)
         history.append(record)
     model.zero_grad(set_to_none=True)
-    return model.eval(), history
+    return PruneResult(model=model.eval(), history=history, excluded=excluded, protected_outputs=protected,
+                       pruning_history=pruner.pruning_history())
+
+
+def prune_model(model, input_shape: tuple[int, ...], cfg: PruneConfig, never_prune: Iterable[str] = (),  # noqa: PLR0917 (kept for existing callers; new code calls prune())
+                finetune: Optional[Callable[[object, int], dict]] = None,
+                grad_batches: Optional[Callable[[], Iterable]] = None, progress: bool = True) -> tuple[object, list[dict]]:
+    """Compatibility wrapper around `prune` (zero input of `input_shape`, no time budget).
+    Returns (model, history)."""
+    import torch
+
+    result = prune(model, example_input=torch.zeros(*input_shape), cfg=cfg, never_prune=tuple(never_prune),
+                   finetune=finetune, grad_batches=grad_batches, progress=progress, time_budget_s=None)
+    return result.model, result.history

@@ -1,0 +1,198 @@
+"""What must not be pruned, found before any real pruning: the output layers, attention blocks,
+and layer groups whose pruning breaks the forward pass (found by dry runs on copies)."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from typing import Callable, Optional
+
+from toolkit.errors import EdgeShrinkError
+
+_UNTRACEABLE_HINT = "skip the prune stage for this model (convert it dense)"
+
+
+class Deadline:
+    """A wall-clock budget for pruning work; `paused()` stops the clock (e.g. during fine-tuning)."""
+
+    def __init__(self, seconds: Optional[float]):
+        self.seconds = seconds
+        self._spent = 0.0
+        self._started = time.monotonic()
+
+    def remaining(self) -> float:
+        if self.seconds is None:
+            return float("inf")
+        return self.seconds - self._spent - (time.monotonic() - self._started)
+
+    def check(self, doing: str) -> None:
+        """Raise EdgeShrinkError once the budget is spent."""
+        if self.remaining() <= 0:
+            raise EdgeShrinkError(f"pruning ran past its {self.seconds:.0f} s budget while {doing}; "
+                                  f"raise time_budget_s, use a smaller input, or {_UNTRACEABLE_HINT}")
+
+    @contextlib.contextmanager
+    def paused(self):
+        self._spent += time.monotonic() - self._started
+        try:
+            yield
+        finally:
+            self._started = time.monotonic()
+
+
+class _Expired(BaseException):
+    """Raised by the alarm inside a time box (BaseException so library code cannot swallow it)."""
+
+
+@contextlib.contextmanager
+def time_box(deadline: Deadline, doing: str):
+    """Interrupt the enclosed work when the deadline passes (SIGALRM, main thread only: elsewhere
+    the deadline is checked after the work). An enclosing alarm (e.g. a caller's own time box)
+    is honoured and re-armed afterwards."""
+    seconds = deadline.remaining()
+    armed = threading.current_thread() is threading.main_thread() and seconds != float("inf")
+    if armed:
+        outer_left, _ = signal.getitimer(signal.ITIMER_REAL)
+        started = time.monotonic()
+
+        def expire(signum, frame):
+            raise _Expired()
+        previous = signal.signal(signal.SIGALRM, expire)
+        signal.setitimer(signal.ITIMER_REAL, max(min(seconds, outer_left or seconds), 0.01))
+    try:
+        yield
+    except _Expired:
+        raise EdgeShrinkError(f"pruning ran past its {deadline.seconds:.0f} s budget while {doing}; "
+                              f"raise time_budget_s, use a smaller input, or {_UNTRACEABLE_HINT}") from None
+    finally:
+        if armed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+            if outer_left:
+                signal.setitimer(signal.ITIMER_REAL, max(outer_left - (time.monotonic() - started), 0.001))
+    deadline.check(doing)
+
+
+def flat_outputs(output) -> list:
+    """The tensors of a model output (tensor, tuple/list or dict of tensors), in order."""
+    import torch
+
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, (tuple, list)):
+        return [t for item in output for t in flat_outputs(item)]
+    return []
+
+
+def output_shapes(model, example_input) -> list[tuple[int, ...]]:
+    """Shapes of the model's output tensors for `example_input` (eval mode, no grad)."""
+    import torch
+
+    with torch.no_grad():
+        return [tuple(t.shape) for t in flat_outputs(model(example_input))]
+
+
+def find_output_layers(model, example_input) -> list[str]:
+    """Names of the conv/linear layers that produce the model's outputs: for each output, the last
+    executed layer whose output width equals the output's channel dimension."""
+    import torch
+    import torch.nn as nn
+
+    executed: list[tuple[str, int]] = []
+    layer_types = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear)
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, layer_types):
+            width = module.out_features if isinstance(module, nn.Linear) else module.out_channels
+            handles.append(module.register_forward_hook(
+                lambda m, i, o, name=name, width=width: executed.append((name, width))))
+    try:
+        with torch.no_grad():
+            outputs = flat_outputs(model(example_input))
+    finally:
+        for handle in handles:
+            handle.remove()
+    found = []
+    for out in outputs:
+        channels = {out.shape[-1]} if out.dim() <= 3 else {out.shape[1]}
+        for name, width in reversed(executed):
+            if width in channels:
+                if name not in found:
+                    found.append(name)
+                break
+    return found
+
+
+def attention_layers(model) -> tuple[list[str], list[tuple[str, str]]]:
+    """(names of nn.MultiheadAttention layers, [(name, class) of other attention blocks])."""
+    import torch.nn as nn
+
+    standard, foreign = [], []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.MultiheadAttention):
+            standard.append(name)
+        elif "attention" in type(module).__name__.lower() and not any(
+                isinstance(m, nn.MultiheadAttention) for m in module.modules()):
+            if not any(name.startswith(f"{f}.") for f, _ in foreign):
+                foreign.append((name, type(module).__name__))
+    return standard, foreign
+
+
+def refuse_foreign_attention(model) -> None:
+    """Refuse (one line, before any tracing) models with attention blocks other than
+    nn.MultiheadAttention: Torch-Pruning's graph build on them runs for minutes and many GB."""
+    _, foreign = attention_layers(model)
+    if foreign:
+        name, cls = foreign[0]
+        raise EdgeShrinkError(
+            f"pruning refused: {type(model).__name__} has {len(foreign)} attention block(s) ({cls} at {name!r}) "
+            f"whose token reshapes Torch-Pruning cannot trace safely; {_UNTRACEABLE_HINT}")
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line: exception type and the first line of its message (shortened)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}"[:200]
+
+
+def check_forward(model, example_input, expected: list[tuple[int, ...]]) -> Optional[str]:
+    """None when the forward runs and its output shapes equal `expected`; else the reason."""
+    try:
+        shapes = output_shapes(model, example_input)
+    except Exception as exc:  # any failure of the pruned forward is a finding, not a crash
+        return f"forward fails after pruning ({describe_failure(exc)})"
+    if shapes != expected:
+        return f"output shape changes from {expected} to {shapes}"
+    return None
+
+
+def find_breaking_roots(trial: Callable[[list[str]], Optional[str]], roots: list[str],
+                        deadline: Deadline) -> list[dict]:
+    """Bisect `roots` (the groups' root layer names) for those whose pruning makes `trial` fail.
+    `trial(allowed)` prunes only the groups rooted at `allowed` on a copy and returns a failure
+    reason or None. Returns [{"layer", "reason"}] to exclude."""
+    deadline.check("searching for layer groups that break the forward")
+    reason = trial(roots)
+    if reason is None:
+        return []
+    if len(roots) == 1:
+        return [{"layer": roots[0], "reason": reason}]
+    half = len(roots) // 2
+    bad = find_breaking_roots(trial, roots[:half], deadline) + find_breaking_roots(trial, roots[half:], deadline)
+    bad_names = {b["layer"] for b in bad}
+    allowed = [r for r in roots if r not in bad_names]
+    if trial(allowed) is None:
+        return bad
+    kept: list[str] = []
+    for root in allowed:  # each half passes alone but not together: add groups one at a time
+        deadline.check("searching for layer groups that break the forward")
+        reason = trial(kept + [root])
+        if reason is None:
+            kept.append(root)
+        else:
+            bad.append({"layer": root, "reason": f"breaks the forward together with other groups ({reason})"})
+    return bad
