@@ -38,8 +38,10 @@ SEED = _number(int, 0, 2**32 - 1)
 
 
 def _fps(text: str):
-    """--fps 60, or --fps target for the profile's budget.target_fps."""
-    return "target" if text == "target" else _number(float, 0, low_open=True)(text)
+    """--fps 60, --fps target (the profile's budget.target_fps), or --fps 2x (twice the dense FP32 FPS measured in the run)."""
+    if text == "target" or (text.endswith("x") and text[:-1].replace(".", "", 1).isdigit()):
+        return text
+    return _number(float, 0, low_open=True)(text)
 COUNT = _number(int, 0)          # epochs, ...
 POSITIVE = _number(int, 1)       # threads, sizes, runs
 
@@ -323,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-structured", action="store_true", help="skip channel pruning (sparsity only)")
     p.add_argument("--fps", type=_fps,
                    help="latency budget: prune as little as needed for the deployed file to reach this FPS on this host "
-                        "('target': the profile's budget.target_fps)")
+                        "('target': the profile's budget.target_fps; '2x': twice the dense FP32 FPS measured in this run)")
     p.add_argument("--max-metric-drop", type=_number(float, 0, 1),
                    help="deploy gate: primary metric at most this far below dense FP32 (default: the profile's, 0.015)")
     _ssh_args(p)

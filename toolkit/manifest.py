@@ -114,6 +114,8 @@ def write_bundle_files(runner) -> dict:
     target = plan.target.model_copy(update={"deploy": plan.target.deploy.model_copy(update={"artifact": selection["artifact"]})})
     add_device_files(work, target, manifest)
     manifest["deploy"]["selection"] = selection
+    if "latency_budget_request" in manifest:
+        manifest["latency_budget"]["request"] = manifest.pop("latency_budget_request")
     if "latency_budget" in manifest:
         manifest["latency_budget"]["deployed"] = _budget_check(manifest, selection["artifact"])
     with runner.clock("report"):

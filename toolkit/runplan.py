@@ -131,6 +131,8 @@ def _checks(run: dict) -> None:
     if not isinstance(steps, int) or not 1 <= steps <= 100:
         raise EdgeShrinkError(f"sparsity_steps must be an integer 1..100, got {steps!r}")
     fps = run.get("fps")
+    if isinstance(fps, str) and fps.endswith("x") and fps[:-1].replace(".", "", 1).isdigit() and float(fps[:-1]) > 0:
+        fps = None  # a speed-up over the dense FP32 file, e.g. "2x": resolved when the run measures it
     if fps is not None and fps != "target" and (not isinstance(fps, (int, float)) or not 0 < fps < 1e6 or fps != fps):
         raise EdgeShrinkError(f"fps must be a positive number of frames per second, got {fps!r}")
     threads = run.get("train_threads")
