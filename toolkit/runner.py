@@ -17,6 +17,7 @@ from typing import Optional
 
 import numpy as np
 
+from toolkit import optional_stages
 from toolkit.artifact import Artifact
 from toolkit.edges import Edge, edges_for, keeps
 from toolkit.errors import EdgeShrinkError
@@ -106,7 +107,7 @@ class Runner:
         self.clock.seconds["prune"] = round(self.clock.seconds["prune"] - finetune_seconds, 2)
         self.clock.add("fine-tune", finetune_seconds)
         if self.plan.sparsity:
-            model = self._sparsify_or_reuse(model, dense.model, history)
+            model = optional_stages.sparsify_or_reuse(self, model, dense.model, history)
         from toolkit.prune.prune import count_macs_params
 
         self.extra["prune_history"] = history
@@ -127,7 +128,7 @@ class Runner:
         from toolkit.prune.prune import prune
 
         plan = self.plan
-        cfg = self._budget_config(dense_model) if plan.fps else plan.pruning
+        cfg = optional_stages.budget_config(self, dense_model) if plan.fps else plan.pruning
         if cfg is None:  # the dense model already meets the latency budget
             self.extra["prune_cache"] = {"key": None, "hit": False, "budget_met_by_dense": True}
             return copy.deepcopy(dense_model), [self._dense_record(dense_model)]
@@ -153,37 +154,6 @@ class Runner:
         self.extra["prune_cache"] = {"key": key, "hit": False}
         return model, history
 
-    def _budget_config(self, dense_model):
-        """The least pruning whose FP32 TFLite file meets the FPS budget on this host: per-layer
-        latencies measured on LiteRT/XNNPACK (a lookup table), calibrated and confirmed by converting
-        and benchmarking real files. Fine-tuning happens after the search. None: dense meets it."""
-        from toolkit.budget import plot_frontier, search_for_latency
-
-        plan = self.plan
-        with self.clock("latency budget search"):
-            budget_ms = self._budget_ms(dense_model)
-            result = search_for_latency(dense_model, input_shape=self.shape, cfg=plan.pruning,
-                                        budget_ms=budget_ms, threads=self.threads,
-                                        never_prune=plan.card.never_prune, progress=plan.progress)
-        self.extra["latency_budget"] = result.to_json()
-        plot_frontier(result, self.work / "frontier.png")
-        return result.chosen
-
-    def _budget_ms(self, dense_model) -> float:
-        """The p50 budget: 1000 / fps, or for a speed-up ("2x") the dense FP32 TFLite p50 measured
-        now on this host divided by the factor."""
-        fps = self.plan.fps
-        if isinstance(fps, str) and fps.endswith("x"):
-            import tempfile
-
-            from toolkit.budget import BENCH, measure_model
-
-            with tempfile.TemporaryDirectory() as tmp:
-                dense_ms = measure_model(dense_model, self.shape, self.threads, Path(tmp), name="dense", bench=BENCH)
-            self.extra["latency_budget_request"] = {"speedup": float(fps[:-1]), "dense_fp32_p50_ms": dense_ms}
-            return dense_ms / float(fps[:-1])
-        return 1000.0 / fps
-
     def _dense_record(self, dense_model) -> dict:
         from toolkit.prune.prune import count_macs_params
 
@@ -194,36 +164,6 @@ class Runner:
         """No channel pruning (plan.structured False): the dense model, for sparsity alone."""
         self.extra["prune_cache"] = {"key": None, "hit": False, "structured": False}
         return copy.deepcopy(dense.model), [{"step": 0, "macs": dense.macs, "params": dense.params, "macs_fraction": 1.0}]
-
-    def _sparsify_or_reuse(self, model, dense_model, history: list):
-        """Unstructured magnitude sparsity on top of the (channel-pruned) model, fine-tuned between
-        steps; cached under the structured key + the sparsity settings."""
-        import hashlib
-        import json
-
-        from toolkit.prune.cache import find_pruned, store_pruned
-        from toolkit.sparsity import sparsify
-
-        plan = self.plan
-        settings = {"sparsity": plan.sparsity, "schedule": plan.sparsity_schedule, "steps": plan.sparsity_steps,
-                    "epochs": plan.sparsity_finetune_epochs, "lr": plan.pruning.finetune_lr, "seed": plan.seed,
-                    "base": self.extra["prune_cache"]["key"] or plan.checkpoint_sha256, "never_prune": plan.card.never_prune}
-        key = hashlib.sha256(repr(sorted(settings.items())).encode()).hexdigest()[:32]
-        found = find_pruned(plan.card, key, source=plan.source) if plan.cache else None
-        with self.clock("sparsify"):
-            if found is not None:
-                model, record, _ = found
-                record = record[0]
-            else:
-                steps = plan.sparsity_steps if plan.sparsity_schedule == "gradual" else 1
-                model, record = sparsify(model, sparsity=plan.sparsity, scope="global", schedule=plan.sparsity_schedule,
-                                         steps=steps, finetune=self._finetuner(dense_model, plan.sparsity_finetune_epochs),
-                                         exclude=tuple(plan.card.never_prune))
-                record = json.loads(json.dumps(record, default=float))  # plain data: checkpoints load weights-only
-                if plan.cache:
-                    store_pruned(key, model, plan.source, [record])
-        self.extra["sparsify"] = {"key": key, "hit": found is not None, "record": record}
-        return model.eval()
 
     def _finetuner(self, dense_model, epochs: Optional[int] = None):
         """finetune(model, step) for the pruning loops: the task's fine-tuning with distillation."""
@@ -359,25 +299,6 @@ class Runner:
         self.artifacts.append(art)
         return art
 
-    def _sparsity_report(self) -> dict:
-        """Zeros really present in each pruned file, raw vs gzip size, and whether any kernel uses
-        them (XNNPACK's FP32 sparse path, measured on a sparse-encoded twin of the FP32 TFLite)."""
-        import tempfile
-
-        from toolkit.sparsity.bundle import bundle_sparsity_fields
-        from toolkit.sparsity.xnnpack import measure_sparse_speedup, sparse_tflite
-
-        files = {a.name: (self.work / a.file, a.format) for a in self.artifacts
-                 if a.stage == "pruned" and a.format in ("onnx", "tflite")}
-        timing = None
-        fp32 = next((a for a in self.artifacts if a.name == "pruned-tflite-fp32"), None)
-        onnx = self.work / f"{self.name}_pruned_fp32.onnx"
-        if fp32 is not None and onnx.is_file() and self.plan.bench:
-            with self.clock("sparse kernels"), tempfile.TemporaryDirectory() as tmp:
-                twin = sparse_tflite(onnx, Path(tmp) / "sparse_float32.tflite")
-                timing = measure_sparse_speedup(self.work / fp32.file, twin, threads=self.threads)
-        return bundle_sparsity_fields(self.extra["sparsify"]["record"], files, sparse_timing=timing)
-
     def parity_gate(self) -> None:
         """Every float file must compute what its torch model computes (relative to the output scale)."""
         from toolkit.verify import PARITY_RTOL
@@ -419,7 +340,7 @@ class Runner:
         if self.plan.bench:
             self.benchmark()
         if self.plan.sparsity:
-            self.extra["sparsity"] = self._sparsity_report()
+            self.extra["sparsity"] = optional_stages.sparsity_report(self)
         self.extra.update(self.task.extras(self))
 
 
