@@ -38,7 +38,6 @@ def _update_card(name: str, update) -> None:
 def publish_checkpoint(model: str, run: Path) -> Path:
     from toolkit.cards import load_card
     from toolkit.checkpoint import sha256_file
-    from toolkit.paths import REPO_ROOT
 
     card = load_card(model)
     best, prov_path = Path(run) / "last.pt", Path(run) / "provenance.json"
@@ -51,10 +50,10 @@ def publish_checkpoint(model: str, run: Path) -> Path:
     history = read_json_file(Path(run) / "history.json", "point --run at a finished `edgeshrink train` output")
     if not isinstance(history.get("epochs"), list) or not history["epochs"]:
         raise EdgeShrinkError(f"{run}/history.json lists no epochs; point --run at a finished `edgeshrink train` output")
-    dest = REPO_ROOT / "models" / "checkpoints" / f"{card.name}.pt"
+    dest = card.base_dir / "checkpoints" / f"{card.name}.pt"  # paths in a card are relative to the card
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(best, dest)
-    checkpoint = {"path": str(dest.relative_to(REPO_ROOT)), "sha256": sha256_file(dest)}
+    checkpoint = {"path": str(dest.relative_to(card.base_dir)), "sha256": sha256_file(dest)}
     last = history["epochs"][-1]
     metric = "dice" if card.task == "segmentation" else next(k for k in ("top1", "val_top1") if k in last)
     card_provenance = {
@@ -79,7 +78,6 @@ def publish_pruned(bundle: Path) -> Path:
     with those settings skips the fine-tuning."""
     from toolkit.cards import load_card
     from toolkit.checkpoint import sha256_file
-    from toolkit.paths import REPO_ROOT
 
     bundle = Path(bundle)
     manifest_path = bundle / "manifest.json"
@@ -98,13 +96,13 @@ def publish_pruned(bundle: Path) -> Path:
     if manifest["data"].get("synthetic"):
         raise EdgeShrinkError(f"{bundle} was made on synthetic data; publish only models fine-tuned on real data")
     _check_committable(source)
-    dest = REPO_ROOT / "models" / "checkpoints" / f"{card.name}_pruned_{key[:8]}.pt"
+    dest = card.base_dir / "checkpoints" / f"{card.name}_pruned_{key[:8]}.pt"
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, dest)
     arts = {a["name"]: a for a in manifest["artifacts"]}
     history = manifest["pruning"]["history"]
     entry = {
-        "path": str(dest.relative_to(REPO_ROOT)),
+        "path": str(dest.relative_to(card.base_dir)),
         "sha256": sha256_file(dest),
         "key": key,
         "provenance": {
