@@ -100,7 +100,7 @@ class Runner:
         from toolkit.checkpoint import save_checkpoint
 
         with self.clock("prune"):
-            model, history = self._prune_or_reuse(dense.model) if self.plan.structured else self._unpruned(dense)
+            model, history = self._prune_or_reuse(dense) if self.plan.structured else self._unpruned(dense)
         finetune_seconds = sum((h.get("finetune") or {}).get("seconds", 0.0) for h in history[1:])
         if self.extra["prune_cache"]["hit"]:
             finetune_seconds = 0.0  # the reused model's fine-tuning happened in an earlier run
@@ -123,15 +123,16 @@ class Runner:
                     params=params, parent="dense-torch-fp32", metrics=self.task.metrics(out, dense.torch_out))
         return Family("pruned", model, out, macs, params)
 
-    def _prune_or_reuse(self, dense_model):
+    def _prune_or_reuse(self, dense: Family):
         from toolkit.prune.cache import find_pruned, prune_cache_key, store_pruned
         from toolkit.prune.prune import prune
 
-        plan = self.plan
+        plan, dense_model = self.plan, dense.model
         cfg = optional_stages.budget_config(self, dense_model) if plan.fps else plan.pruning
         if cfg is None:  # the dense model already meets the latency budget
-            self.extra["prune_cache"] = {"key": None, "hit": False, "budget_met_by_dense": True}
-            return copy.deepcopy(dense_model), [self._dense_record(dense_model)]
+            model, history = self._unpruned(dense)
+            self.extra["prune_cache"]["budget_met_by_dense"] = True
+            return model, history
         key = prune_cache_key(plan.checkpoint_sha256, cfg, plan.input, self.task.data_description(),
                               seed=plan.seed, never_prune=plan.card.never_prune)
         found = find_pruned(plan.card, key, source=plan.source) if plan.cache else None
@@ -154,14 +155,8 @@ class Runner:
         self.extra["prune_cache"] = {"key": key, "hit": False}
         return model, history
 
-    def _dense_record(self, dense_model) -> dict:
-        from toolkit.prune.prune import count_macs_params
-
-        macs, params = count_macs_params(dense_model, self.shape)
-        return {"step": 0, "macs": macs, "params": params, "macs_fraction": 1.0}
-
     def _unpruned(self, dense: Family):
-        """No channel pruning (plan.structured False): the dense model, for sparsity alone."""
+        """No channel pruning (plan.structured False, or the dense model meets the FPS budget)."""
         self.extra["prune_cache"] = {"key": None, "hit": False, "structured": False}
         return copy.deepcopy(dense.model), [{"step": 0, "macs": dense.macs, "params": dense.params, "macs_fraction": 1.0}]
 
