@@ -104,14 +104,17 @@ def _skip_rest(row: dict, reason: str) -> None:
 
 
 def zoo_one(name: str, *, size: int = 64, work_dir: Path, target_macs: float = 0.6,
-            prune_budget_s: float = 60.0, max_params: int = 150_000_000) -> dict:
+            prune_budget_s: float = 60.0, cnn_prune_budget_s: float = 150.0, max_params: int = 150_000_000) -> dict:
     """Run one model through every stage; returns its row (never raises for a model's failure).
-    A refused prune continues with the dense model, so export and parity are still checked."""
+    A refused prune continues with the dense model, so export and parity are still checked.
+    Models with attention get `prune_budget_s` to be pruned or refused, CNNs `cnn_prune_budget_s`
+    (DenseNets' many concatenations make their dependency graphs slow to build)."""
     import torch
 
     from toolkit.prune.config import PruneConfig
     from toolkit.prune.macs import count_macs, count_params
-    from toolkit.prune.prune import prune
+    from toolkit.prune.prune import UnreachableTarget, prune
+    from toolkit.prune.safety import attention_layers
 
     side = input_size_for(name, size)
     row: dict = {"model": name, "size": side, "stages": {}, "excluded": [], "protected_outputs": []}
@@ -131,10 +134,22 @@ def zoo_one(name: str, *, size: int = 64, work_dir: Path, target_macs: float = 0
         state["model"] = model
 
     def do_prune():
-        cfg = PruneConfig(target_macs=target_macs, steps=1, scope="uniform", round_to=8)
-        result = prune(state["model"], example_input=example, cfg=cfg, progress=False, time_budget_s=prune_budget_s)
+        def attempt(target: float):
+            cfg = PruneConfig(target_macs=target, steps=1, scope="uniform", round_to=8)
+            return prune(state["model"], example_input=example, cfg=cfg, progress=False,
+                         time_budget_s=prune_budget_s if any(attention_layers(state["model"])) else cnn_prune_budget_s)
+
+        note = ""
+        try:
+            result = attempt(target_macs)
+        except UnreachableTarget as exc:  # prune as far as the model allows, and say so
+            torch.manual_seed(0)
+            state["model"], _ = build_zoo_model(name, side)
+            result = attempt(min(0.99, exc.reached + 0.01))
+            note = f"target {target_macs:.0%} unreachable, pruned to the most allowed ({exc.reached:.0%}); "
         row["excluded"], row["protected_outputs"] = result.excluded, result.protected_outputs
-        return f"{len(result.excluded)} group(s) excluded" if result.excluded else None
+        excluded = f"{len(result.excluded)} group(s) excluded" if result.excluded else ""
+        return (note + excluded).strip("; ") or None
 
     def forward():
         with torch.no_grad():
@@ -221,7 +236,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def run_zoo(models: Optional[list[str]] = None, *, size: int = 64, out: str | Path = "dist/zoo",
-            progress: bool = True, model_time_box_s: float = 180.0, prune_budget_s: float = 60.0,
+            progress: bool = True, model_time_box_s: float = 300.0, prune_budget_s: float = 60.0,
             max_params: int = 150_000_000) -> list[dict]:
     """Run `models` (default: every torchvision classifier) through the zoo stages; each model is
     time-boxed. Writes `out`/zoo.json after every model, prints the table last, returns the rows.
@@ -273,7 +288,7 @@ def register_cli(subparsers) -> None:
     p.add_argument("--models", default=None, help="comma-separated torchvision names (default: all classifiers)")
     p.add_argument("--size", type=int, default=64, help="input side in px (raised where a model needs it)")
     p.add_argument("--out", default="dist/zoo", help="folder for zoo.json")
-    p.add_argument("--time-box", type=float, default=180.0, help="seconds per model before it is abandoned")
+    p.add_argument("--time-box", type=float, default=300.0, help="seconds per model before it is abandoned")
     p.add_argument("--max-params", type=float, default=150.0, help="skip models over this many million parameters")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--quiet", action="store_true", help="no per-model lines, only the final table")

@@ -23,14 +23,12 @@ def test_hard_convnets_prune_or_refuse_and_export_with_parity(tmp_path, capsys):
     rows = run_zoo(HARD, size=64, out=tmp_path, progress=False)
     by_name = {r["model"]: r for r in rows}
     assert not _failures(rows)  # every stage is ok, or refused in one line
-    for name in ("mnasnet0_5", "regnet_x_400mf", "resnet18"):
+    for name in HARD:  # ShuffleNetV2 included: pruned inside its blocks, around the channel shuffle
         row = by_name[name]
         assert all(row["stages"][s]["status"] == "ok" for s in STAGES), row
         assert row["macs_pruned"] < row["macs_dense"]
     assert by_name["resnet18"]["protected_outputs"] == ["fc"]  # the 1000-way classifier is kept whole
-    shuffle = by_name["shufflenet_v2_x0_5"]["stages"]
-    assert shuffle["prune"]["status"] in ("ok", "refused") and "\n" not in shuffle["prune"].get("message", "")
-    assert shuffle["parity"]["status"] == "ok"  # a refused prune still exports the dense model
+    assert by_name["shufflenet_v2_x0_5"]["model_checked"] == "pruned"
     saved = json.loads((tmp_path / "zoo.json").read_text())
     assert [r["model"] for r in saved["models"]] == HARD
     assert "ok per stage (4 models)" in capsys.readouterr().out.strip().splitlines()[-1]

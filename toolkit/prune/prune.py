@@ -23,6 +23,15 @@ _FINE_STEPS = 160  # granularity of the ratio schedule when aiming at a MAC budg
 _DRY_RUN_STEPS = 4  # points of the schedule at which a dry run checks the forward
 
 
+class UnreachableTarget(EdgeShrinkError):
+    """The MAC target is below what the model's prunable groups allow; `reached` is the fraction
+    of dense MACs the full schedule gets to."""
+
+    def __init__(self, message: str, *, reached: float):
+        super().__init__(message)
+        self.reached = reached
+
+
 @dataclass(frozen=True)
 class PruneResult:
     """A pruning run: the pruned model, one history record per step (step, macs, params,
@@ -63,33 +72,60 @@ def _modules_named(model, names: Iterable[str]) -> list:
     return [modules[n] for n in names]
 
 
-def _build_pruner(model, example_input, cfg: PruneConfig, *, ignored: list[str], ratio: float,
-                  steps: int, importance):
-    """A Torch-Pruning BasePruner with explicit (fresh) group dictionaries; tracing errors of any
-    kind become one-line EdgeShrinkErrors."""
+def _base_pruner(model, example_input, cfg: PruneConfig, *, ignored_modules: list, ratio: float, steps: int, importance):
     import torch_pruning as tp
     from torch_pruning import ops
 
+    return tp.pruner.BasePruner(
+        model, example_input, importance=importance, global_pruning=cfg.scope == "global",
+        pruning_ratio=ratio, max_pruning_ratio=max(ratio, cfg.max_layer_ratio), iterative_steps=steps,
+        ignored_layers=ignored_modules, round_to=cfg.round_to,
+        pruning_ratio_dict={}, in_channel_groups={}, out_channel_groups={}, num_heads={},
+        customized_pruners={}, root_module_types=[ops.TORCH_CONV, ops.TORCH_LINEAR])
+
+
+def _build_pruner(model, example_input, cfg: PruneConfig, *, ignored: list[str], ratio: float,
+                  steps: int, importance):
+    """A Torch-Pruning BasePruner with explicit (fresh) group dictionaries. When Torch-Pruning
+    cannot trace the whole graph (e.g. a channel shuffle), a PiecewisePruner over the parts it can
+    trace, each keeping its input and output widths. Failures become one-line EdgeShrinkErrors."""
+    from toolkit.prune.piecewise import PiecewisePruner, traceable_parts, unsafe_groups
+
+    ignored_modules = _modules_named(model, ignored)
     try:
-        return tp.pruner.BasePruner(
-            model, example_input, importance=importance, global_pruning=cfg.scope == "global",
-            pruning_ratio=ratio, max_pruning_ratio=max(ratio, cfg.max_layer_ratio), iterative_steps=steps,
-            ignored_layers=_modules_named(model, ignored), round_to=cfg.round_to,
-            pruning_ratio_dict={}, in_channel_groups={}, out_channel_groups={}, num_heads={},
-            customized_pruners={}, root_module_types=[ops.TORCH_CONV, ops.TORCH_LINEAR])
+        return _base_pruner(model, example_input, cfg, ignored_modules=ignored_modules, ratio=ratio, steps=steps,
+                            importance=importance)
     except EdgeShrinkError:
         raise
     except Exception as exc:  # Torch-Pruning raises ZeroDivisionError, RuntimeError, ... on odd graphs
+        whole_failure = describe_failure(exc)
+    skip = set(ignored_modules)
+
+    def part_pruner(part, part_input):
+        kept = [n for n, m in part.named_modules() if m in skip] + find_output_layers(part, part_input)
+
+        def build(module, *, ignored: list[str], steps: int):
+            return _base_pruner(module, part_input, cfg, ignored_modules=_modules_named(module, ignored), ratio=ratio,
+                                steps=steps, importance=importance)
+
+        unsafe = unsafe_groups(part, part_input, kept=kept, build=build)
+        return build(part, ignored=kept + unsafe, steps=steps)
+
+    parts = traceable_parts(model, example_input, try_build=part_pruner)
+    if not parts:
         raise EdgeShrinkError(
-            f"pruning refused: Torch-Pruning cannot trace {type(model).__name__} ({describe_failure(exc)}); "
-            "skip the prune stage for this model (convert it dense)") from None
+            f"pruning refused: Torch-Pruning cannot trace {type(model).__name__} ({whole_failure}) nor any part of it; "
+            "skip the prune stage for this model (convert it dense)")
+    return PiecewisePruner(parts, iterative_steps=steps)
 
 
 def _root_names(pruner, model) -> list[str]:
     """Names of the root layers of the groups the pruner would prune."""
+    from toolkit.prune.piecewise import PiecewisePruner, root_modules
+
     names = {m: n for n, m in model.named_modules()}
-    groups = pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types)
-    return [names[g[0][0].target.module] for g in groups if g[0][0].target.module in names]
+    modules = pruner.root_modules() if isinstance(pruner, PiecewisePruner) else root_modules(pruner)
+    return [names[m] for m in modules if m in names]
 
 
 def _dry_run_exclusions(model, example_input, cfg: PruneConfig, ignored: list[str], deadline: Deadline) -> list[dict]:
@@ -143,9 +179,10 @@ def _prune_one_step(model, pruner, example_input, cfg: PruneConfig, *, goal: Opt
     start_step, drop_per_step = pruner.current_step, None  # None: no fine step taken yet
     while True:
         if goal is not None and pruner.current_step >= pruner.iterative_steps:
-            raise EdgeShrinkError(
-                f"cannot reach {cfg.target_macs:.0%} of dense MACs within max_layer_ratio={cfg.max_layer_ratio}; "
-                "raise max_layer_ratio or the MAC target")
+            raise UnreachableTarget(
+                f"cannot reach {cfg.target_macs:.0%} of dense MACs within max_layer_ratio={cfg.max_layer_ratio} "
+                f"(the most this model allows is {macs / dense_macs:.0%}); raise max_layer_ratio or the MAC target",
+                reached=macs / dense_macs)
         deadline.check("pruning")
         if cfg.importance == "taylor":
             _taylor_gradients(model, grad_batches)
