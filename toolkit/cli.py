@@ -280,10 +280,7 @@ def _ssh_args(p, required: bool = False) -> None:
     p.add_argument("--known-hosts", help="known_hosts file to use")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="edgeshrink", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a model card's architecture on its dataset")
     p.add_argument("--model", required=True)
     p.add_argument("--data", help="dataset folder (default: $EDGESHRINK_DATA_DIR/<card dataset>)")
@@ -302,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt (also automatic when it matches this config)")
     p.set_defaults(func=_cmd_train)
 
+
+def _add_run(sub) -> None:
     p = sub.add_parser("run", help="prune, quantize, convert, verify and benchmark a model for a target")
     p.add_argument("--model", help="a card name (models/<name>.yaml) or the path of a card .yaml file")
     p.add_argument("--plan", help="replay a run: a bundle's config.json")
@@ -331,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     _ssh_args(p)
     p.set_defaults(func=_cmd_run)
 
+
+def _add_sweep(sub) -> None:
     p = sub.add_parser("sweep", help="latency (and optionally accuracy) of pruning settings before a full run")
     p.add_argument("--model", required=True)
     p.add_argument("--target", default="host")
@@ -346,15 +347,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_sweep)
 
+
+def _add_deliver(sub) -> None:
     p = sub.add_parser("deliver", help="copy a bundle to a device over SSH, check hashes, benchmark, pull results")
     p.add_argument("bundle")
     _ssh_args(p, required=True)
     p.set_defaults(func=_cmd_deliver)
 
+
+def _add_compare(sub) -> None:
     p = sub.add_parser("compare", help="one table over bundles and their device results")
     p.add_argument("bundles", nargs="+")
     p.set_defaults(func=_cmd_compare)
 
+
+def _add_eval_pack(sub) -> None:
     p = sub.add_parser("eval-pack", help="write the held-out set as .npz for on-device accuracy checks")
     p.add_argument("--model", required=True)
     p.add_argument("--data")
@@ -362,6 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out")
     p.set_defaults(func=_cmd_eval_pack)
 
+
+def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="re-benchmark every file of a bundle (table + bench.json)")
     p.add_argument("bundle")
     p.add_argument("--threads", type=POSITIVE)
@@ -369,12 +378,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-seconds", type=_number(float, 0, 3600), default=5.0)
     p.set_defaults(func=_cmd_bench)
 
+
+def _add_publish(sub) -> None:
     p = sub.add_parser("publish", help="commit a trained dense checkpoint (--run) or a bundle's pruned one (--bundle) to its card")
     p.add_argument("--model", help="card name (with --run)")
     p.add_argument("--run", help="training output folder (holds last.pt, history.json and provenance.json)")
     p.add_argument("--bundle", help="an `edgeshrink run` output folder whose pruned, fine-tuned model to publish")
     p.set_defaults(func=_cmd_publish)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `edgeshrink` parser: one small `_add_<command>` function per subcommand."""
+    parser = _Parser(prog="edgeshrink", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_train, _add_run, _add_sweep, _add_deliver, _add_compare, _add_eval_pack, _add_bench, _add_publish, _add_others):
+        add(sub)
+    return parser
+
+
+def _add_others(sub) -> None:
+    """lottery, sparsity and zoo (registered by their own modules), models, targets, validate."""
     from toolkit.lottery import register_cli as lottery_cli
     from toolkit.sparsity.run import register_cli as sparsity_cli
 
@@ -388,7 +411,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="validate target profile files (default: all in targets/)")
     p.add_argument("files", nargs="*")
     p.set_defaults(func=_cmd_validate)
-    return parser
 
 
 def _terminate_like_interrupt() -> None:
