@@ -51,7 +51,7 @@ test: setup
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest -q
 
-test-slow: setup
+test-slow: setup setup-litert
 	$(BIN)/python -m pytest -q -m slow
 
 deploy: setup

@@ -5,7 +5,8 @@ A second path beside torch -> ONNX -> onnx2tf. litert-torch 0.10 needs ai-edge-l
 (requirements-litert.txt, `make setup-litert`) and runs there as a child process
 (toolkit.convert.litert_child, called by toolkit.convert.checkpoint_to_litert). ai-edge-quantizer
 keeps float input/output (QUANTIZE/DEQUANTIZE at the edges); LiteRT's modify_model_interface then
-gives the INT8 file int8 input/output, as onnx2tf's full-integer file has.
+gives the INT8 file int8 input/output, as onnx2tf's full-integer file has (after the constants the
+quantizer stores past the flatbuffer's end are moved back inside it, which that tool needs).
 The file takes NHWC input and gives 4-D outputs as NHWC (permutes are traced into the model), like
 onnx2tf's files, so toolkit.runtime.tflite.TFLiteRunner runs both."""
 
@@ -73,10 +74,21 @@ def torch_to_litert(model, input_shape: tuple[int, ...], out_dir: str | Path,
     result = q.calibrate({key: [{name: x[i:i + 1]} for i in range(len(x))]}, num_threads=threads)
     float_io = out_dir / f"{stem}_int8_float_io.tflite"
     q.quantize(result, enable_progress_report=False).export_model(str(float_io), overwrite=True)
+    _inline_buffers(float_io)
     q8 = out_dir / f"{stem}_int8.tflite"
     _integer_interface(float_io, q8, io_dtype)
     float_io.unlink()
     return TFLiteOutputs(fp32, q8)
+
+
+def _inline_buffers(path: Path) -> None:
+    """Rewrite `path` with every constant inside the flatbuffer. ai-edge-quantizer 0.10 appends
+    buffers over 1 KB after it (offset/size), and modify_model_interface drops that tail: its
+    output would fail to load ("Constant buffer N specified an out of range offset")."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(path.read_bytes()))  # resolves offsets
+    path.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(model)))
 
 
 def _integer_interface(source: Path, dest: Path, io_dtype: str) -> None:
