@@ -11,13 +11,14 @@ EPOCHS ?= 30
 # Values reach recipes through the environment and are used as "$$VAR": never pasted into a shell line.
 export MODEL TARGET HOST REMOTE_PYTHON FINETUNE_EPOCHS DATA MACS SCOPES EPOCHS FPS
 
-.PHONY: setup test test-slow deploy bench sweep train zoo clean help
+.PHONY: setup setup-litert test test-slow deploy bench sweep train zoo clean help
 
 help:
 	@echo "make deploy TARGET=host MODEL=mobilenet_v3_small   prune + INT8 + convert + verify + benchmark -> dist/<model>-<target>/"
 	@echo "make test                                         the test suite (tiny real models, real converters and runtimes)"
 	@echo "make bench [MODEL=..] [TARGET=..]                 re-benchmark a bundle: table + dist/<model>-<target>/bench.json"
 	@echo "make train MODEL=mobilenet_v3_small EPOCHS=30     train a model card's architecture on its dataset"
+	@echo "make setup-litert                                 the litert-torch converter venv (.venv-litert, second TFLite converter)"
 	@echo "make test-slow                                    end-to-end runs on the real data (minutes)"
 	@echo "make zoo [ZOO_MODELS=a,b] [ZOO_SIZE=64]            prune/reload/ONNX/parity over torchvision classifiers -> dist/zoo/zoo.json"
 
@@ -30,12 +31,27 @@ $(STAMP): requirements.txt pyproject.toml
 
 setup: $(STAMP)
 
+# The litert-torch converter venv (toolkit/convert/litert_child.py runs in it): torch pinned first, then
+# held by a constraint, so that resolving litert-torch cannot swap it.
+LITERT_VENV  := .venv-litert
+LITERT_STAMP := $(LITERT_VENV)/.installed
+$(LITERT_STAMP): requirements-litert.txt
+	@test -x $(LITERT_VENV)/bin/python || $(PYTHON) -m venv $(LITERT_VENV)
+	$(LITERT_VENV)/bin/python -m pip install -q --upgrade pip
+	grep -E '^(torch|torchvision)==' requirements.txt > $(LITERT_VENV)/torch-pins.txt
+	$(LITERT_VENV)/bin/python -m pip install -q -r $(LITERT_VENV)/torch-pins.txt
+	$(LITERT_VENV)/bin/python -m pip install -q -r requirements-litert.txt -c $(LITERT_VENV)/torch-pins.txt
+	$(LITERT_VENV)/bin/python -c "import litert_torch, ai_edge_quantizer, torch; print('litert venv ready, torch', torch.__version__)"
+	@touch $(LITERT_STAMP)
+
+setup-litert: $(LITERT_STAMP)
+
 test: setup
 	@tests/prereqs.sh --install
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest -q
 
-test-slow: setup
+test-slow: setup setup-litert
 	$(BIN)/python -m pytest -q -m slow
 
 deploy: setup

@@ -187,8 +187,9 @@ def test_cpu_isa_flags_reads_x86_and_arm(tmp_path):
 
 
 def test_torch_to_litert_converts_or_says_how_to_install(tmp_path):
-    """litert-torch is optional (it needs ai-edge-litert 2.3): where it is installed, the direct
-    path gives an exact FP32 file and a full-integer INT8 file; elsewhere a one-line install hint."""
+    """litert-torch is optional (it needs ai-edge-litert 2.3, so it lives in .venv-litert): where it is
+    installed, the direct path gives an exact FP32 file and a full-integer INT8 file; elsewhere a
+    one-line hint naming `make setup-litert` (the child-process path is tests/stages/test_litert.py)."""
     import importlib.util
 
     import torch
@@ -200,7 +201,7 @@ def test_torch_to_litert_converts_or_says_how_to_install(tmp_path):
     model = create_model("mobilenet_v3_small", num_classes=4, width_mult=0.5).eval()
     images = real_images(8, 64)
     if importlib.util.find_spec("litert_torch") is None:
-        with pytest.raises(EdgeShrinkError, match="litert-torch is not installed.*pip install litert-torch==0.10.0"):
+        with pytest.raises(EdgeShrinkError, match="litert-torch is not installed.*make setup-litert"):
             torch_to_litert(model, (1, 3, 64, 64), tmp_path, images, MEAN, std=STD)
         return
     from toolkit.convert.tflite_check import io_dtypes

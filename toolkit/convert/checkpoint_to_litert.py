@@ -1,0 +1,88 @@
+"""Portable checkpoint -> LiteRT (.tflite) with litert-torch, run in its own venv as a child process.
+
+litert-torch 0.10 needs ai-edge-litert 2.3 and a numpy/jax stack that conflicts with the main venv
+(ai-edge-litert 2.1.0, numpy 1.26.4, tensorflow 2.19 for onnx2tf), so it lives in .venv-litert
+(`make setup-litert`) and runs `python -m toolkit.convert.litert_child` there. The parent only
+writes the inputs (checkpoint, calibration .npy) and reads back the files; verifying them is the
+caller's job, with the runtime that will run them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from toolkit.errors import EdgeShrinkError
+from toolkit.paths import REPO_ROOT
+
+SETUP = "make setup-litert"
+
+
+@dataclass(frozen=True)
+class LiteRTOutputs:
+    float32: Path
+    int8: Optional[Path]
+    record: dict = field(default_factory=dict)  # litert.json: package versions, seconds
+
+
+def litert_venv() -> Path:
+    """The converter venv: $EDGESHRINK_LITERT_VENV, else <repo>/.venv-litert."""
+    env = os.environ.get("EDGESHRINK_LITERT_VENV")
+    return Path(env).expanduser() if env else REPO_ROOT / ".venv-litert"
+
+
+def litert_python() -> Path:
+    """The converter venv's Python; refuses (with the install command) when the venv is missing or unfinished."""
+    venv = litert_venv()
+    python = venv / "bin" / "python"
+    if not python.is_file() or not (venv / ".installed").is_file():
+        raise EdgeShrinkError(f"the litert-torch converter venv {venv.name} is missing or unfinished; "
+                              f"create it with: {SETUP}  (or point EDGESHRINK_LITERT_VENV at one)")
+    return python
+
+
+def _child_error(stderr: str, code: int) -> str:
+    lines = [l.strip() for l in stderr.splitlines() if l.strip()]
+    mine = next((l[len("error: "):] for l in reversed(lines) if l.startswith("error: ")), None)
+    return mine or (lines[-1][:300] if lines else f"exit status {code}")
+
+
+def checkpoint_to_litert(checkpoint: str | Path, input_shape: tuple[int, ...], out_dir: str | Path,
+                         calibration_nhwc: Optional[np.ndarray] = None, *, mean: tuple = (0.0,), std: tuple = (1.0,),
+                         stem: str = "model", threads: int = 1, timeout_s: float = 1800) -> LiteRTOutputs:
+    """Write `<stem>_float32.tflite` and, with `calibration_nhwc` (real NHWC images in [0, 1], before
+    mean/std), the full-integer `<stem>_int8.tflite` under `out_dir`, converted by litert-torch in
+    .venv-litert. `input_shape` is the torch (N, C, H, W); the files take NHWC input. Refuses when
+    the converter venv is missing, and names the child's one-line error when conversion fails."""
+    python = litert_python()
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [str(python), "-m", "toolkit.convert.litert_child", "--checkpoint", str(Path(checkpoint).resolve()),
+           "--out", str(out_dir), "--input-shape", ",".join(str(int(d)) for d in input_shape),
+           "--mean", ",".join(str(float(v)) for v in mean), "--std", ",".join(str(float(v)) for v in std),
+           "--stem", stem, "--threads", str(threads)]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": str(threads), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    with tempfile.TemporaryDirectory(prefix="litert-") as work:
+        if calibration_nhwc is not None:
+            if len(calibration_nhwc) == 0:
+                raise EdgeShrinkError("INT8 conversion needs calibration data and the calibration set is empty; pass real images")
+            np.save(Path(work) / "calib.npy", np.ascontiguousarray(calibration_nhwc, dtype=np.float32))
+            cmd += ["--calibration", str(Path(work) / "calib.npy")]
+        try:
+            done = subprocess.run(cmd, env=env, cwd=work, capture_output=True, text=True, timeout=timeout_s, check=False)
+        except subprocess.TimeoutExpired:
+            raise EdgeShrinkError(f"litert-torch conversion of {Path(checkpoint).name} ran past {timeout_s:.0f} s; "
+                                  "raise timeout_s or convert a smaller model") from None
+    (out_dir / "litert-child.log").write_text(done.stdout + done.stderr)
+    if done.returncode != 0:
+        raise EdgeShrinkError(f"litert-torch could not convert {Path(checkpoint).name}: {_child_error(done.stderr, done.returncode)}; "
+                              f"full log in {out_dir / 'litert-child.log'}")
+    record = json.loads((out_dir / "litert.json").read_text())
+    q8 = out_dir / record["int8"] if record.get("int8") else None
+    return LiteRTOutputs(out_dir / record["float32"], q8, record)
