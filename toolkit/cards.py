@@ -84,6 +84,7 @@ class ModelCard(Strict):
     labels: list[str] = []
     never_prune: list[str] = []
     pruning: dict = {}  # overrides of the target profile's pruning settings for this model
+    tflite_converter: Optional[Literal["onnx2tf", "litert-torch"]] = None  # overrides the profile's conversion.tflite
     checkpoint: Optional[CardCheckpoint] = None
     provenance: dict = {}
     pruned: list[CardPruned] = []

@@ -84,7 +84,7 @@ def _run_overrides(args) -> dict:
              "checkpoint": args.checkpoint, "train_threads": args.train_threads, "out": args.out,
              "sparsity": args.sparsity, "sparsity_schedule": args.sparsity_schedule, "sparsity_steps": args.sparsity_steps,
              "sparsity_finetune_epochs": args.sparsity_finetune_epochs, "fps": args.fps,
-             "max_metric_drop": args.max_metric_drop}
+             "max_metric_drop": args.max_metric_drop, "tflite_converter": args.tflite_converter}
     overrides = {k: v for k, v in given.items() if v is not None}
     overrides.update(seed=args.seed, synthetic_data=args.synthetic_data, bench=not args.no_bench,
                      progress=not args.quiet, cache=not args.no_cache, structured=not args.no_structured)
@@ -327,6 +327,9 @@ def _add_run(sub) -> None:
                         "('target': the profile's budget.target_fps; '2x': twice the dense FP32 FPS measured in this run)")
     p.add_argument("--max-metric-drop", type=_number(float, 0, 1),
                    help="deploy gate: primary metric at most this far below dense FP32 (default: the profile's, 0.015)")
+    p.add_argument("--tflite-converter", choices=["onnx2tf", "litert-torch"],
+                   help="TFLite converter (default: the card's, else the profile's conversion.tflite, onnx2tf); the other "
+                        "one is tried when it fails or fails parity")
     _ssh_args(p)
     p.set_defaults(func=_cmd_run)
 

@@ -57,6 +57,7 @@ class Family:
     params: int
     onnx: Optional[Path] = None
     jobs: dict = field(default_factory=dict)
+    tflite_converter: Optional[str] = None  # the converter that made this family's TFLite files
 
 
 class Runner:
@@ -192,16 +193,10 @@ class Runner:
             model = self._delegate_friendly(family)
             family.onnx = torch_to_onnx(model, self.shape, self.work / f"{self.name}_{family.stage}_fp32.onnx")
         edges = [e for e in edges_for(self.target, family.stage) if e.background]
-        if edges:
-            from toolkit.background import BackgroundConversion
+        if edges and self.target.conversion.tflite == "onnx2tf":  # litert-torch converts when its files are needed
+            from toolkit.tflite_converters import start_onnx2tf
 
-            spec, q = self.plan.input, self.target.quantization
-            int8 = any(e.precision == "int8" for e in edges)
-            job = BackgroundConversion(family.onnx, self.work / f".tflite-{family.stage}", calib01=self.calib01,
-                                       mean=tuple(spec.mean), std=tuple(spec.std), int8=int8, io_dtype=q.io_dtype,
-                                       cache=self.plan.cache)
-            family.jobs["onnx2tf"] = job
-            self.jobs.append(job)
+            family.jobs["onnx2tf"] = start_onnx2tf(self, family, int8=any(e.precision == "int8" for e in edges))
 
     def _delegate_friendly(self, family: Family):
         """For XNNPACK targets, a copy with hard-sigmoid/hard-swish in forms XNNPACK runs (ReLU6, ADD,
@@ -215,7 +210,10 @@ class Runner:
         return model
 
     def finish(self, family: Family) -> None:
-        """Produce, check and verify every remaining file of one family, in edge order."""
+        """Produce, check and verify every remaining file of one family, in edge order. A TFLite
+        FP32 file that fails parity is made again with the other converter (when allowed)."""
+        from toolkit.tflite_converters import retry_after_parity_failure
+
         made: dict[str, Path] = {}
         for edge in edges_for(self.target, family.stage):
             if edge.key == "onnx-fp32":
@@ -225,6 +223,13 @@ class Runner:
             self._check(edge, made[edge.key])
             if keeps(self.target, edge):
                 self._verify_and_record(edge, family, made[edge.key])
+                last = self.artifacts[-1]
+                if edge.key == "tflite-fp32" and not last.parity.get("ok", True) and \
+                        retry_after_parity_failure(self, family, made, failed=last):
+                    self.artifacts.pop()
+                    self.outputs.pop(last.name, None)
+                    self._check(edge, made[edge.key])
+                    self._verify_and_record(edge, family, made[edge.key])
         if "onnx" not in self.target.formats:
             family.onnx.unlink()
 
@@ -232,15 +237,10 @@ class Runner:
         if edge.job == "onnx2tf":
             if "tflite-fp32" in made:
                 return {}
-            with self.clock("wait for tflite"):
-                out, seconds = family.jobs.pop("onnx2tf").result()
-            self.clock.add(f"convert tflite ({family.stage}, background)", seconds)
-            self.extra.setdefault("onnx2tf_options", {})[family.stage] = list(getattr(out, "onnx2tf_options", ()) or ())
-            files = {"tflite-fp32": out.float32.rename(self.work / f"{self.name}_{family.stage}_fp32.tflite")}
-            if out.int8:
-                files["tflite-int8"] = out.int8.rename(self.work / f"{self.name}_{family.stage}_int8.tflite")
-            out.float32.parent.rmdir()
-            return files
+            from toolkit.tflite_converters import tflite_with_fallback
+
+            wanted = {e.key for e in edges_for(self.target, family.stage)}
+            return tflite_with_fallback(self, family, int8="tflite-int8" in wanted)
         if edge.converter == "onnx_to_qdq_int8":
             from toolkit.convert.onnx_to_qdq_int8 import onnx_to_qdq_int8
 
@@ -271,7 +271,7 @@ class Runner:
         delegate = self._delegate_report(path) if edge.format == "tflite" else {}
         self.record(path, stage=family.stage, fmt=edge.format, precision=edge.precision, macs=family.macs,
                     params=family.params, parent=f"{family.stage}-{edge.source}", metrics=metrics, parity=parity,
-                    converter=edge.converter, delegate=delegate)
+                    converter=family.tflite_converter if edge.format == "tflite" else edge.converter, delegate=delegate)
 
     def _delegate_report(self, path: Path) -> dict:
         """Partitions and the ops left outside the target's delegate (and its variants)."""

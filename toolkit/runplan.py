@@ -20,7 +20,7 @@ from toolkit.weights import ModelSource
 PLAN_SCHEMA = "edgeshrink-plan/1"
 RUN_OPTIONS = ("finetune_epochs", "calibration_size", "data", "synthetic_data", "checkpoint", "seed", "train_threads",
                "bench", "progress", "cache", "out", "sparsity", "sparsity_schedule", "sparsity_steps", "sparsity_finetune_epochs", "structured", "fps",
-               "max_metric_drop")
+               "max_metric_drop", "tflite_converter")
 
 
 @dataclass(frozen=True)
@@ -150,6 +150,16 @@ def _with_gate(profile, max_metric_drop):
     return validate_data(TargetProfile, data, f"{profile.name}: --max-metric-drop")
 
 
+def _with_converter(profile, converter: str):
+    """The profile with the TFLite converter chosen by the card or the run (validated like the file)."""
+    from toolkit.schema import validate_data
+    from toolkit.targets import TargetProfile
+
+    data = profile.model_dump()
+    data["conversion"]["tflite"] = converter
+    return validate_data(TargetProfile, data, f"{profile.name}: tflite_converter")
+
+
 def _weights(card, checkpoint: Optional[str]) -> tuple[Optional[Path], Optional[str]]:
     """(weights file, sha256); the card's file must match the card's sha256 when it gives one."""
     from toolkit.checkpoint import sha256_file
@@ -180,6 +190,9 @@ def make_plan(card, *, target: str = "host", **overrides) -> RunPlan:
     _checks(run)
     if run.get("max_metric_drop") is not None:
         profile = _with_gate(profile, run["max_metric_drop"])
+    converter = run.get("tflite_converter") or card.tflite_converter
+    if converter is not None:
+        profile = _with_converter(profile, converter)
     if run.get("fps") == "target":
         run["fps"] = profile.budget.target_fps
     if run.get("fps") is not None and ({"target_macs", "channel_ratio"} & set(prune_overrides)):

@@ -46,6 +46,14 @@ class Quantization(Strict):
         return v
 
 
+class Conversion(Strict):
+    """Which converter makes the TFLite files (toolkit.tflite_converters), and whether the other
+    one is tried when it fails or its FP32 file fails parity."""
+
+    tflite: Literal["onnx2tf", "litert-torch"] = "onnx2tf"
+    fallback: bool = True
+
+
 class Benchmark(Strict):
     warmup: int = Field(default=10, ge=0, le=100_000)
     min_runs: int = Field(default=50, ge=1, le=1_000_000)
@@ -89,6 +97,7 @@ class TargetProfile(Strict):
     input_size: Optional[tuple[int, int]] = None
     pruning: PruneConfig = PruneConfig()
     quantization: Quantization = Quantization()
+    conversion: Conversion = Conversion()
     benchmark: Benchmark = Benchmark()
     budget: Budget
     deploy: Deploy

@@ -78,6 +78,30 @@ def test_report_plot_and_config(bundle):
     assert config["card"]["name"] == "tiny_mnv3" and config["pruning"]["target_macs"] == 0.6
 
 
+def test_report_says_which_converter_made_each_file(bundle):
+    m = json.loads((bundle / "manifest.json").read_text())
+    converters = {a["name"]: a["converter"] for a in m["artifacts"] if a["format"] == "tflite"}
+    assert set(converters.values()) == {"onnx2tf"}
+    assert m["tflite_converters"]["pruned"] == {"primary": "onnx2tf", "used": "onnx2tf"}
+    assert "| onnx2tf |" in (bundle / "report.md").read_text()
+
+
+def test_unavailable_converter_falls_back_to_the_other_and_says_why(use_workspace, tmp_path, monkeypatch):
+    from tests.conftest import build_bundle
+
+    monkeypatch.setenv("EDGESHRINK_LITERT_VENV", str(tmp_path / "no-such-venv"))
+    out = build_bundle("tiny_mnv3", "tiny", tmp_path, synthetic_data=True, progress=False, bench=False,
+                       finetune_epochs=0, tflite_converter="litert-torch")
+    m = json.loads((out / "manifest.json").read_text())
+    chosen = m["tflite_converters"]["pruned"]
+    assert chosen["primary"] == "litert-torch" and chosen["used"] == "onnx2tf"
+    assert "make setup-litert" in chosen["fallback_reason"]
+    assert {a["converter"] for a in m["artifacts"] if a["format"] == "tflite"} == {"onnx2tf"}
+    assert "made by **onnx2tf** instead of litert-torch" in (out / "report.md").read_text()
+    config = json.loads((out / "config.json").read_text())
+    assert config["target"]["conversion"] == {"tflite": "litert-torch", "fallback": True}  # the replay chooses the same
+
+
 def test_failed_run_leaves_no_partial_output(use_workspace, tmp_path):
     from tests.conftest import build_bundle
 
@@ -217,3 +241,19 @@ def test_fps_budget_run_meets_the_budget_and_draws_the_frontier(use_workspace, t
     assert abs(budget["budget_fps"] - fps) < 1e-6 and budget["deployed"]["artifact"]
     assert budget["deployed"]["met"] is True
     assert (bundle / "frontier.png").is_file() and "Latency budget" in (bundle / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_litert_torch_as_the_chosen_converter_makes_verified_files(use_workspace, tmp_path):
+    """Needs `make setup-litert` (make test-slow builds it): the profile's choice overridden to
+    litert-torch; its files are verified like onnx2tf's (parity, full-integer INT8)."""
+    from tests.conftest import build_bundle
+
+    out = build_bundle("tiny_mnv3", "tiny", tmp_path, synthetic_data=True, progress=False, bench=False,
+                       finetune_epochs=0, tflite_converter="litert-torch")
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["tflite_converters"]["pruned"] == {"primary": "litert-torch", "used": "litert-torch"}
+    tflite = [a for a in m["artifacts"] if a["format"] == "tflite"]
+    assert {a["converter"] for a in tflite} == {"litert-torch"} and len(tflite) == 3
+    assert all(a["parity"]["ok"] for a in tflite if a["precision"] == "fp32")
+    assert m["litert_torch"]["pruned"]["versions"]["litert-torch"] == "0.10.0"

@@ -19,14 +19,17 @@ def metric_columns(metric: str, artifacts) -> list[str]:
     return keys
 
 
+_CONVERTER_NAMES = {"torch_to_onnx": "torch.onnx", "onnx_to_qdq_int8": "onnxruntime QDQ"}
+
+
 def stage_table(artifacts, metric: str) -> str:
     keys = metric_columns(metric, artifacts)
-    head = ["file", "format", "precision", "MMACs", "params (k)", "size (KB)"] + keys + \
+    head = ["file", "format", "precision", "converter", "MMACs", "params (k)", "size (KB)"] + keys + \
            ["parity rel err", "p50 ms", "p90 ms", "p99 ms", "FPS", "peak MB"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for a in artifacts:
         lat = a.latency_ms or {}
-        cells = [f"`{a.file}`", a.format, a.precision, f"{a.macs / 1e6:.1f}", f"{a.params / 1e3:.0f}",
+        cells = [f"`{a.file}`", a.format, a.precision, _CONVERTER_NAMES.get(a.converter, a.converter or "–"), f"{a.macs / 1e6:.1f}", f"{a.params / 1e3:.0f}",
                  f"{a.size_bytes / 1024:.0f}"]
         for k in keys:
             v = a.metrics.get(k)
@@ -111,6 +114,18 @@ def deploy_lines(manifest: dict) -> list[str]:
     return lines + [""]
 
 
+def converter_lines(manifest: dict) -> list[str]:
+    """Which converter made each family's TFLite files, and why when it was not the chosen one."""
+    chosen = manifest.get("tflite_converters") or {}
+    lines = []
+    for stage, c in chosen.items():
+        if c.get("fallback_reason"):
+            lines.append(f"- {stage} TFLite files: made by **{c['used']}** instead of {c['primary']}: {c['fallback_reason']}")
+        else:
+            lines.append(f"- {stage} TFLite files: made by {c['used']}")
+    return ["TFLite converters:", *lines, ""] if lines else []
+
+
 def write_report(path: Path, manifest: dict, artifacts, metric: str) -> None:
     data, dev = manifest["data"], manifest["device"]
     base = manifest["baseline"]
@@ -128,6 +143,7 @@ def write_report(path: Path, manifest: dict, artifacts, metric: str) -> None:
         stage_table(artifacts, metric),
         "",
         *deploy_lines(manifest),
+        *converter_lines(manifest),
         *sparsity_lines(manifest),
         *budget_lines(manifest),
         "Latency: batch 1, the target profile's thread count, warm-up then at least N runs and T seconds, "
