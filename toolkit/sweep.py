@@ -55,86 +55,110 @@ def _points(opts: SweepOptions, base_cfg) -> list[tuple[str, object]]:
 def run_sweep(opts: SweepOptions) -> Path:
     """Run the sweep; returns the output folder `<out_root>/sweep-<model>-<target>/`."""
     import torch
-    from tqdm import tqdm
 
     from toolkit.artifact import write_json
-    from toolkit.bench.host import benchmark_file
-    from toolkit.convert.onnx_to_tflite import onnx_to_tflite
-    from toolkit.convert.torch_to_onnx import torch_to_onnx
+    from toolkit.atomic import staged_folder
     from toolkit.runplan import load_dense, make_plan
-    from toolkit.provenance import library_versions, machine_description
-    from toolkit.prune.prune import count_macs_params, prune_model
-    from toolkit.train import seed_everything
 
     plan = make_plan(opts.model, target=opts.target, finetune_epochs=opts.finetune_epochs, data=opts.data,
                      synthetic_data=opts.synthetic_data, seed=opts.seed,
                      **({"checkpoint": opts.checkpoint} if opts.checkpoint else {}))
-    card, target, base_cfg, ckpt, spec = plan.card, plan.target, plan.pruning, plan.checkpoint, plan.input
-    points = _points(opts, base_cfg)
-    shape = plan.input_shape
     task = None
     if opts.finetune_epochs > 0:
         from toolkit.tasks import load_task
 
-        task = load_task(card, spec, plan.data, opts.progress)
-    torch.set_num_threads(max(1, target.bench_threads))
+        task = load_task(plan.card, plan.input, plan.data, opts.progress)
+    torch.set_num_threads(max(1, plan.target.bench_threads))
     dense = load_dense(plan)
-
-    from toolkit.atomic import staged_folder
-
-    final = Path(opts.out_root) / f"sweep-{card.name}-{target.name}"
+    final = Path(opts.out_root) / f"sweep-{plan.card.name}-{plan.target.name}"
     with staged_folder(final) as work:
-        rows, files = [], {}
-        for label, cfg in tqdm([("dense", None)] + points, desc="sweep: prune + convert", disable=not opts.progress):
-            seed_everything(opts.seed)
-            model = copy.deepcopy(dense)
-            row: dict = {"point": label, "scope": cfg.scope if cfg else None, "target_macs": cfg.target_macs if cfg else 1.0}
-            if cfg is not None:
-                teacher = copy.deepcopy(dense).eval() if task is not None else None
-
-                def finetune(m, step, cfg=cfg, teacher=teacher):
-                    return task.finetune(m, epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, distill=cfg.distill,
-                                         teacher=teacher, seed=opts.seed + step, progress=opts.progress)
-
-                prune_model(model, shape, cfg, card.never_prune, finetune if task is not None else None,
-                            progress=False)
-                if task is not None:
-                    row["finetune_epochs"] = cfg.finetune_epochs
-            if task is not None:
-                row[task.primary_metric] = task.metrics(task.torch_outputs(model.eval()), None)[task.primary_metric]
-            macs, params = count_macs_params(model, shape)
-            onnx = torch_to_onnx(model, shape, work / f"{label}.onnx")
-            tfl = onnx_to_tflite(onnx, work, None, int8=False)
-            files[label] = tfl.float32
-            dense_macs = rows[0]["macs"] if rows else macs
-            row.update({"macs": macs, "params": params, "macs_fraction": round(macs / dense_macs, 4),
-                        "size_bytes": tfl.float32.stat().st_size})
-            rows.append(row)
-        p50s: dict[str, list[float]] = {label: [] for label in files}
-        runs = [(r, label) for r in range(opts.repeats) for label in files]
-        for _, label in tqdm(runs, desc="sweep: benchmark", disable=not opts.progress):
-            b = target.benchmark
-            rec = benchmark_file(files[label], "tflite", shape, threads=target.bench_threads, warmup=b.warmup,
-                                 min_runs=b.min_runs, min_seconds=b.min_seconds)
-            p50s[label].append(rec["latency_ms"]["p50"])
-        dense_p50 = min(p50s["dense"])
-        for row in rows:
-            row["p50_ms_repeats"] = [round(v, 4) for v in p50s[row["point"]]]
-            row["p50_ms"] = round(min(p50s[row["point"]]), 4)
-            row["speedup"] = round(dense_p50 / min(p50s[row["point"]]), 3)
+        rows, files = _build_points(opts, plan=plan, dense=dense, task=task, work=work)
+        _benchmark_points(opts, plan=plan, rows=rows, files=files)
         for f in work.iterdir():  # keep the record, not the throw-away model files
             if f.is_file():
                 f.unlink()
-        result = {"schema": "edgeshrink-sweep/1", "model": card.name, "target": target.name,
-                  "checkpoint": {"file": Path(ckpt).name, "sha256": plan.checkpoint_sha256},
-                  "input_shape": list(shape), "threads": target.bench_threads, "options": asdict(opts),
-                  "base_pruning": base_cfg.model_dump(), "rows": rows, "versions": library_versions(),
-                  "machine": {"kind": "host", **machine_description()},
-                  "data": task.data_description() if task is not None else None}
+        result = _sweep_record(opts, plan=plan, rows=rows, task=task)
         write_json(work / "sweep.json", result)
         (work / "sweep.md").write_text(format_sweep(result))
         plot_sweep(result, work / "sweep.png")
     return final
+
+
+def _build_points(opts: SweepOptions, *, plan, dense, task, work: Path) -> tuple[list[dict], dict]:
+    """Prune (and fine-tune, with a task) a copy of the dense model per point and convert it to an
+    FP32 TFLite file. Returns the rows and {point: file}."""
+    from tqdm import tqdm
+
+    from toolkit.convert.onnx_to_tflite import onnx_to_tflite
+    from toolkit.convert.torch_to_onnx import torch_to_onnx
+    from toolkit.prune.prune import count_macs_params, prune_model
+    from toolkit.train import seed_everything
+
+    shape, rows, files = plan.input_shape, [], {}
+    for label, cfg in tqdm([("dense", None)] + _points(opts, plan.pruning), desc="sweep: prune + convert",
+                           disable=not opts.progress):
+        seed_everything(opts.seed)
+        model = copy.deepcopy(dense)
+        row: dict = {"point": label, "scope": cfg.scope if cfg else None, "target_macs": cfg.target_macs if cfg else 1.0}
+        if cfg is not None:
+            prune_model(model, shape, cfg, plan.card.never_prune, _finetuner(opts, cfg=cfg, dense=dense, task=task),
+                        progress=False)
+            if task is not None:
+                row["finetune_epochs"] = cfg.finetune_epochs
+        if task is not None:
+            row[task.primary_metric] = task.metrics(task.torch_outputs(model.eval()), None)[task.primary_metric]
+        macs, params = count_macs_params(model, shape)
+        tfl = onnx_to_tflite(torch_to_onnx(model, shape, work / f"{label}.onnx"), work, None, int8=False)
+        files[label] = tfl.float32
+        dense_macs = rows[0]["macs"] if rows else macs
+        row.update({"macs": macs, "params": params, "macs_fraction": round(macs / dense_macs, 4),
+                    "size_bytes": tfl.float32.stat().st_size})
+        rows.append(row)
+    return rows, files
+
+
+def _finetuner(opts: SweepOptions, *, cfg, dense, task):
+    """The fine-tune callback for one point (distilling from the dense model), or None without data."""
+    if task is None:
+        return None
+    teacher = copy.deepcopy(dense).eval()
+
+    def finetune(model, step):
+        return task.finetune(model, epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, distill=cfg.distill,
+                             teacher=teacher, seed=opts.seed + step, progress=opts.progress)
+
+    return finetune
+
+
+def _benchmark_points(opts: SweepOptions, *, plan, rows: list[dict], files: dict) -> None:
+    """Benchmark every point's file `opts.repeats` times, interleaved; keep the lowest p50."""
+    from tqdm import tqdm
+
+    from toolkit.bench.host import benchmark_file
+
+    p50s: dict[str, list[float]] = {label: [] for label in files}
+    b = plan.target.benchmark
+    for _, label in tqdm([(r, label) for r in range(opts.repeats) for label in files], desc="sweep: benchmark",
+                         disable=not opts.progress):
+        rec = benchmark_file(files[label], "tflite", plan.input_shape, threads=plan.target.bench_threads,
+                             warmup=b.warmup, min_runs=b.min_runs, min_seconds=b.min_seconds)
+        p50s[label].append(rec["latency_ms"]["p50"])
+    dense_p50 = min(p50s["dense"])
+    for row in rows:
+        row["p50_ms_repeats"] = [round(v, 4) for v in p50s[row["point"]]]
+        row["p50_ms"] = round(min(p50s[row["point"]]), 4)
+        row["speedup"] = round(dense_p50 / min(p50s[row["point"]]), 3)
+
+
+def _sweep_record(opts: SweepOptions, *, plan, rows: list[dict], task) -> dict:
+    from toolkit.provenance import library_versions, machine_description
+
+    return {"schema": "edgeshrink-sweep/1", "model": plan.card.name, "target": plan.target.name,
+            "checkpoint": {"file": Path(plan.checkpoint).name, "sha256": plan.checkpoint_sha256},
+            "input_shape": list(plan.input_shape), "threads": plan.target.bench_threads, "options": asdict(opts),
+            "base_pruning": plan.pruning.model_dump(), "rows": rows, "versions": library_versions(),
+            "machine": {"kind": "host", **machine_description()},
+            "data": task.data_description() if task is not None else None}
 
 
 def format_sweep(result: dict) -> str:
