@@ -237,7 +237,7 @@ def format_table(rows: list[dict]) -> str:
 
 def run_zoo(models: Optional[list[str]] = None, *, size: int = 64, out: str | Path = "dist/zoo",
             progress: bool = True, model_time_box_s: float = 300.0, prune_budget_s: float = 60.0,
-            max_params: int = 150_000_000) -> list[dict]:
+            cnn_prune_budget_s: float = 150.0, max_params: int = 150_000_000) -> list[dict]:
     """Run `models` (default: every torchvision classifier) through the zoo stages; each model is
     time-boxed. Writes `out`/zoo.json after every model, prints the table last, returns the rows.
     Refuses unknown model names (one line)."""
@@ -257,7 +257,7 @@ def run_zoo(models: Optional[list[str]] = None, *, size: int = 64, out: str | Pa
             try:
                 with _model_time_box(model_time_box_s):
                     row = zoo_one(name, size=size, work_dir=Path(work), prune_budget_s=prune_budget_s,
-                                  max_params=max_params)
+                                  cnn_prune_budget_s=cnn_prune_budget_s, max_params=max_params)
             except _ModelTimeout:
                 row = {"model": name, "size": input_size_for(name, size), "stages": {}, "excluded": []}
                 _skip_rest(row, f"model ran past the zoo's {model_time_box_s:.0f} s time box")
@@ -277,6 +277,7 @@ def _cmd_zoo(args) -> int:
     torch.set_num_threads(args.threads)
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
     rows = run_zoo(models, size=args.size, out=args.out, progress=not args.quiet, model_time_box_s=args.time_box,
+                   prune_budget_s=args.prune_budget, cnn_prune_budget_s=args.cnn_prune_budget,
                    max_params=int(args.max_params * 1e6))
     print(f"wrote {Path(args.out) / 'zoo.json'}")
     return 0 if not any(s.get("status") == "failed" for r in rows for s in r["stages"].values()) else 1
@@ -289,6 +290,9 @@ def register_cli(subparsers) -> None:
     p.add_argument("--size", type=int, default=64, help="input side in px (raised where a model needs it)")
     p.add_argument("--out", default="dist/zoo", help="folder for zoo.json")
     p.add_argument("--time-box", type=float, default=300.0, help="seconds per model before it is abandoned")
+    p.add_argument("--prune-budget", type=float, default=60.0,
+                   help="seconds a model with attention gets to be pruned or refused")
+    p.add_argument("--cnn-prune-budget", type=float, default=150.0, help="seconds a CNN gets to be pruned")
     p.add_argument("--max-params", type=float, default=150.0, help="skip models over this many million parameters")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--quiet", action="store_true", help="no per-model lines, only the final table")
