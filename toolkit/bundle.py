@@ -74,7 +74,7 @@ def add_device_files(work: Path, target, manifest: dict) -> None:
                           "delegate": target.runtime.delegate, "delegate_variants": list(target.runtime.delegate_variants),
                           "threads": target.runtime.threads, "fp16": target.runtime.fp16,
                           "transport": target.deploy.transport, "remote_dir": target.deploy.remote_dir,
-                          "python": target.runtime.python,
+                          "select": target.deploy.select, "python": target.runtime.python,
                           "benchmark": {"warmup": target.benchmark.warmup, "min_runs": target.benchmark.min_runs,
                                         "min_seconds": target.benchmark.min_seconds},
                           "budget": target.budget.model_dump(), "device": target.device.model_dump()}

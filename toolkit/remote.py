@@ -115,10 +115,14 @@ def _absolute_remote_dir(ssh: Ssh, configured: str, bundle_name: str) -> str:
 
 
 def deliver_and_benchmark(bundle: Path, host_spec: str, python: Optional[str] = None, key: Optional[str] = None,
-                          known_hosts: Optional[str] = None, *, progress: bool = True) -> dict:
-    """Copy, hash-check on the device, benchmark there, pull results/<host>.json back.
+                          known_hosts: Optional[str] = None, *, progress: bool = True,
+                          measure_candidates: bool = True) -> dict:
+    """Copy, hash-check on the device, benchmark there, pull results/<host>.json back. For a
+    device profile (host-estimated choice) every file that passed the gate is benchmarked on the
+    device too and the fastest becomes the deploy artifact (toolkit.device_select).
     On any failure the local bundle is left exactly as it was."""
     from toolkit.compare import read_manifest
+    from toolkit.device_select import choose_on_device, needs_device_choice, record_device_choice
 
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
@@ -155,10 +159,16 @@ def deliver_and_benchmark(bundle: Path, host_spec: str, python: Optional[str] = 
         if result.get("sha256") != next(a["sha256"] for a in manifest["artifacts"] if a["name"] == manifest["deploy"]["artifact"]):
             raise EdgeShrinkError("the device ran a file whose sha256 differs from the bundle's; rerun the deploy")
         result["delivered_to"] = str(target)
+        if measure_candidates and needs_device_choice(manifest):
+            result["device_selection"] = choose_on_device(ssh, manifest, remote_dir=remote_dir, python=python,
+                                                          deployed_result=result, where=str(target), say=say)
         out = bundle / "results" / f"{target.host}-{target.port}.json"
         out.parent.mkdir(exist_ok=True)
         tmp_out = out.with_suffix(".json.tmp")
         tmp_out.write_text(json.dumps(result, indent=2))
         os.replace(tmp_out, out)
+    if "device_selection" in result:
+        record_device_choice(bundle, manifest, result["device_selection"], push=lambda: ssh.push_dir(bundle, remote_dir))
+        say(f"deploy artifact (measured on the device): {result['device_selection']['artifact']}")
     say(f"results: {out}")
     return result

@@ -150,9 +150,19 @@ def test_ssh_deploy_runs_on_the_device_and_pulls_results(profile_bundles, device
     pulled = bundle / "results" / f"127.0.0.1-{sshd['port']}.json"
     assert pulled.is_file() and json.loads(pulled.read_text())["latency_ms"]["p50"] > 0
     m = json.loads((bundle / "manifest.json").read_text())
-    assert result["sha256"] == next(a["sha256"] for a in m["artifacts"] if a["name"] == "pruned-tflite-int8")
+    assert result["sha256"] == next(a["sha256"] for a in m["artifacts"] if a["name"] == m["deploy"]["host_estimate"]["artifact"])
     assert result["runtime"]["name"] == "ai-edge-litert" and result["delivered_to"] == sshd["host"]
-    assert _hashes(bundle) == before  # only results/ was added
+    # rpi4 is a device profile: its host-estimated choice is replaced by one measured on the device
+    chosen = m["deploy"]["selection"]
+    assert chosen["measured_on"] == f"device {sshd['host']}" and m["deploy"]["host_estimate"]["measured_on"] != "host"
+    passing = [r for r in chosen["candidates"] if r["passes"]]
+    assert len(passing) >= 2 and all(r["p50_ms"] > 0 for r in passing)  # host figures: none (built with --no-bench)
+    assert chosen["artifact"] == min(passing, key=lambda r: r["p50_ms"])["artifact"] == m["deploy"]["artifact"]
+    assert json.loads(pulled.read_text())["device_selection"]["artifact"] == chosen["artifact"]
+    assert "measured on the device" in (bundle / "report.md").read_text()
+    after = _hashes(bundle)
+    assert {k: v for k, v in after.items() if k not in ("manifest.json", "report.md")} == \
+        {k: v for k, v in before.items() if k not in ("manifest.json", "report.md")}  # only results/ was added
     from toolkit.compare import collect_rows, format_rows
 
     assert "ai-edge-litert" in format_rows(collect_rows([bundle]))
