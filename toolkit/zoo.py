@@ -104,7 +104,7 @@ def _skip_rest(row: dict, reason: str) -> None:
 
 
 def zoo_one(name: str, *, size: int = 64, work_dir: Path, target_macs: float = 0.6,
-            prune_budget_s: float = 60.0, cnn_prune_budget_s: float = 150.0, max_params: int = 150_000_000) -> dict:
+            prune_budget_s: float = 50.0, cnn_prune_budget_s: float = 600.0, max_params: int = 700_000_000) -> dict:
     """Run one model through every stage; returns its row (never raises for a model's failure).
     A refused prune continues with the dense model, so export and parity are still checked.
     Models with attention get `prune_budget_s` to be pruned or refused, CNNs `cnn_prune_budget_s`
@@ -236,8 +236,8 @@ def format_table(rows: list[dict]) -> str:
 
 
 def run_zoo(models: Optional[list[str]] = None, *, size: int = 64, out: str | Path = "dist/zoo",
-            progress: bool = True, model_time_box_s: float = 300.0, prune_budget_s: float = 60.0,
-            cnn_prune_budget_s: float = 150.0, max_params: int = 150_000_000) -> list[dict]:
+            progress: bool = True, model_time_box_s: float = 900.0, prune_budget_s: float = 50.0,
+            cnn_prune_budget_s: float = 600.0, max_params: int = 700_000_000) -> list[dict]:
     """Run `models` (default: every torchvision classifier) through the zoo stages; each model is
     time-boxed. Writes `out`/zoo.json after every model, prints the table last, returns the rows.
     Refuses unknown model names (one line)."""
@@ -289,11 +289,11 @@ def register_cli(subparsers) -> None:
     p.add_argument("--models", default=None, help="comma-separated torchvision names (default: all classifiers)")
     p.add_argument("--size", type=int, default=64, help="input side in px (raised where a model needs it)")
     p.add_argument("--out", default="dist/zoo", help="folder for zoo.json")
-    p.add_argument("--time-box", type=float, default=300.0, help="seconds per model before it is abandoned")
-    p.add_argument("--prune-budget", type=float, default=60.0,
+    p.add_argument("--time-box", type=float, default=900.0, help="seconds per model before it is abandoned")
+    p.add_argument("--prune-budget", type=float, default=50.0,
                    help="seconds a model with attention gets to be pruned or refused")
-    p.add_argument("--cnn-prune-budget", type=float, default=150.0, help="seconds a CNN gets to be pruned")
-    p.add_argument("--max-params", type=float, default=150.0, help="skip models over this many million parameters")
+    p.add_argument("--cnn-prune-budget", type=float, default=600.0, help="seconds a CNN gets to be pruned")
+    p.add_argument("--max-params", type=float, default=700.0, help="skip models over this many million parameters")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--quiet", action="store_true", help="no per-model lines, only the final table")
     p.set_defaults(func=_cmd_zoo)

@@ -5,6 +5,36 @@ from __future__ import annotations
 from pathlib import Path
 
 
+_PROTOBUF_SAFE_BYTES = 1_800_000_000  # one protobuf message holds at most 2 GiB
+
+
+def _weight_bytes(model) -> int:
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
+def _export_large(model, example, path: Path, *, opset: int, input_name: str, output_name: str) -> Path:
+    """Models over the protobuf limit: the weights go to one `<name>.onnx.data` file beside the
+    graph (ONNX external data); no onnxsim (it works in memory); checked from the path."""
+    import tempfile
+    import warnings
+
+    import onnx
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".onnx-export-") as tmp:
+        raw = Path(tmp) / "model.onnx"  # the exporter writes one external file per tensor here
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (example,), str(raw), opset_version=opset, input_names=[input_name],
+                              output_names=[output_name], dynamo=False, do_constant_folding=True)
+        proto = onnx.load(str(raw))
+        onnx.save(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=path.name + ".data", size_threshold=1024)
+    onnx.checker.check_model(str(path))
+    return path
+
+
 def torch_to_onnx(model, input_shape: tuple[int, ...], path: str | Path, *, opset: int = 17,
                   input_name: str = "input", output_name: str = "output", simplify: bool = True) -> Path:
     """Export `model` (eval mode) at a fixed input shape (N,C,H,W). Returns the file path.
@@ -18,6 +48,8 @@ def torch_to_onnx(model, input_shape: tuple[int, ...], path: str | Path, *, opse
     path = Path(path)
     model = model.eval()
     example = torch.zeros(*input_shape)
+    if _weight_bytes(model) > _PROTOBUF_SAFE_BYTES:
+        return _export_large(model, example, path, opset=opset, input_name=input_name, output_name=output_name)
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
