@@ -71,7 +71,7 @@ def _provenance(task, cfg: TrainConfig, history: dict, out_dir: Path, *, dist, m
 
     done = len(history["epochs"])
     provenance = {
-        "command": " ".join(shlex.quote(a) for a in sys.argv),
+        "command": " ".join(["edgeshrink", *(shlex.quote(a) for a in sys.argv[1:])]),  # no machine paths
         "data": task.data_description(),
         "seed": cfg.seed,
         "epochs": cfg.epochs,
