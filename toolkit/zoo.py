@@ -61,7 +61,22 @@ def build_zoo_model(name: str, side: int):
     if name == "googlenet":
         arguments["aux_logits"] = False
         arguments["init_weights"] = True
-    return torchvision.models.get_model(name, weights=None, **arguments).eval(), arguments
+    model = torchvision.models.get_model(name, weights=None, **arguments).eval()
+    _randomize_zero_layers(model)
+    return model, arguments
+
+
+def _randomize_zero_layers(model) -> None:
+    """Give all-zero conv/linear weights (torchvision zero-initialises ViT heads) small random
+    values, so that outputs are not identically zero and parity compares something."""
+    import torch
+    import torch.nn as nn
+
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d)) and not module.weight.any():
+                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * 0.02)
 
 
 @contextlib.contextmanager
