@@ -116,16 +116,22 @@ def retry_after_parity_failure(runner, family, made: dict, *, failed) -> bool:
     used = getattr(family, "tflite_converter", runner.target.conversion.tflite)
     if not runner.target.conversion.fallback or runner.extra.get("tflite_converters", {}).get(family.stage, {}).get("fallback_reason"):
         return False
-    for key in ("tflite-fp32", "tflite-int8"):
-        if key in made:
-            made.pop(key).unlink(missing_ok=True)
     reason = (f"{used}'s FP32 file failed parity (relative error {failed.parity['max_rel_error']:.2e} of the "
               "output scale vs torch)")
     fallback = other_converter(used)
+    aside = {key: made[key].rename(made[key].with_name(f".{used}-{made[key].name}")) for key in ("tflite-fp32", "tflite-int8")
+             if key in made}
     try:
-        made.update(convert_tflite(runner, family, converter=fallback, int8="tflite-int8" in _wanted(runner, family)))
-    except EdgeShrinkError as exc:
-        raise EdgeShrinkError(f"{reason}, and {fallback} failed too: {exc}") from None
+        files = convert_tflite(runner, family, converter=fallback, int8="tflite-int8" in _wanted(runner, family))
+    except EdgeShrinkError as exc:  # keep the failing files: the parity gate reports them as before
+        for key, path in aside.items():
+            made[key] = path.rename(made[key])
+        runner.extra.setdefault("tflite_converters", {}).setdefault(family.stage, {})["fallback_failed"] = \
+            f"{reason}; {fallback} failed too: {exc}"[:400]
+        return False
+    for path in aside.values():
+        path.unlink(missing_ok=True)
+    made.update(files)
     record_choice(runner, family, primary=used, used=fallback, reason=reason)
     return True
 
