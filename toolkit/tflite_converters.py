@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from pathlib import Path
 
 from toolkit.errors import EdgeShrinkError
 
@@ -43,10 +44,16 @@ def onnx2tf_files(runner, family, *, int8: bool) -> dict:
         out, seconds = job.result()
     runner.clock.add(f"convert tflite ({family.stage}, onnx2tf)", seconds)
     runner.extra.setdefault("onnx2tf_options", {})[family.stage] = list(getattr(out, "onnx2tf_options", ()) or ())
-    files = {"tflite-fp32": out.float32.rename(runner.work / f"{runner.name}_{family.stage}_fp32.tflite")}
-    if out.int8:
-        files["tflite-int8"] = out.int8.rename(runner.work / f"{runner.name}_{family.stage}_int8.tflite")
+    files = _place(runner, family, fp32=out.float32, int8=out.int8)
     out.float32.parent.rmdir()
+    return files
+
+
+def _place(runner, family, *, fp32: Path, int8) -> dict:
+    """Move a converter's files to the bundle names, whichever converter made them."""
+    files = {"tflite-fp32": fp32.rename(runner.work / f"{runner.name}_{family.stage}_fp32.tflite")}
+    if int8:
+        files["tflite-int8"] = int8.rename(runner.work / f"{runner.name}_{family.stage}_int8.tflite")
     return files
 
 
@@ -63,9 +70,7 @@ def litert_files(runner, family, *, int8: bool) -> dict:
         out = checkpoint_to_litert(runner.work / f"{runner.name}_{family.stage}.pt", runner.shape, out_dir,
                                    runner.calib01 if int8 else None, mean=tuple(spec.mean), std=tuple(spec.std),
                                    stem=f"{runner.name}_{family.stage}", threads=runner.threads)
-    files = {"tflite-fp32": out.float32.rename(runner.work / f"{runner.name}_{family.stage}_fp32.tflite")}
-    if out.int8:
-        files["tflite-int8"] = out.int8.rename(runner.work / f"{runner.name}_{family.stage}_int8.tflite")
+    files = _place(runner, family, fp32=out.float32, int8=out.int8)
     runner.extra.setdefault("litert_torch", {})[family.stage] = {
         **{k: v for k, v in out.record.items() if k not in ("float32", "int8")},
         "seconds": round(time.perf_counter() - started, 2)}
