@@ -35,6 +35,8 @@ BAD_NUMBERS = [
     (("bench", "dist/x", "--min-runs", "-1"), "--min-runs"),
     (("bench", "dist/x", "--min-seconds", "inf"), "--min-seconds"),
     (("bench", "dist/x", "--min-seconds", "-2"), "--min-seconds"),
+    (RUN + ("--tflite-converter", "tflite_convert; rm -rf ~"), "--tflite-converter"),
+    (("zoo", "--models", "resnet18", "--cnn-prune-budget", "soon"), "--cnn-prune-budget"),
     (("bogus-command",), "invalid choice"),
     (("run", "--no-such-flag"), "unrecognized"),
     (("compare",), "bundles"),
