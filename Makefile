@@ -11,7 +11,7 @@ EPOCHS ?= 30
 # Values reach recipes through the environment and are used as "$$VAR": never pasted into a shell line.
 export MODEL TARGET HOST REMOTE_PYTHON FINETUNE_EPOCHS DATA MACS SCOPES EPOCHS FPS
 
-.PHONY: setup setup-litert test test-slow deploy bench sweep train zoo clean help
+.PHONY: setup setup-litert setup-quant test test-slow deploy bench sweep train zoo clean help
 
 help:
 	@echo "make deploy TARGET=host MODEL=mobilenet_v3_small   prune + INT8 + convert + verify + benchmark -> dist/<model>-<target>/"
@@ -19,6 +19,7 @@ help:
 	@echo "make bench [MODEL=..] [TARGET=..]                 re-benchmark a bundle: table + dist/<model>-<target>/bench.json"
 	@echo "make train MODEL=mobilenet_v3_small EPOCHS=30     train a model card's architecture on its dataset"
 	@echo "make setup-litert                                 the litert-torch converter venv (.venv-litert, second TFLite converter)"
+	@echo "make setup-quant                                  the ai-edge-quantizer venv (.venv-quant, INT8 accuracy fallback; make deploy/test build it)"
 	@echo "make test-slow                                    end-to-end runs on the real data (minutes)"
 	@echo "make zoo [ZOO_MODELS=a,b] [ZOO_SIZE=64]            prune/reload/ONNX/parity over torchvision classifiers -> dist/zoo/zoo.json"
 
@@ -46,7 +47,19 @@ $(LITERT_STAMP): requirements-litert.txt
 
 setup-litert: $(LITERT_STAMP)
 
-test: setup
+# The ai-edge-quantizer venv (toolkit/convert/aeq_child.py runs in it): no torch, ~300 MB.
+QUANT_VENV  := .venv-quant
+QUANT_STAMP := $(QUANT_VENV)/.installed
+$(QUANT_STAMP): requirements-quant.txt
+	@test -x $(QUANT_VENV)/bin/python || $(PYTHON) -m venv $(QUANT_VENV)
+	$(QUANT_VENV)/bin/python -m pip install -q --upgrade pip
+	$(QUANT_VENV)/bin/python -m pip install -q -r requirements-quant.txt
+	$(QUANT_VENV)/bin/python -c "import ai_edge_quantizer, ai_edge_litert; print('quantizer venv ready')"
+	@touch $(QUANT_STAMP)
+
+setup-quant: $(QUANT_STAMP)
+
+test: setup setup-quant
 	@tests/prereqs.sh --install
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest -q
@@ -54,7 +67,7 @@ test: setup
 test-slow: setup setup-litert
 	$(BIN)/python -m pytest -q -m slow
 
-deploy: setup
+deploy: setup setup-quant
 	$(BIN)/edgeshrink run --model "$$MODEL" --target "$$TARGET" \
 	  $${FINETUNE_EPOCHS:+--finetune-epochs "$$FINETUNE_EPOCHS"} $${DATA:+--data "$$DATA"} \
 	  $${HOST:+--host "$$HOST"} $${REMOTE_PYTHON:+--remote-python "$$REMOTE_PYTHON"}

@@ -11,12 +11,14 @@ import fnmatch
 import hashlib
 import importlib
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Optional
 
 from toolkit.errors import EdgeShrinkError, unknown_name
 
+CARD_DIR_ENV = "EDGESHRINK_CARD_DIR"  # where a run's worker processes resolve `file.py:factory` (the card's folder)
 _FACTORIES: dict[str, Callable] = {}
 _INSTANCES: dict[str, object] = {}
 
@@ -86,7 +88,8 @@ def resolve_factory(spec: str, base_dir: Optional[Path] = None) -> Callable:
     target, attr = spec.rsplit(":", 1)
     if target.endswith(".py"):
         path = Path(target).expanduser()
-        return _from_file(path if path.is_absolute() else Path(base_dir or ".") / path, attr, spec)
+        base = base_dir or os.environ.get(CARD_DIR_ENV) or "."
+        return _from_file(path if path.is_absolute() else Path(base) / path, attr, spec)
     try:
         module = importlib.import_module(target)
     except Exception as exc:

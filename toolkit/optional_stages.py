@@ -88,3 +88,107 @@ def sparsity_report(runner) -> dict:
             twin = sparse_tflite(onnx, Path(tmp) / "sparse_float32.tflite")
             timing = measure_sparse_speedup(runner.work / fp32.file, twin, threads=runner.threads)
     return bundle_sparsity_fields(runner.extra["sparsify"]["record"], files, sparse_timing=timing)
+
+
+def int8_fallback(runner, family, edge, made: dict) -> None:
+    """When the family's INT8 TFLite file is further below the dense FP32 file than the gate
+    allows, run the protection ladder (toolkit.int8_fallback) on its FP32 twin; the first file that
+    passes replaces it and is verified and recorded again. Recorded in `int8_fallback`."""
+    from toolkit.int8_fallback import protect_until_gate, quant_python
+    from toolkit.errors import EdgeShrinkError
+
+    q, art, metric = runner.target.quantization, runner.artifacts[-1], runner.task.primary_metric
+    dense = _dense_metric(runner, metric)
+    value = art.metrics.get(metric)
+    if not q.fallback or dense is None or value is None or dense - value <= runner.target.gate.max_metric_drop \
+            or "tflite-fp32" not in made:
+        return
+    record: dict = {"trigger": {"artifact": art.name, metric: value, "dense_fp32": dense,
+                                "max_metric_drop": runner.target.gate.max_metric_drop}}
+    runner.extra.setdefault("int8_fallback", {})[family.stage] = record
+    try:
+        quant_python()
+    except EdgeShrinkError as exc:
+        record["skipped"] = str(exc)
+        print(f"[edgeshrink] int8 fallback skipped: {exc}", flush=True)
+        return
+    calibration = _normalised(runner, runner.calib01)
+    with runner.clock("int8 fallback"):
+        better = _normalised(runner, runner.task.calibration_nhwc(4 * runner.plan.calibration_size, runner.plan.seed))
+        result = protect_until_gate(float_file=made["tflite-fp32"], work=runner.work / f".int8-fallback-{family.stage}",
+                                    calibration=calibration, better_calibration=better, io_dtype=q.io_dtype,
+                                    evaluate=lambda path: _trial(runner, path, metric=metric, dense=dense),
+                                    allow_float=q.fallback_float, max_layers=q.fallback_max_layers,
+                                    progress=runner.plan.progress)
+    found = result.pop("file")
+    record.update(result)
+    if found is None:
+        found_dir = runner.work / f".int8-fallback-{family.stage}"
+        if found_dir.is_dir() and not any(found_dir.iterdir()):
+            found_dir.rmdir()
+        return
+    found.replace(made["tflite-int8"])
+    found.parent.rmdir()
+    runner.artifacts.pop()
+    runner.outputs.pop(art.name, None)
+    _require_integer_io(made["tflite-int8"], q.io_dtype, full_integer=not _has_float(result))
+    runner._verify_and_record(edge, family, made["tflite-int8"],
+                              converter=f"{family.tflite_converter} FP32 + ai-edge-quantizer ({result['chosen']})")
+
+
+def _dense_metric(runner, metric: str):
+    """The dense FP32 file's metric in the target's format (the gate's baseline), else torch's."""
+    from toolkit.select import ENGINE_FORMAT
+
+    fmt = ENGINE_FORMAT.get(runner.target.runtime.engine)
+    for name in (f"dense-{fmt}-fp32", "dense-torch-fp32"):
+        art = next((a for a in runner.artifacts if a.name == name), None)
+        if art is not None and art.metrics.get(metric) is not None:
+            return art.metrics[metric]
+    return None
+
+
+def _normalised(runner, x01):
+    import numpy as np
+
+    spec = runner.plan.input
+    return ((x01 - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)).astype(np.float32)
+
+
+def _has_float(result: dict) -> bool:
+    chosen = next((s for s in result["steps"] if s["step"] == result["chosen"]), {})
+    return "float" in (chosen.get("protect") or {}).values()
+
+
+def _require_integer_io(path, io_dtype: str, *, full_integer: bool) -> None:
+    from toolkit.convert.tflite_check import io_dtypes, require_full_integer
+    from toolkit.errors import EdgeShrinkError
+
+    if full_integer:
+        require_full_integer(path, io_dtype)
+        return
+    din, dout = io_dtypes(path)
+    if din != io_dtype or dout != io_dtype:
+        raise EdgeShrinkError(f"{path.name} has {din}/{dout} input/output but the profile asks for {io_dtype}")
+
+
+def _trial(runner, path, *, metric: str, dense: float):
+    """Verify one candidate INT8 file in the target's runtime and judge it by the deploy gate."""
+    from types import SimpleNamespace
+
+    from toolkit.errors import EdgeShrinkError
+    from toolkit.int8_fallback import Trial
+    from toolkit.select import gate_failures
+    from toolkit.verify import verify
+
+    try:
+        _require_integer_io(path, runner.target.quantization.io_dtype, full_integer=False)
+        _, metrics, _ = verify(path, "tflite", "int8", runner.task, reference=runner.outputs["dense-torch-fp32"],
+                               source_torch_outputs=None, threads=runner.threads, progress=runner.plan.progress,
+                               desc="int8 fallback")
+    except (RuntimeError, ValueError) as exc:  # the runtime cannot load or run the file
+        raise EdgeShrinkError(f"the target runtime cannot run it: {str(exc).splitlines()[0][:200]}") from None
+    delegate = runner._delegate_report(path)
+    why = gate_failures(SimpleNamespace(metrics=metrics, delegate=delegate, parity={}), dense_metric=dense,
+                        metric=metric, gate=runner.target.gate)
+    return Trial(not why, metrics.get(metric), delegate.get("partitions"), tuple(why), delegate.get("undelegated_ops"))

@@ -223,6 +223,8 @@ class Runner:
             self._check(edge, made[edge.key])
             if keeps(self.target, edge):
                 self._verify_and_record(edge, family, made[edge.key])
+                if edge.key == "tflite-int8":
+                    optional_stages.int8_fallback(self, family, edge, made)
                 last = self.artifacts[-1]
                 if edge.key == "tflite-fp32" and not last.parity.get("ok", True) and \
                         retry_after_parity_failure(self, family, made, failed=last):
@@ -257,7 +259,7 @@ class Runner:
 
             require_full_integer(path, self.target.quantization.io_dtype)
 
-    def _verify_and_record(self, edge: Edge, family: Family, path: Path) -> None:
+    def _verify_and_record(self, edge: Edge, family: Family, path: Path, *, converter: Optional[str] = None) -> None:
         from toolkit.verify import verify
 
         name = f"{family.stage}-{edge.key}"
@@ -271,7 +273,8 @@ class Runner:
         delegate = self._delegate_report(path) if edge.format == "tflite" else {}
         self.record(path, stage=family.stage, fmt=edge.format, precision=edge.precision, macs=family.macs,
                     params=family.params, parent=f"{family.stage}-{edge.source}", metrics=metrics, parity=parity,
-                    converter=family.tflite_converter if edge.format == "tflite" else edge.converter, delegate=delegate)
+                    converter=converter or (family.tflite_converter if edge.format == "tflite" else edge.converter),
+                    delegate=delegate)
 
     def _delegate_report(self, path: Path) -> dict:
         """Partitions and the ops left outside the target's delegate (and its variants)."""
@@ -350,6 +353,25 @@ def _background_jobs():
             job.kill()
 
 
+@contextlib.contextmanager
+def _card_dir_for_workers(card):
+    """Worker processes (benchmarks, the litert-torch child) rebuild checkpoints whose architecture
+    may be `file.py:factory` relative to the card: they find it through EDGESHRINK_CARD_DIR."""
+    import os
+
+    from toolkit.architectures import CARD_DIR_ENV
+
+    old = os.environ.get(CARD_DIR_ENV)
+    os.environ[CARD_DIR_ENV] = str(card.base_dir)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(CARD_DIR_ENV, None)
+        else:
+            os.environ[CARD_DIR_ENV] = old
+
+
 def _keep_failed(runner: Runner, bundle: Path, error: ParityFailure) -> Path:
     """Move the staged files of a run that failed parity to `<bundle>.failed/`, with a report that
     names the first diverging layer, so the user can inspect them."""
@@ -381,7 +403,7 @@ def run(plan, *, model=None):
         task = load_task(plan.card, plan.input, plan.data, plan.progress)
     torch.set_num_threads(max(1, plan.train_threads or plan.target.bench_threads))
     seed_everything(plan.seed)
-    with staged_folder(plan.bundle_path) as work, _background_jobs() as jobs:
+    with staged_folder(plan.bundle_path) as work, _background_jobs() as jobs, _card_dir_for_workers(plan.card):
         runner = Runner(plan, task=task, work=work, jobs=jobs, clock=clock)
         try:
             runner.build(model)

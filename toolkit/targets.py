@@ -37,6 +37,11 @@ class Quantization(Strict):
     # ONNX QDQ integer types: s8s7 (7-bit weights: no int16 saturation on CPUs without VNNI, same
     # result everywhere), u8u8 (fully fused on onnxruntime CPU, fastest there), s8s8 (the old default)
     onnx_scheme: Literal["s8s7", "s8s8", "u8u8"] = "s8s7"
+    # When the INT8 TFLite file misses the deploy gate: re-quantize with more calibration images,
+    # then protect the most sensitive layers (16-bit activations, then float; toolkit.int8_fallback)
+    fallback: bool = True
+    fallback_float: bool = True  # false: only integer protections (16-bit activations)
+    fallback_max_layers: int = Field(default=16, ge=1, le=4096)
 
     @field_validator("calibration_size")
     @classmethod

@@ -126,6 +126,31 @@ def converter_lines(manifest: dict) -> list[str]:
     return ["TFLite converters:", *lines, ""] if lines else []
 
 
+def int8_fallback_lines(manifest: dict) -> list[str]:
+    """What the INT8 fallback tried (toolkit.int8_fallback): each step's metric and partitions."""
+    lines = []
+    for stage, rec in (manifest.get("int8_fallback") or {}).items():
+        trig = rec["trigger"]
+        metric = next(k for k in trig if k not in ("artifact", "dense_fp32", "max_metric_drop"))
+        head = (f"**INT8 fallback ({stage})**: `{trig['artifact']}` scored {metric} {trig[metric]:.4f} vs dense FP32 "
+                f"{trig['dense_fp32']:.4f} (gate: at most {trig['max_metric_drop']} below)")
+        if rec.get("skipped"):
+            lines += [f"{head}; skipped: {rec['skipped']}", ""]
+            continue
+        outcome = f"deployed candidate: **{rec['chosen']}**" if rec.get("chosen") else "no step passed: the file is kept as it was"
+        lines += [f"{head}; {outcome}.", "", f"| step | protected layers | {metric} | partitions | gate |", "|---|---|---|---|---|"]
+        for s in rec["steps"]:
+            value = "–" if s["metric"] is None else f"{s['metric']:.4f}"
+            parts = "–" if s["partitions"] is None else str(s["partitions"])
+            lines.append(f"| {s['step']} | {len(s['protect'])} | {value} | {parts} | "
+                         f"{'pass' if s['passes'] else '; '.join(s['why_not'])} |")
+        if rec.get("sensitivity"):
+            worst = "; ".join(f"{r['op']} `{r['name'][:48]}` {r['loss_db']:.1f} dB" for r in rec["sensitivity"][:3])
+            lines.append(f"\nMost sensitive layers (SNR lost against their inputs): {worst}.")
+        lines.append("")
+    return lines
+
+
 def write_report(path: Path, manifest: dict, artifacts, metric: str) -> None:
     data, dev = manifest["data"], manifest["device"]
     base = manifest["baseline"]
@@ -144,6 +169,7 @@ def write_report(path: Path, manifest: dict, artifacts, metric: str) -> None:
         "",
         *deploy_lines(manifest),
         *converter_lines(manifest),
+        *int8_fallback_lines(manifest),
         *sparsity_lines(manifest),
         *budget_lines(manifest),
         "Latency: batch 1, the target profile's thread count, warm-up then at least N runs and T seconds, "
