@@ -95,8 +95,10 @@ def layer_sensitivity(float_file: Path, quant_file: Path, *, samples: np.ndarray
 
 
 def rank_layers(layers: list[dict]) -> list[dict]:
-    """Compute layers that lose SNR, most sensitive (largest loss, then lowest SNR) first."""
-    ranked = [r for r in layers if r["op"] not in SKIP_OPS and r["loss_db"] > 0.0]
+    """Compute layers that lose SNR, most sensitive (largest loss, then lowest SNR) first. Layers
+    that write the model's output are left out: protecting them would change the file's output
+    type away from the profile's integer I/O."""
+    ranked = [r for r in layers if r["op"] not in SKIP_OPS and r["loss_db"] > 0.0 and not r.get("model_output")]
     return sorted(ranked, key=lambda r: (-r["loss_db"], r["snr_db"]))
 
 

@@ -166,6 +166,7 @@ def sensitivity(spec: dict) -> dict:
             signal[name] = signal.get(name, 0.0) + float(np.sum(np.square(ref, dtype=np.float64)))
             noise[name] = noise.get(name, 0.0) + float(np.sum(np.square(ref - got)))
     snr = {n: _db(signal[n], noise[n]) for n in signal}
+    model_outputs = {f_names[d["index"]] for d in fp.get_output_details()}
     rows = []
     for op in f_ops:
         outputs = [f_names[o] for o in op["outputs"] if f_names.get(o) in snr]
@@ -178,7 +179,7 @@ def sensitivity(spec: dict) -> dict:
         rows.append({"name": outputs[0], "op": op["op_name"], "snr_db": round(out_snr, 2),
                      "input_snr_db": None if worst_in is None else round(worst_in, 2),
                      "loss_db": round(max(0.0, (worst_in if worst_in is not None else 100.0) - out_snr), 2),
-                     "inputs": [n for n in inputs if n in snr]})
+                     "inputs": [n for n in inputs if n in snr], "model_output": outputs[0] in model_outputs})
     return {"samples": int(len(x)), "layers": rows, "versions": _versions()}
 
 

@@ -1,7 +1,7 @@
 """Portable checkpoint -> LiteRT (.tflite) with litert-torch, run in its own venv as a child process.
 
 litert-torch 0.10 needs ai-edge-litert 2.3 and a numpy/jax stack that conflicts with the main venv
-(ai-edge-litert 2.1.0, numpy 1.26.4, tensorflow 2.19 for onnx2tf), so it lives in .venv-litert
+(numpy 1.26.4, tensorflow 2.19 for onnx2tf), so it lives in .venv-litert
 (`make setup-litert`) and runs `python -m toolkit.convert.litert_child` there. The parent only
 writes the inputs (checkpoint, calibration .npy) and reads back the files; verifying them is the
 caller's job, with the runtime that will run them."""

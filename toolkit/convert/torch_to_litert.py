@@ -1,7 +1,7 @@
 """torch.nn.Module -> LiteRT directly (litert-torch), INT8 by ai-edge-quantizer static quantization.
 
 A second path beside torch -> ONNX -> onnx2tf. litert-torch 0.10 needs ai-edge-litert 2.3.0
-(ai-edge-quantizer 0.10 pins it) while the project pins 2.1.0, so it lives in its own venv
+and a numpy/jax stack the main venv's TensorFlow (onnx2tf) does not take, so it lives in its own venv
 (requirements-litert.txt, `make setup-litert`) and runs there as a child process
 (toolkit.convert.litert_child, called by toolkit.convert.checkpoint_to_litert). ai-edge-quantizer
 keeps float input/output (QUANTIZE/DEQUANTIZE at the edges); LiteRT's modify_model_interface then
