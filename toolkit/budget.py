@@ -118,7 +118,8 @@ def _trajectory(model, input_shape, cfg, never_prune, *, floor: float, steps: in
 
     walk = type(cfg)(**{**cfg.model_dump(), "target_macs": floor, "channel_ratio": None, "steps": steps})
     try:
-        prune_model(copy.deepcopy(model), input_shape, walk, never_prune, snapshot, grad_batches, progress)
+        prune_model(copy.deepcopy(model), input_shape=input_shape, cfg=walk, never_prune=never_prune, finetune=snapshot,
+                    grad_batches=grad_batches, progress=progress)
     except EdgeShrinkError as exc:
         if not str(exc).startswith("cannot reach"):
             raise  # max_layer_ratio stops the walk early: the points so far are the frontier
@@ -183,7 +184,8 @@ def _reprune(model, input_shape, cfg, probe: Probe, *, never_prune, grad_batches
     from toolkit.prune.prune import prune_model
 
     one = _variant(cfg, target_macs=probe.target_macs, round_to=probe.round_to, steps=1)
-    pruned, _ = prune_model(copy.deepcopy(model), input_shape, one, never_prune, None, grad_batches, False)
+    pruned, _ = prune_model(copy.deepcopy(model), input_shape=input_shape, cfg=one, never_prune=never_prune,
+                            grad_batches=grad_batches, progress=False)
     specs = layer_specs(pruned, input_shape)
     if specs != probe.specs:
         # The one-step prune (what the runner will do) may land on a slightly different structure than

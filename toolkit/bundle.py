@@ -23,10 +23,17 @@ REQUIREMENTS = {
 }
 
 
+# The TFLite runner: the script and the modules it loads from beside itself (each hash-checked before it runs).
+RPI_RUNNER = ("edgeshrink_run.py", "edgeshrink_run_model.py", "edgeshrink_run_inputs.py", "edgeshrink_run_eval.py",
+              "edgeshrink_run_bench.py")
+
+
 def device_scripts(engine: str, transport: str) -> list[Path]:
+    """The device files copied into a bundle for this engine and transport (each gets its sha256
+    in the manifest's device_files)."""
     files = [DEPLOY / "common" / "edgeshrink_common.py"]
     if engine == "tflite":
-        files.append(DEPLOY / "rpi" / "edgeshrink_run.py")
+        files += [DEPLOY / "rpi" / name for name in RPI_RUNNER]
     if engine in ("tensorrt", "onnxruntime"):
         files.append(DEPLOY / "jetson" / "edgeshrink_trt.py")
     if transport == "adb":

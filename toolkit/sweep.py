@@ -101,8 +101,8 @@ def _build_points(opts: SweepOptions, *, plan, dense, task, work: Path) -> tuple
         model = copy.deepcopy(dense)
         row: dict = {"point": label, "scope": cfg.scope if cfg else None, "target_macs": cfg.target_macs if cfg else 1.0}
         if cfg is not None:
-            prune_model(model, shape, cfg, plan.card.never_prune, _finetuner(opts, cfg=cfg, dense=dense, task=task),
-                        progress=False)
+            prune_model(model, input_shape=shape, cfg=cfg, never_prune=plan.card.never_prune,
+                        finetune=_finetuner(opts, cfg=cfg, dense=dense, task=task), progress=False)
             if task is not None:
                 row["finetune_epochs"] = cfg.finetune_epochs
         if task is not None:

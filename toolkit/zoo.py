@@ -9,6 +9,7 @@ and after. Prints a table last and writes zoo.json (atomically, after every mode
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -126,67 +127,97 @@ def zoo_one(name: str, *, size: int = 64, work_dir: Path, target_macs: float = 0
     (DenseNets' many concatenations make their dependency graphs slow to build)."""
     import torch
 
-    from toolkit.prune.config import PruneConfig
-    from toolkit.prune.macs import count_macs, count_params
-    from toolkit.prune.prune import UnreachableTarget, prune
-    from toolkit.prune.safety import attention_layers
-
     side = input_size_for(name, size)
     row: dict = {"model": name, "size": side, "stages": {}, "excluded": [], "protected_outputs": []}
     state: dict = {}
     example = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(0))
-
-    def build():
-        torch.manual_seed(0)
-        model, state["arguments"] = build_zoo_model(name, side)
-        row["params_dense"] = count_params(model)
-        if row["params_dense"] > max_params:
-            raise EdgeShrinkError(f"{name} has {row['params_dense'] / 1e6:.0f} M parameters, over the zoo's "
-                                  f"{max_params / 1e6:.0f} M cap; raise --max-params to include it")
-        with torch.no_grad():
-            state["dense_out"] = model(example)
-        row["macs_dense"] = count_macs(model, example)
-        state["model"] = model
-
-    def do_prune():
-        def attempt(target: float):
-            cfg = PruneConfig(target_macs=target, steps=1, scope="uniform", round_to=8)
-            return prune(state["model"], example_input=example, cfg=cfg, progress=False,
-                         time_budget_s=prune_budget_s if any(attention_layers(state["model"])) else cnn_prune_budget_s)
-
-        note = ""
-        try:
-            result = attempt(target_macs)
-        except UnreachableTarget as exc:  # prune as far as the model allows, and say so
-            torch.manual_seed(0)
-            state["model"], _ = build_zoo_model(name, side)
-            result = attempt(min(0.99, exc.reached + 0.01))
-            note = f"target {target_macs:.0%} unreachable, pruned to the most allowed ({exc.reached:.0%}); "
-        row["excluded"], row["protected_outputs"] = result.excluded, result.protected_outputs
-        excluded = f"{len(result.excluded)} group(s) excluded" if result.excluded else ""
-        return (note + excluded).strip("; ") or None
-
-    def forward():
-        with torch.no_grad():
-            out = state["model"](example)
-        if tuple(out.shape) != tuple(state["dense_out"].shape):
-            raise RuntimeError(f"output shape {tuple(out.shape)} != dense {tuple(state['dense_out'].shape)}")
-        row["macs_pruned"] = count_macs(state["model"], example)
-        state["reference"] = out
-
-    if not _run_stage(row, "build", build):
+    built = _run_stage(row, "build", lambda: _build(state, row, name=name, side=side, example=example, max_params=max_params))
+    if not built:
         _skip_rest(row, "model not built")
         return row
-    pruned_ok = _run_stage(row, "prune", do_prune)
+    pruned_ok = _run_stage(row, "prune", lambda: _prune(state, row, name=name, side=side, example=example,
+                                                        target_macs=target_macs, prune_budget_s=prune_budget_s,
+                                                        cnn_prune_budget_s=cnn_prune_budget_s))
     if not pruned_ok:  # a refused or failed prune may leave the model half-way: continue dense
-        torch.manual_seed(0)
-        state["model"], _ = build_zoo_model(name, side)
-    _run_stage(row, "forward", forward)
+        state["model"], _ = _fresh_model(name, side)
+    _run_stage(row, "forward", lambda: _forward(state, row, example))
     _run_stage(row, "reload", lambda: _reload(state, name, work_dir, example))
     _run_stage(row, "onnx", lambda: _export(state, name, work_dir, side))
     _run_stage(row, "parity", lambda: _parity(state, example))
     row["model_checked"] = "pruned" if pruned_ok else "dense"
     return row
+
+
+def _fresh_model(name: str, side: int):
+    """The dense model as the build stage makes it (same seed, so the same weights). Returns (model, arguments)."""
+    import torch
+
+    torch.manual_seed(0)
+    return build_zoo_model(name, side)
+
+
+def _build(state: dict, row: dict, *, name: str, side: int, example, max_params: int) -> None:
+    """Build stage: the dense model, its output on `example`, its parameters and MACs. Refuses a
+    model over `max_params` parameters (one line)."""
+    import torch
+
+    from toolkit.prune.macs import count_macs, count_params
+
+    model, state["arguments"] = _fresh_model(name, side)
+    row["params_dense"] = count_params(model)
+    if row["params_dense"] > max_params:
+        raise EdgeShrinkError(f"{name} has {row['params_dense'] / 1e6:.0f} M parameters, over the zoo's "
+                              f"{max_params / 1e6:.0f} M cap; raise --max-params to include it")
+    with torch.no_grad():
+        state["dense_out"] = model(example)
+    row["macs_dense"] = count_macs(model, example)
+    state["model"] = model
+
+
+def _prune_once(model, *, example, target: float, prune_budget_s: float, cnn_prune_budget_s: float):
+    """One uniform one-step prune of `model` to `target` of its MACs, time-boxed by its kind
+    (attention or CNN). Returns the PruneResult; raises UnreachableTarget / EdgeShrinkError."""
+    from toolkit.prune.config import PruneConfig
+    from toolkit.prune.prune import prune
+    from toolkit.prune.safety import attention_layers
+
+    cfg = PruneConfig(target_macs=target, steps=1, scope="uniform", round_to=8)
+    budget_s = prune_budget_s if any(attention_layers(model)) else cnn_prune_budget_s
+    return prune(model, example_input=example, cfg=cfg, progress=False, time_budget_s=budget_s)
+
+
+def _prune(state: dict, row: dict, *, name: str, side: int, example, target_macs: float,
+           prune_budget_s: float, cnn_prune_budget_s: float) -> Optional[str]:
+    """Prune stage: to `target_macs`, or, when that is out of reach, as far as the model allows
+    (from a fresh dense model) and say so. Returns the stage's note (None when there is nothing to say)."""
+    from toolkit.prune.prune import UnreachableTarget
+
+    attempt = functools.partial(_prune_once, example=example, prune_budget_s=prune_budget_s,
+                                cnn_prune_budget_s=cnn_prune_budget_s)
+    note = ""
+    try:
+        result = attempt(state["model"], target=target_macs)
+    except UnreachableTarget as exc:  # prune as far as the model allows, and say so
+        state["model"], _ = _fresh_model(name, side)
+        result = attempt(state["model"], target=min(0.99, exc.reached + 0.01))
+        note = f"target {target_macs:.0%} unreachable, pruned to the most allowed ({exc.reached:.0%}); "
+    row["excluded"], row["protected_outputs"] = result.excluded, result.protected_outputs
+    excluded = f"{len(result.excluded)} group(s) excluded" if result.excluded else ""
+    return (note + excluded).strip("; ") or None
+
+
+def _forward(state: dict, row: dict, example) -> None:
+    """Forward stage: the (pruned) model keeps the dense output shape; records its MACs and output."""
+    import torch
+
+    from toolkit.prune.macs import count_macs
+
+    with torch.no_grad():
+        out = state["model"](example)
+    if tuple(out.shape) != tuple(state["dense_out"].shape):
+        raise RuntimeError(f"output shape {tuple(out.shape)} != dense {tuple(state['dense_out'].shape)}")
+    row["macs_pruned"] = count_macs(state["model"], example)
+    state["reference"] = out
 
 
 def _reload(state: dict, name: str, work_dir: Path, example) -> None:

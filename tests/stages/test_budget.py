@@ -78,7 +78,8 @@ def test_chosen_config_reproduces_the_measured_model(searched, tiny):
     from toolkit.prune.prune import prune_model
 
     _, result = searched
-    pruned, history = prune_model(copy.deepcopy(tiny["model"]), SHAPE, result.chosen, ["classifier.3"], progress=False)
+    pruned, history = prune_model(copy.deepcopy(tiny["model"]), input_shape=SHAPE, cfg=result.chosen,
+                                  never_prune=["classifier.3"], progress=False)
     assert layer_specs(pruned, SHAPE) == result.chosen_probe.specs  # what the runner prunes is what was measured
     assert history[-1]["macs_fraction"] == pytest.approx(result.chosen_probe.macs_fraction)
 

@@ -36,6 +36,10 @@ def test_every_profile_yields_a_self_contained_bundle(profile_bundles):
         if engine == "tflite":
             assert deployed["format"] == "tflite"
             assert ("edgeshrink_run.py" in files) == (m["deploy"]["transport"] != "adb") or "android_bench.py" in files
+            if "edgeshrink_run.py" in files:  # the runner's modules come with it, each hashed
+                runner = {"edgeshrink_run_model.py", "edgeshrink_run_inputs.py", "edgeshrink_run_eval.py",
+                          "edgeshrink_run_bench.py"}
+                assert runner <= files and runner <= {f["file"] for f in m["device_files"]}, name
         else:
             assert "edgeshrink_trt.py" in files and deployed["format"] == "onnx" and "edgeshrink_trt.py" in readme
     android = json.loads((profile_bundles["android"] / "manifest.json").read_text())
@@ -249,13 +253,26 @@ def test_planted_code_in_the_bundle_never_runs(planted, script, profile_bundles,
     assert proc.returncode != 0 and "not listed in manifest.json" in line and planted.split("/")[0] in line
 
 
-def test_a_tampered_helper_module_is_refused_before_it_runs(profile_bundles, device_python, tmp_path):
+HELPERS = ["edgeshrink_common.py", "edgeshrink_run_model.py", "edgeshrink_run_inputs.py", "edgeshrink_run_eval.py",
+           "edgeshrink_run_bench.py"]
+
+
+@pytest.mark.parametrize("helper", HELPERS)
+def test_a_tampered_helper_module_is_refused_before_it_runs(helper, profile_bundles, device_python, tmp_path):
     bundle = _copy(profile_bundles, tmp_path)
     marker = tmp_path / "PWNED"
-    with open(bundle / "edgeshrink_common.py", "a") as f:
+    with open(bundle / helper, "a") as f:
         f.write(f"\nopen({str(marker)!r}, 'w').write('ran')\n")
     proc = subprocess.run([str(device_python), str(bundle / "edgeshrink_run.py"), "--bench"], capture_output=True, text=True)
-    assert "edgeshrink_common.py: sha256 mismatch" in _one_line_error(proc) and not marker.exists()
+    assert f"{helper}: sha256 mismatch" in _one_line_error(proc) and not marker.exists()
+
+
+@pytest.mark.parametrize("helper", HELPERS[1:])
+def test_a_missing_runner_module_is_a_one_line_error(helper, profile_bundles, device_python, tmp_path):
+    bundle = _copy(profile_bundles, tmp_path)
+    (bundle / helper).unlink()
+    proc = subprocess.run([str(device_python), str(bundle / "edgeshrink_run.py"), "--bench"], capture_output=True, text=True)
+    assert f"{helper} is not beside this script" in _one_line_error(proc)
 
 
 def _rewrite_manifest(bundle: Path, edit) -> None:

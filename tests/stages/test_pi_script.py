@@ -254,13 +254,31 @@ def test_one_resize_whatever_the_decoder(tmp_path, monkeypatch):
         c.decode_image(tmp_path / "missing.png")
 
 
+def runner():
+    """deploy/rpi/edgeshrink_run.py loaded as a module: its start-up loads the modules beside it."""
+    spec = importlib.util.spec_from_file_location("pi_run", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_top_k_is_stable_and_labels_align():
     c = common()
     assert list(c.top_k([0.1, 0.3, 0.3, 0.05, 0.3], 3)) == [1, 2, 4]
-    run_script = importlib.util.spec_from_file_location("pi_run", SCRIPT)
-    pi = importlib.util.module_from_spec(run_script)
-    run_script.loader.exec_module(pi)
+    runner()
+    pi = sys.modules["edgeshrink_run_model"]  # where the labels code lives
     assert pi.align_labels(["a", "b"], 3) == (["background", "a", "b"], pi.align_labels(["a", "b"], 3)[1])
     assert pi.align_labels(["???", "a", "b"], 2)[0] == ["a", "b"]
     with pytest.raises(SystemExit, match="3 lines but the model has 5"):
         pi.align_labels(["a", "b", "c"], 5)
+
+
+def test_every_runner_file_is_loaded_and_bundled():
+    """The script's own modules (loaded from beside it, hash-checked) are exactly the other .py files
+    in deploy/rpi/, and a TFLite bundle gets every one of them."""
+    from toolkit.bundle import RPI_RUNNER, device_scripts
+
+    on_disk = {p.name for p in SCRIPT.parent.glob("*.py")}
+    assert {"edgeshrink_run.py", *(f"{m}.py" for m in runner().RUNNER_MODULES)} == on_disk == set(RPI_RUNNER)
+    for transport in ("local", "ssh", "adb"):
+        assert {p.name for p in device_scripts("tflite", transport)} >= on_disk

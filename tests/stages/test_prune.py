@@ -22,7 +22,8 @@ def test_prune_to_mac_budget_and_reload_bit_exact(arch, head, tmp_path):
     dense_macs, dense_params = count_macs_params(model, SHAPE)
     cfg = PruneConfig(scope="uniform", target_macs=0.6, steps=2, round_to=8)
     calls = []
-    model, history = prune_model(model, SHAPE, cfg, [head], finetune=lambda m, s: calls.append(s) or {}, progress=False)
+    model, history = prune_model(model, input_shape=SHAPE, cfg=cfg, never_prune=[head],
+                                 finetune=lambda m, s: calls.append(s) or {}, progress=False)
     assert calls == [1, 2]  # fine-tuned after each step
     assert history[-1]["macs"] <= 0.6 * dense_macs and history[-1]["params"] < dense_params
     assert history[1]["macs"] > history[2]["macs"]
@@ -51,7 +52,7 @@ def test_importances_and_global_scope(importance):
     dense_macs, _ = count_macs_params(model, SHAPE)
     grads = (lambda: [(torch.randn(4, *SHAPE[1:]), torch.tensor([0, 1, 2, 3]))]) if importance == "taylor" else None
     cfg = PruneConfig(importance=importance, scope="global", target_macs=0.7, steps=1)
-    model, history = prune_model(model, SHAPE, cfg, ["classifier.3"], grad_batches=grads, progress=False)
+    model, history = prune_model(model, input_shape=SHAPE, cfg=cfg, never_prune=["classifier.3"], grad_batches=grads, progress=False)
     assert history[-1]["macs"] <= 0.7 * dense_macs
     assert model(torch.randn(1, *SHAPE[1:])).shape == (1, 4)
 
@@ -59,6 +60,6 @@ def test_importances_and_global_scope(importance):
 def test_channel_ratio_mode():
     model = create_model("mobilenet_v2", num_classes=4, width_mult=0.5).eval()
     _, params = count_macs_params(model, SHAPE)
-    model, history = prune_model(model, SHAPE, PruneConfig(target_macs=None, channel_ratio=0.3, steps=1),
-                                 ["classifier.1"], progress=False)
+    model, history = prune_model(model, input_shape=SHAPE, cfg=PruneConfig(target_macs=None, channel_ratio=0.3, steps=1),
+                                 never_prune=["classifier.1"], progress=False)
     assert history[-1]["params"] < 0.8 * params

@@ -53,7 +53,7 @@ def test_classifier_is_protected_without_never_prune():
     torch.manual_seed(0)
     model = resnet18(weights=None).eval()
     dense_macs, _ = count_macs_params(model, SHAPE)
-    model, history = prune_model(model, SHAPE, PruneConfig(scope="uniform", target_macs=0.6), progress=False)
+    model, history = prune_model(model, input_shape=SHAPE, cfg=PruneConfig(scope="uniform", target_macs=0.6), progress=False)
     assert model.fc.out_features == 1000  # not the 544 outputs the old code left
     assert model(torch.randn(2, 3, 64, 64)).shape == (2, 1000)
     assert history[-1]["macs"] <= 0.6 * dense_macs

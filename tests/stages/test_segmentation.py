@@ -41,7 +41,8 @@ def test_prune_through_concatenations_keeps_shapes(tmp_path):
     model = tiny_unet()
     shape = (1, 1, 32, 32)
     dense_macs, _ = count_macs_params(model, shape)
-    model, hist = prune_model(model, shape, PruneConfig(scope="uniform", target_macs=0.4, round_to=4), ["head"], progress=False)
+    model, hist = prune_model(model, input_shape=shape, cfg=PruneConfig(scope="uniform", target_macs=0.4, round_to=4),
+                              never_prune=["head"], progress=False)
     assert hist[-1]["macs"] <= 0.4 * dense_macs
     assert model.head.out_channels == 3
     for up, dec, enc in zip(model.ups, model.decoders, reversed(list(model.encoders))):

@@ -77,8 +77,8 @@ def test_after_structured_pruning_and_portable_reload(tmp_path):
     from toolkit.prune.prune import prune_model
 
     model = _tiny()
-    model, _ = prune_model(model, SHAPE, PruneConfig(scope="uniform", target_macs=0.6, steps=1, round_to=8),
-                           ["classifier.3"], finetune=None, progress=False)
+    model, _ = prune_model(model, input_shape=SHAPE, cfg=PruneConfig(scope="uniform", target_macs=0.6, steps=1, round_to=8),
+                           never_prune=["classifier.3"], finetune=None, progress=False)
     model, record = sparsify(model, sparsity=0.5, scope="layer")
     assert record["prunable_zero_fraction"] == pytest.approx(0.5, abs=1e-2)
     save_checkpoint(tmp_path / "s.pt", model, "mobilenet_v3_small", {"num_classes": 4, "width_mult": 0.5})

@@ -254,11 +254,11 @@ def prune(model, *, example_input, cfg: PruneConfig, never_prune: Iterable[str] 
                        pruning_history=pruner.pruning_history())
 
 
-def prune_model(model, input_shape: tuple[int, ...], cfg: PruneConfig, never_prune: Iterable[str] = (),  # noqa: PLR0917 (kept for existing callers; new code calls prune())
+def prune_model(model, *, input_shape: tuple[int, ...], cfg: PruneConfig, never_prune: Iterable[str] = (),
                 finetune: Optional[Callable[[object, int], dict]] = None,
                 grad_batches: Optional[Callable[[], Iterable]] = None, progress: bool = True) -> tuple[object, list[dict]]:
-    """Compatibility wrapper around `prune` (zero input of `input_shape`, no time budget).
-    Returns (model, history)."""
+    """Compatibility wrapper around `prune` (zero input of `input_shape`, no time budget); every
+    argument after the model is keyword-only. Returns (model, history)."""
     import torch
 
     result = prune(model, example_input=torch.zeros(*input_shape), cfg=cfg, never_prune=tuple(never_prune),
