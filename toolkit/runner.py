@@ -250,6 +250,7 @@ class Runner:
             with self.clock("quantize onnx int8"):
                 path = onnx_to_qdq_int8(made["onnx-fp32"], self.work / f"{self.name}_{family.stage}_int8.onnx",
                                         self.calib_nchw, per_channel=q.per_channel, method=q.method, scheme=q.onnx_scheme)
+            self.extra.setdefault("onnx_int8_same_on_every_cpu", {})[family.stage] = _cpu_independence(path, q.onnx_scheme)
             return {edge.key: path}
         raise EdgeShrinkError(f"no converter {edge.converter!r} for {edge.key}")
 
@@ -340,6 +341,18 @@ class Runner:
         if self.plan.sparsity:
             self.extra["sparsity"] = optional_stages.sparsity_report(self)
         self.extra.update(self.task.extras(self))
+
+
+def _cpu_independence(path: Path, scheme: str) -> dict:
+    """Whether the INT8 ONNX file computes the same int32 sums with and without VNNI: no weight row
+    can clamp onnxruntime's AVX2 u8s8 pair sums (checked on the file), and this host's ISA flags."""
+    from toolkit.convert.onnx_to_qdq_int8 import u8s8_saturation_rows
+    from toolkit.cpuinfo import cpu_isa_flags
+
+    rows = u8s8_saturation_rows(path)
+    isa = cpu_isa_flags()
+    return {"scheme": scheme, **rows, "same_on_every_cpu": rows["rows_can_saturate"] == 0,
+            "host_vnni": isa.get("vnni"), "host_u8s8_may_saturate": isa.get("u8s8_may_saturate")}
 
 
 @contextlib.contextmanager

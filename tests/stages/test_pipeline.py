@@ -69,6 +69,14 @@ def test_int8_tflite_is_full_integer(bundle):
     assert float_compute_ops(q) == [] and io_dtypes(q) == ("int8", "int8")
 
 
+def test_int8_onnx_is_shown_to_compute_the_same_sums_with_and_without_vnni(bundle):
+    m = json.loads((bundle / "manifest.json").read_text())
+    r = m["onnx_int8_same_on_every_cpu"]["pruned"]
+    assert r["scheme"] == "s8s7" and r["rows"] > 0 and r["rows_can_saturate"] == 0 and r["same_on_every_cpu"]
+    assert isinstance(r["host_vnni"], bool) and m["device"]["isa"]["vnni"] == r["host_vnni"]
+    assert "with and without VNNI" in (bundle / "report.md").read_text()
+
+
 def test_report_plot_and_config(bundle):
     report = (bundle / "report.md").read_text()
     assert "SYNTHETIC DATA" in report and "host numbers" in report and "p50 ms" in report

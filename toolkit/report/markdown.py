@@ -151,6 +151,18 @@ def int8_fallback_lines(manifest: dict) -> list[str]:
     return lines
 
 
+def onnx_cpu_lines(manifest: dict) -> list[str]:
+    """Why the INT8 ONNX figures hold on CPUs with and without VNNI (or why they may not)."""
+    lines = []
+    for stage, r in (manifest.get("onnx_int8_same_on_every_cpu") or {}).items():
+        verdict = ("same int32 sums with and without VNNI" if r["same_on_every_cpu"] else
+                   f"**{r['rows_can_saturate']} rows can clamp on AVX2 CPUs without VNNI: top-1 may differ there**")
+        lines.append(f"- {stage} INT8 ONNX ({r['scheme']}): {r['rows_can_saturate']} of {r['rows']} weight rows can clamp "
+                     f"onnxruntime's AVX2 u8s8 pair sums (largest pair {r['max_pair']}): {verdict}; this host: "
+                     f"VNNI {'yes' if r['host_vnni'] else 'no'}")
+    return ["INT8 ONNX on other CPUs:", *lines, ""] if lines else []
+
+
 def write_report(path: Path, manifest: dict, artifacts, metric: str) -> None:
     data, dev = manifest["data"], manifest["device"]
     base = manifest["baseline"]
@@ -170,6 +182,7 @@ def write_report(path: Path, manifest: dict, artifacts, metric: str) -> None:
         *deploy_lines(manifest),
         *converter_lines(manifest),
         *int8_fallback_lines(manifest),
+        *onnx_cpu_lines(manifest),
         *sparsity_lines(manifest),
         *budget_lines(manifest),
         "Latency: batch 1, the target profile's thread count, warm-up then at least N runs and T seconds, "
