@@ -10,7 +10,7 @@ set -eu
 cd "$(dirname "$0")/.."
 SUITE=bookworm
 DEB_PACKAGES=python3.11-minimal,libpython3.11-stdlib,libstdc++6
-WHEELS="numpy==1.26.4 ai-edge-litert==2.3.0"   # = the tflite requirements-device.txt pins
+WHEELS="numpy==1.26.4 ai-edge-litert==2.1.0"   # = the tflite requirements-device.txt pins
 MIRROR=${EDGESHRINK_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 CACHE=${EDGESHRINK_AARCH64_CACHE:-.cache/aarch64}
 PY=${PYTHON:-.venv/bin/python}; [ -x "$PY" ] || PY=python3

@@ -120,7 +120,7 @@ def device_python(tmp_path_factory):
 
     venv = tmp_path_factory.mktemp("device") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "numpy==1.26.4", "ai-edge-litert==2.3.0"],
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "numpy==1.26.4", "ai-edge-litert==2.1.0"],
                    check=True)
     return venv / "bin" / "python"
 

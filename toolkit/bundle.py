@@ -15,7 +15,7 @@ DEPLOY = REPO_ROOT / "deploy"
 REQUIREMENTS = {
     "tflite": "# On the device (Raspberry Pi OS 64-bit, Debian, ...). Verified: these pins on x86-64 and on\n"
               "# aarch64 (Debian bookworm, Python 3.11, emulated) by tests/stages/test_aarch64.py.\n"
-              "numpy==1.26.4\nai-edge-litert==2.3.0\n# or instead of ai-edge-litert: tflite-runtime==2.14.0 with numpy<2 (not for files whose INT8 fallback\n# gave layers 16-bit activations: int8<->int16 QUANTIZE needs ai-edge-litert >= 2.3)\n"
+              "numpy==1.26.4\nai-edge-litert==2.1.0\n# or instead of ai-edge-litert: tflite-runtime==2.14.0 with numpy<2\n"
               "# optional, to read image files / video / cameras: pillow, opencv-python-headless, picamera2\n",
     "tensorrt": "# On the Jetson (JetPack ships TensorRT and trtexec under /usr/src/tensorrt/bin):\n"
                 "numpy\n# fallback when TensorRT is absent: onnxruntime-gpu (Jetson Zoo wheel) or onnxruntime\n",

@@ -4,7 +4,9 @@ float twin with ai-edge-quantizer, protecting the most sensitive layers step by 
 1. better calibration: four times the profile's calibration images (min-max ranges);
 2. 16-bit activations (int8 weights) for the k layers that lose the most signal-to-noise ratio
    (k = 1, 2, 4, ...), each layer with the layers that feed it (an op's inputs are quantized by
-   their producers);
+   their producers); skipped after the first file when the target's runtime cannot run int16
+   activations (LiteRT < 2.3 has no int8<->int16 QUANTIZE, e.g. ai-edge-litert 2.1.0, which
+   onnx2tf 1.29 pins in the main venv);
 3. the same layers kept in float (where the profile allows float layers).
 
 Sensitivity: each layer's output tensor in the INT8 file against the same tensor in the float file
@@ -31,6 +33,7 @@ from toolkit.errors import EdgeShrinkError
 from toolkit.paths import REPO_ROOT
 
 SETUP = "make setup-quant"
+RUNTIME_REFUSED = "the target runtime cannot run it"  # the start of a Trial's reason when the runtime cannot load a file
 SKIP_OPS = {"QUANTIZE", "DEQUANTIZE", "DELEGATE", "RESHAPE", "PAD", "SQUEEZE"}  # move values, add no error
 
 
@@ -171,6 +174,9 @@ def protect_until_gate(*, float_file: Path, work: Path, calibration: np.ndarray,
         path.unlink(missing_ok=True)
         return None
 
+    def runtime_refused() -> bool:
+        return any(RUNTIME_REFUSED in why for why in steps[-1]["why_not"])
+
     found = attempt("better calibration", {}, better_calibration)
     if found:
         return {"steps": steps, "sensitivity": [], "chosen": steps[-1]["step"], "file": found}
@@ -186,4 +192,6 @@ def protect_until_gate(*, float_file: Path, work: Path, calibration: np.ndarray,
             found = attempt(f"{mode} for the {k} most sensitive layer(s)", protect, better_calibration)
             if found:
                 return {"steps": steps, "sensitivity": ranked[:10], "chosen": steps[-1]["step"], "file": found}
+            if runtime_refused():  # e.g. int16 activations on a LiteRT without int8<->int16 QUANTIZE: more layers will not help
+                break
     return {"steps": steps, "sensitivity": ranked[:10], "chosen": None, "file": None}

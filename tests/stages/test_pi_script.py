@@ -70,7 +70,7 @@ def pi_python(tmp_path_factory):
     venv = tmp_path_factory.mktemp("pi") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                    "numpy==1.26.4", "ai-edge-litert==2.3.0", "pillow==11.3.0"], check=True)
+                    "numpy==1.26.4", "ai-edge-litert==2.1.0", "pillow==11.3.0"], check=True)
     return venv / "bin" / "python"
 
 
@@ -134,7 +134,7 @@ def test_float_logits_1001_outputs_with_1000_labels(models, pi_python, images, t
     assert [t["index"] for t in first["top"]] == list(np.argsort(-probs, kind="stable")[:5])
     assert first["top"][0]["score"] == pytest.approx(probs.max(), rel=1e-4)
     assert first["top"][0]["label"] == ("background" if first["top"][0]["index"] == 0 else f"class_{first['top'][0]['index'] - 1}")
-    assert r["end_to_end_ms"]["p50"] > 0 and r["runtime"]["name"] == "ai-edge-litert" and r["runtime"]["version"] == "2.3.0"
+    assert r["end_to_end_ms"]["p50"] > 0 and r["runtime"]["name"] == "ai-edge-litert" and r["runtime"]["version"] == "2.1.0"
     assert r["runtime"]["xnnpack_applied"] is True and r["runtime"]["delegate"] == "xnnpack"
     from toolkit.checkpoint import sha256_file
 

@@ -77,6 +77,15 @@ def sparsity_lines(manifest: dict) -> list[str]:
     return lines + [""]
 
 
+def _speedup_text(budget: dict) -> str:
+    d, request = budget.get("deployed") or {}, budget.get("request") or {}
+    if "speedup_same_pass" not in d:
+        return ""
+    return (f" Requested {request['speedup']:g}x the dense FP32 file (budget from its p50 "
+            f"{request['dense_fp32_p50_ms']:.3f} ms at the start of the run); in the final benchmark pass the dense "
+            f"FP32 file took {d['dense_fp32_p50_ms_same_pass']:.3f} ms: **{d['speedup_same_pass']:.2f}x**.")
+
+
 def budget_lines(manifest: dict) -> list[str]:
     """The latency budget, the chosen pruning point, the deployed file's measured FPS, the frontier."""
     b = manifest.get("latency_budget")
@@ -89,7 +98,7 @@ def budget_lines(manifest: dict) -> list[str]:
              f"Chosen: target_macs {chosen.get('target_macs', 1.0)}, round_to {chosen.get('round_to', '–')} "
              f"(the least pruning predicted and measured to meet the budget before fine-tuning; {b['note']}). "
              f"Deployed `{d.get('artifact')}`: p50 {d.get('p50_ms') or float('nan'):.3f} ms = "
-             f"{d.get('fps') or float('nan'):.0f} FPS — {met}.", "",
+             f"{d.get('fps') or float('nan'):.0f} FPS — {met}." + _speedup_text(b), "",
              "| round_to | MACs kept | LUT-predicted ms | measured FP32 ms |", "|---|---|---|---|"]
     probes = b["probes"]
     shown = [p for i, p in enumerate(probes) if p.get("measured_ms") is not None or i % 8 == 0]
