@@ -84,11 +84,17 @@ def _say(progress: bool, message: str) -> None:
 
 
 def measure_model(model, input_shape: tuple[int, ...], threads: int, work: Path, *, name: str, bench: dict) -> float:
-    """p50 ms of `model` as an FP32 TFLite file (the toolkit's converters, cached) on the host."""
+    """p50 ms of `model` as an FP32 TFLite file (the toolkit's converters, cached) on the host, in
+    the form the runner exports for XNNPACK (hard-sigmoid/hard-swish rewritten), so that the figures
+    match the bundle's files."""
+    import copy
+
     from toolkit.bench.host import benchmark_file
     from toolkit.convert.cache import cached_onnx_to_tflite
     from toolkit.convert.torch_to_onnx import torch_to_onnx
+    from toolkit.graph_rewrite import rewrite_for_delegates
 
+    model, _ = rewrite_for_delegates(copy.deepcopy(model).eval())
     onnx = torch_to_onnx(model, input_shape, work / f"{name}.onnx")
     tflite = cached_onnx_to_tflite(onnx, work / f"{name}-tflite", None, (0.0,), (1.0,), int8=False).float32
     return float(benchmark_file(tflite, "tflite", input_shape, threads=threads, **bench)["latency_ms"]["p50"])
