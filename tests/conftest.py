@@ -44,7 +44,7 @@ TINY_TARGET = {
     "pruning": {"importance": "l2", "scope": "uniform", "target_macs": 0.6, "steps": 1, "finetune_epochs": 1,
                 "round_to": 8},
     "quantization": {"calibration_size": 32},
-    "benchmark": {"warmup": 2, "min_runs": 5, "min_seconds": 0.1},
+    "benchmark": {"warmup": 2, "min_runs": 5, "min_seconds": 0.1, "repeats": 2},
     "budget": {"target_fps": 10},
     "deploy": {"transport": "local"},
 }

@@ -34,6 +34,7 @@ class Artifact:
     converter: Optional[str] = None  # the converter that made the file (None: saved from torch)
     delegate: dict = field(default_factory=dict)  # {name, partitions, undelegated_ops} for TFLite files
     bench_error: Optional[str] = None  # why the host benchmark has no figure (e.g. timed out)
+    p50_runs: list = field(default_factory=list)  # p50 of every benchmark process (latency_ms is the median one's)
 
     @classmethod
     def of_file(cls, bundle: Path, path: Path, **fields) -> "Artifact":

@@ -69,6 +69,13 @@ def test_int8_tflite_is_full_integer(bundle):
     assert float_compute_ops(q) == [] and io_dtypes(q) == ("int8", "int8")
 
 
+def test_every_file_is_benchmarked_in_interleaved_rounds_and_keeps_the_median(bundle):
+    m = json.loads((bundle / "manifest.json").read_text())
+    for a in m["artifacts"]:
+        runs = a["p50_runs"]
+        assert len(runs) == 2 and a["latency_ms"]["p50"] == pytest.approx(sorted(runs)[1], abs=1e-4)
+
+
 def test_int8_onnx_is_shown_to_compute_the_same_sums_with_and_without_vnni(bundle):
     m = json.loads((bundle / "manifest.json").read_text())
     r = m["onnx_int8_same_on_every_cpu"]["pruned"]

@@ -195,7 +195,8 @@ def write_report(path: Path, manifest: dict, artifacts, metric: str) -> None:
         *sparsity_lines(manifest),
         *budget_lines(manifest),
         "Latency: batch 1, the target profile's thread count, warm-up then at least N runs and T seconds, "
-        "each file in its own process (peak MB is that process's max RSS). Parity: max |output − torch output| "
+        "each file in its own process, `benchmark.repeats` rounds with the files interleaved, the median-p50 "
+        "process kept (every round's p50 in manifest.json `p50_runs`; peak MB is that process's max RSS). Parity: max |output − torch output| "
         "over the held-out set divided by max |torch output|, float files only (tolerance 1e-4).",
         "",
         "![accuracy vs latency and size](tradeoffs.png)",
