@@ -130,3 +130,14 @@ def use_workspace(workspace, monkeypatch):
     monkeypatch.setenv("EDGESHRINK_MODELS_DIR", str(workspace / "models"))
     monkeypatch.setenv("EDGESHRINK_TARGETS_DIR", str(workspace / "targets"))
     return workspace
+
+
+def write_module(path, source: str, name: str):
+    """Write `source` to `path` and import it as module `name` (a user's architecture file)."""
+    import importlib.util
+
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -30,27 +30,17 @@ from typing import Callable, Optional
 import numpy as np
 
 from toolkit.errors import EdgeShrinkError
-from toolkit.paths import REPO_ROOT
+from toolkit.paths import REPO_ROOT, side_venv_python
 
 SETUP = "make setup-quant"
 RUNTIME_REFUSED = "the target runtime cannot run it"  # the start of a Trial's reason when the runtime cannot load a file
 SKIP_OPS = {"QUANTIZE", "DEQUANTIZE", "DELEGATE", "RESHAPE", "PAD", "SQUEEZE"}  # move values, add no error
 
 
-def quant_venv() -> Path:
-    """$EDGESHRINK_QUANT_VENV, else <repo>/.venv-quant."""
-    env = os.environ.get("EDGESHRINK_QUANT_VENV")
-    return Path(env).expanduser() if env else REPO_ROOT / ".venv-quant"
-
-
 def quant_python() -> Path:
-    """The quantizer venv's Python; refuses with the install command when it is missing."""
-    venv = quant_venv()
-    python = venv / "bin" / "python"
-    if not python.is_file() or not (venv / ".installed").is_file():
-        raise EdgeShrinkError(f"the ai-edge-quantizer venv {venv.name} is missing or unfinished; create it with: {SETUP} "
-                              "(or point EDGESHRINK_QUANT_VENV at one)")
-    return python
+    """The quantizer venv's Python ($EDGESHRINK_QUANT_VENV, else <repo>/.venv-quant); refuses with
+    the install command when it is missing."""
+    return side_venv_python(env="EDGESHRINK_QUANT_VENV", default=".venv-quant", setup=SETUP, what="ai-edge-quantizer")
 
 
 def _child(spec: dict, *, timeout_s: float = 1800) -> dict:

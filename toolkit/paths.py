@@ -35,3 +35,18 @@ def cache_dir() -> Path:
     path = Path(env).expanduser() if env else REPO_ROOT / ".cache"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def side_venv_python(*, env: str, default: str, setup: str, what: str) -> Path:
+    """The Python of a helper venv (the litert-torch converter, ai-edge-quantizer): $`env`, else
+    <repo>/`default`. Refuses, naming `setup`, when it is missing or its install did not finish
+    (no `.installed` stamp)."""
+    from toolkit.errors import EdgeShrinkError
+
+    override = os.environ.get(env)
+    venv = Path(override).expanduser() if override else REPO_ROOT / default
+    python = venv / "bin" / "python"
+    if not python.is_file() or not (venv / ".installed").is_file():
+        raise EdgeShrinkError(f"the {what} venv {venv.name} is missing or unfinished; create it with: {setup} "
+                              f"(or point {env} at one)")
+    return python

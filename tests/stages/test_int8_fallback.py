@@ -64,15 +64,12 @@ def _trained_outlier_net(module):
 
 @pytest.fixture(scope="module")
 def outlier_card(tmp_path_factory):
-    import importlib.util
-
     import torch
 
+    from tests.conftest import write_module
+
     root = tmp_path_factory.mktemp("outlier")
-    (root / "outlier_nets.py").write_text(NETS)
-    spec = importlib.util.spec_from_file_location("outlier_nets_for_weights", root / "outlier_nets.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = write_module(root / "outlier_nets.py", NETS, "outlier_nets_for_weights")
     torch.set_num_threads(1)
     torch.save(_trained_outlier_net(module).state_dict(), root / "weights.pt")
     card = {"name": "outlier_net", "architecture": "outlier_nets.py:build", "arguments": {"num_classes": 4},

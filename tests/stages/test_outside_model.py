@@ -87,15 +87,12 @@ def _write_images(folder: Path, classes: int, per_class: int, seed: int) -> None
 @pytest.fixture(scope="module")
 def elsewhere(tmp_path_factory):
     """card.yaml, outside_nets.py, weights.th (DataParallel-style prefix, nested) and data/{train,test}."""
-    import importlib.util
-
     import torch
 
+    from tests.conftest import write_module
+
     root = tmp_path_factory.mktemp("elsewhere")
-    (root / "outside_nets.py").write_text(NETS)
-    spec = importlib.util.spec_from_file_location("outside_nets_for_weights", root / "outside_nets.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = write_module(root / "outside_nets.py", NETS, "outside_nets_for_weights")
     torch.manual_seed(0)
     model = module.build(num_classes=10)
     torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}, "epoch": 3}, root / "weights.th")

@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 
 from toolkit.errors import EdgeShrinkError
-from toolkit.paths import REPO_ROOT
+from toolkit.paths import REPO_ROOT, side_venv_python
 
 SETUP = "make setup-litert"
 
@@ -31,20 +31,11 @@ class LiteRTOutputs:
     record: dict = field(default_factory=dict)  # litert.json: package versions, seconds
 
 
-def litert_venv() -> Path:
-    """The converter venv: $EDGESHRINK_LITERT_VENV, else <repo>/.venv-litert."""
-    env = os.environ.get("EDGESHRINK_LITERT_VENV")
-    return Path(env).expanduser() if env else REPO_ROOT / ".venv-litert"
-
-
 def litert_python() -> Path:
-    """The converter venv's Python; refuses (with the install command) when the venv is missing or unfinished."""
-    venv = litert_venv()
-    python = venv / "bin" / "python"
-    if not python.is_file() or not (venv / ".installed").is_file():
-        raise EdgeShrinkError(f"the litert-torch converter venv {venv.name} is missing or unfinished; "
-                              f"create it with: {SETUP}  (or point EDGESHRINK_LITERT_VENV at one)")
-    return python
+    """The converter venv's Python ($EDGESHRINK_LITERT_VENV, else <repo>/.venv-litert); refuses
+    (with the install command) when the venv is missing or unfinished."""
+    return side_venv_python(env="EDGESHRINK_LITERT_VENV", default=".venv-litert", setup=SETUP,
+                            what="litert-torch converter")
 
 
 def _child_error(stderr: str, code: int) -> str:
