@@ -94,8 +94,10 @@ def int8_fallback(runner, family, edge, made: dict) -> None:
     """When the family's INT8 TFLite file is further below the dense FP32 file than the gate
     allows, run the protection ladder (toolkit.int8_fallback) on its FP32 twin; the first file that
     passes replaces it and is verified and recorded again. Recorded in `int8_fallback`."""
-    from toolkit.int8_fallback import protect_until_gate, quant_python
+    import shutil
+
     from toolkit.errors import EdgeShrinkError
+    from toolkit.int8_fallback import protect_until_gate, quant_python
 
     q, art, metric = runner.target.quantization, runner.artifacts[-1], runner.task.primary_metric
     dense = _dense_metric(runner, metric)
@@ -113,22 +115,21 @@ def int8_fallback(runner, family, edge, made: dict) -> None:
         print(f"[edgeshrink] int8 fallback skipped: {exc}", flush=True)
         return
     calibration = _normalised(runner, runner.calib01)
+    work = runner.work / f".int8-fallback-{family.stage}"
     with runner.clock("int8 fallback"):
         better = _normalised(runner, runner.task.calibration_nhwc(4 * runner.plan.calibration_size, runner.plan.seed))
-        result = protect_until_gate(float_file=made["tflite-fp32"], work=runner.work / f".int8-fallback-{family.stage}",
+        result = protect_until_gate(float_file=made["tflite-fp32"], work=work,
                                     calibration=calibration, better_calibration=better, io_dtype=q.io_dtype,
                                     evaluate=lambda path: _trial(runner, path, metric=metric, dense=dense),
                                     allow_float=q.fallback_float, max_layers=q.fallback_max_layers,
                                     progress=runner.plan.progress)
     found = result.pop("file")
     record.update(result)
+    if found is not None:
+        found.replace(made["tflite-int8"])
+    shutil.rmtree(work, ignore_errors=True)
     if found is None:
-        found_dir = runner.work / f".int8-fallback-{family.stage}"
-        if found_dir.is_dir() and not any(found_dir.iterdir()):
-            found_dir.rmdir()
         return
-    found.replace(made["tflite-int8"])
-    found.parent.rmdir()
     runner.artifacts.pop()
     runner.outputs.pop(art.name, None)
     _require_integer_io(made["tflite-int8"], q.io_dtype, full_integer=not _has_float(result))
@@ -161,28 +162,23 @@ def _has_float(result: dict) -> bool:
 
 
 def _require_integer_io(path, io_dtype: str, *, full_integer: bool) -> None:
-    from toolkit.convert.tflite_check import io_dtypes, require_full_integer
-    from toolkit.errors import EdgeShrinkError
+    from toolkit.convert.tflite_check import require_full_integer, require_io_dtype
 
-    if full_integer:
-        require_full_integer(path, io_dtype)
-        return
-    din, dout = io_dtypes(path)
-    if din != io_dtype or dout != io_dtype:
-        raise EdgeShrinkError(f"{path.name} has {din}/{dout} input/output but the profile asks for {io_dtype}")
+    (require_full_integer if full_integer else require_io_dtype)(path, io_dtype)
 
 
 def _trial(runner, path, *, metric: str, dense: float):
     """Verify one candidate INT8 file in the target's runtime and judge it by the deploy gate."""
     from types import SimpleNamespace
 
+    from toolkit.convert.tflite_check import require_io_dtype
     from toolkit.errors import EdgeShrinkError
     from toolkit.int8_fallback import RUNTIME_REFUSED, Trial
     from toolkit.select import gate_failures
     from toolkit.verify import verify
 
     try:
-        _require_integer_io(path, runner.target.quantization.io_dtype, full_integer=False)
+        require_io_dtype(path, runner.target.quantization.io_dtype)
         _, metrics, _ = verify(path, "tflite", "int8", runner.task, reference=runner.outputs["dense-torch-fp32"],
                                source_torch_outputs=None, threads=runner.threads, progress=runner.plan.progress,
                                desc="int8 fallback")

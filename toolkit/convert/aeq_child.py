@@ -11,7 +11,7 @@ Two jobs, named by the spec's "command":
   the float file's, over sample inputs, and how much SNR each op loses against its inputs.
 
 Layers are named by their output tensor (the names ai-edge-quantizer's recipes match). Only numpy,
-ai_edge_quantizer and ai_edge_litert are imported. Errors: one line on stderr, exit status 2."""
+ai_edge_quantizer, ai_edge_litert and the torch-free toolkit.convert.torch_to_litert helpers are imported. Errors: one line on stderr, exit status 2."""
 
 from __future__ import annotations
 
@@ -21,9 +21,6 @@ import re
 import sys
 import time
 from pathlib import Path
-
-_TENSOR_TYPE = {"float32": 0, "int8": 9, "uint8": 3}  # tflite schema TensorType
-
 
 class ChildError(Exception):
     pass
@@ -48,6 +45,12 @@ def _signature(path: Path) -> tuple[str, str]:
 
 
 # ---- quantize ------------------------------------------------------------------------------
+def _inline_buffers(path: Path) -> None:
+    from toolkit.convert.torch_to_litert import _inline_buffers as inline
+
+    inline(path)
+
+
 def quantize(spec: dict) -> dict:
     """Write spec["out"]: the float file quantized with the spec's protections; returns the record."""
     import numpy as np
@@ -70,35 +73,23 @@ def quantize(spec: dict) -> dict:
     calibrated = q.calibrate({key: [{name: x[i:i + 1]} for i in range(len(x))]}, num_threads=int(spec.get("threads", 1)))
     staged = out.with_name(out.name + ".float-io")
     q.quantize(calibrated, enable_progress_report=False).export_model(str(staged), overwrite=True)
-    _inline_buffers(staged)
+    _inline_buffers(staged)  # the same ai-edge-quantizer output fix as the litert-torch path
     _integer_interface(staged, out, spec.get("io_dtype", "int8"))
     return {"seconds": round(time.perf_counter() - start, 2), "calibration_images": int(len(x)),
             "protect": spec.get("protect", {}), "versions": _versions()}
 
 
-def _inline_buffers(path: Path) -> None:
-    """Constants appended after the flatbuffer (ai-edge-quantizer 0.10) moved back inside it:
-    modify_model_interface drops that tail."""
-    from ai_edge_litert.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(path.read_bytes()))
-    path.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(model)))
-
-
 def _integer_interface(source: Path, dest: Path, io_dtype: str) -> None:
-    """`dest`: `source` with `io_dtype` input/output (unchanged when it already has them)."""
-    from ai_edge_litert import _pywrap_modify_model_interface as mmi
+    """`dest`: `source` with `io_dtype` input/output (moved as it is when it already has them)."""
+    from toolkit.convert.torch_to_litert import _integer_interface as to_integer_io
 
     details = _interpreter(source)
     types = {d["dtype"].__name__ for d in details.get_input_details() + details.get_output_details()}
     if types == {io_dtype}:
         source.replace(dest)
         return
-    status = mmi.modify_model_interface(str(source), str(dest), _TENSOR_TYPE[io_dtype], _TENSOR_TYPE[io_dtype])
+    to_integer_io(source, dest, io_dtype)
     source.unlink()
-    if status != 0 or not dest.is_file():
-        raise ChildError(f"could not give the quantized file {io_dtype} input/output (modify_model_interface "
-                         f"status {status}, its input/output are {sorted(types)})")
 
 
 # ---- sensitivity ---------------------------------------------------------------------------
@@ -212,12 +203,14 @@ def main(argv=None) -> int:
     p.add_argument("--record", type=Path, required=True, help="where to write the JSON result")
     args = p.parse_args(argv)
     spec = json.loads(args.spec.read_text())
+    from toolkit.errors import EdgeShrinkError
+
     try:
         job = COMMANDS.get(spec.get("command"))
         if job is None:
             raise ChildError(f"unknown command {spec.get('command')!r} ({', '.join(COMMANDS)})")
         record = job(spec)
-    except (ChildError, ValueError, RuntimeError) as exc:
+    except (ChildError, EdgeShrinkError, ValueError, RuntimeError) as exc:
         print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
         return 2
     args.record.write_text(json.dumps(record, indent=1))

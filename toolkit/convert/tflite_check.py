@@ -44,6 +44,11 @@ def require_full_integer(tflite_path: str | Path, io_dtype: str) -> None:
             f"{Path(tflite_path).name} is not full-integer: {len(bad)} float op(s) remain ({', '.join(bad[:5])}); "
             "check the calibration data and that every op has an int8 kernel"
         )
+    require_io_dtype(tflite_path, io_dtype)
+
+
+def require_io_dtype(tflite_path: str | Path, io_dtype: str) -> None:
+    """Raise when the file's input or output is not `io_dtype` (what the profile asks for)."""
     din, dout = io_dtypes(tflite_path)
     if din != io_dtype or dout != io_dtype:
         raise EdgeShrinkError(f"{Path(tflite_path).name} has {din}/{dout} input/output but the profile asks for {io_dtype}")
