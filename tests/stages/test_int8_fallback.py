@@ -135,3 +135,17 @@ def test_missing_quantizer_venv_is_one_line_with_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGESHRINK_QUANT_VENV", str(tmp_path / "nothing"))
     with pytest.raises(EdgeShrinkError, match="make setup-quant"):
         quant_python()
+
+
+def test_broken_float_file_and_empty_calibration_are_one_line_errors(tmp_path):
+    from toolkit.int8_fallback import requantize
+
+    broken = tmp_path / "broken.tflite"
+    broken.write_bytes(b"\x00not a flatbuffer" * 8)
+    x = np.zeros((2, 8, 8, 3), np.float32)
+    with pytest.raises(EdgeShrinkError, match="ai-edge-quantizer could not quantize") as err:
+        requantize(broken, tmp_path / "q.tflite", calibration=x, protect={}, io_dtype="int8")
+    assert "\n" not in str(err.value) and broken.read_bytes().startswith(b"\x00not")  # the input is left as it was
+    assert not (tmp_path / "q.tflite").exists()
+    with pytest.raises(EdgeShrinkError, match="calibration"):
+        requantize(broken, tmp_path / "q.tflite", calibration=x[:0], protect={}, io_dtype="int8")
