@@ -60,7 +60,8 @@ def _child(spec: dict, *, timeout_s: float = 1800) -> dict:
             lines = [ln.strip() for ln in done.stderr.splitlines() if ln.strip()]
             why = next((ln[len("error: "):] for ln in reversed(lines) if ln.startswith("error: ")),
                        lines[-1][:300] if lines else f"exit status {done.returncode}")
-            raise EdgeShrinkError(f"ai-edge-quantizer could not {spec['command']}: {why}")
+            raise EdgeShrinkError(f"ai-edge-quantizer could not {spec['command']}: {why[:200]}; it needs a float TFLite "
+                                  f"file such as the run's *_fp32.tflite (given: {Path(spec['float']).name})")
         return json.loads(record.read_text())
 
 
