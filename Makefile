@@ -47,7 +47,7 @@ $(LITERT_STAMP): requirements-litert.txt
 
 setup-litert: $(LITERT_STAMP)
 
-# The ai-edge-quantizer venv (toolkit/convert/aeq_child.py runs in it): no torch, ~300 MB.
+# The ai-edge-quantizer venv (toolkit/quantize/aeq_child.py runs in it): no torch, ~300 MB.
 QUANT_VENV  := .venv-quant
 QUANT_STAMP := $(QUANT_VENV)/.installed
 $(QUANT_STAMP): requirements-quant.txt
@@ -84,7 +84,7 @@ train: setup
 	$(BIN)/edgeshrink train --model "$$MODEL" --epochs "$$EPOCHS"
 
 zoo: setup
-	$(BIN)/python -m toolkit.zoo --threads 1 $(if $(ZOO_MODELS),--models $(ZOO_MODELS)) \
+	$(BIN)/python -m toolkit.studies.zoo --threads 1 $(if $(ZOO_MODELS),--models $(ZOO_MODELS)) \
 	  $(if $(ZOO_SIZE),--size $(ZOO_SIZE)) --out dist/zoo
 
 clean:

@@ -55,12 +55,12 @@ def workspace(tmp_path_factory):
     """A models/ and targets/ folder with the tiny card (briefly trained checkpoint) and target."""
     import torch
 
-    from toolkit.architectures import create_model
-    from toolkit.checkpoint import save_checkpoint, sha256_file
-    from toolkit.classification import classification_loss, train_batches
+    from toolkit.models.architectures import create_model
+    from toolkit.models.checkpoint import save_checkpoint, sha256_file
+    from toolkit.tasks.classification import classification_loss, train_batches
     from toolkit.data.imagefolder import synthetic_split
-    from toolkit.preprocess import InputSpec
-    from toolkit.train import TrainConfig, fit
+    from toolkit.data.preprocess import InputSpec
+    from toolkit.train.loop import TrainConfig, fit
 
     root = tmp_path_factory.mktemp("ws")
     models, targets = root / "models", root / "targets"

@@ -9,10 +9,10 @@ Public API (imported lazily, so `import toolkit` stays light):
 
 __version__ = "0.1.0"
 
-from toolkit.errors import EdgeShrinkError  # noqa: E402,F401
+from toolkit.core.errors import EdgeShrinkError  # noqa: E402,F401
 
-_LAZY = {"plan": "toolkit.api", "run": "toolkit.api", "shrink": "toolkit.api", "Bundle": "toolkit.manifest",
-         "RunPlan": "toolkit.runplan", "register_task": "toolkit.tasks", "register": "toolkit.architectures"}
+_LAZY = {"plan": "toolkit.api", "run": "toolkit.api", "shrink": "toolkit.api", "Bundle": "toolkit.pipeline.manifest",
+         "RunPlan": "toolkit.pipeline.plan", "register_task": "toolkit.tasks.registry", "register": "toolkit.models.architectures"}
 
 __all__ = ["EdgeShrinkError", *_LAZY]
 

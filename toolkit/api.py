@@ -14,27 +14,27 @@ import re
 from pathlib import Path
 from typing import Optional, Sequence
 
-from toolkit.errors import EdgeShrinkError
+from toolkit.core.errors import EdgeShrinkError
 
 
 def plan(card, *, target: str = "host", **overrides):
     """Resolve and check a run of `card` (a card name, a card .yaml path or a ModelCard) for
     `target`, with CLI-style overrides (finetune_epochs=0, data=..., out=..., target_macs=0.5, ...).
     Returns a frozen RunPlan; refuses anything wrong in one line before any work."""
-    from toolkit.runplan import make_plan
+    from toolkit.pipeline.plan import make_plan
 
     return make_plan(card, target=target, **overrides)
 
 
 def run(plan, *, model=None):
     """Execute a RunPlan; returns the Bundle (folder + manifest)."""
-    from toolkit.runner import run as run_plan
+    from toolkit.pipeline.runner import run as run_plan
 
     return run_plan(plan, model=model)
 
 
 def _card_for_module(model, *, name: str, task: str, data: str, input_size, mean, std, never_prune, labels) -> dict:
-    from toolkit.architectures import register_instance
+    from toolkit.models.architectures import register_instance
 
     size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     data_path = Path(data).expanduser().resolve()
@@ -55,8 +55,8 @@ def shrink(model, *, target: str, data: str, task: str = "classification", input
 
     import torch
 
-    from toolkit.cards import card_from_dict
-    from toolkit.checkpoint import save_checkpoint
+    from toolkit.config.cards import card_from_dict
+    from toolkit.models.checkpoint import save_checkpoint
 
     if not isinstance(model, torch.nn.Module):
         raise EdgeShrinkError(f"shrink() needs a torch nn.Module, got {type(model).__name__}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from toolkit.errors import EdgeShrinkError
+from toolkit.core.errors import EdgeShrinkError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,10 +49,10 @@ POSITIVE = _number(int, 1)       # threads, sizes, runs
 def _cmd_train(args) -> int:
     from pathlib import Path
 
-    from toolkit.cards import load_card
-    from toolkit.distributed import launch, under_torchrun
-    from toolkit.train import TrainConfig
-    from toolkit.train_card import train_card
+    from toolkit.config.cards import load_card
+    from toolkit.train.distributed import launch, under_torchrun
+    from toolkit.train.loop import TrainConfig
+    from toolkit.pipeline.train_card import train_card
 
     if args.nproc > 1 and not under_torchrun():  # start N copies of this command under torchrun
         import sys
@@ -97,11 +97,11 @@ def _cmd_run(args) -> int:
     from toolkit.api import plan, run
 
     if args.host:
-        from toolkit.remote import parse_host
+        from toolkit.delivery.remote import parse_host
 
         parse_host(args.host)  # a malformed HOST fails before any work
     if args.plan:
-        from toolkit.runplan import load_plan_file, with_options
+        from toolkit.pipeline.plan import load_plan_file, with_options
 
         if args.model:
             raise EdgeShrinkError("give --plan or --model, not both (a plan already names its model)")
@@ -117,8 +117,8 @@ def _cmd_run(args) -> int:
     print((bundle / "report.md").read_text())
     print(f"wrote {bundle} in {time.perf_counter() - t0:.0f} s")
     if args.host:
-        from toolkit.compare import collect_rows, format_rows
-        from toolkit.remote import deliver_and_benchmark
+        from toolkit.delivery.compare import collect_rows, format_rows
+        from toolkit.delivery.remote import deliver_and_benchmark
 
         deliver_and_benchmark(bundle, args.host, args.remote_python, args.ssh_key, args.known_hosts)
         print(format_rows(collect_rows([bundle])))
@@ -133,8 +133,8 @@ def _csv(text: str, kind, what: str) -> tuple:
 
 
 def _cmd_sweep(args) -> int:
-    from toolkit.paths import DIST_DIR
-    from toolkit.sweep import SweepOptions, run_sweep
+    from toolkit.core.paths import DIST_DIR
+    from toolkit.studies.sweep import SweepOptions, run_sweep
 
     opts = SweepOptions(model=args.model, target=args.target, scopes=_csv(args.scopes, str, "--scopes"),
                         macs=_csv(args.macs, float, "--macs"), finetune_epochs=args.finetune_epochs,
@@ -150,8 +150,8 @@ def _cmd_sweep(args) -> int:
 def _cmd_deliver(args) -> int:
     from pathlib import Path
 
-    from toolkit.compare import collect_rows, format_rows
-    from toolkit.remote import deliver_and_benchmark
+    from toolkit.delivery.compare import collect_rows, format_rows
+    from toolkit.delivery.remote import deliver_and_benchmark
 
     deliver_and_benchmark(Path(args.bundle), args.host, args.remote_python, args.ssh_key, args.known_hosts)
     print(format_rows(collect_rows([Path(args.bundle)])))
@@ -161,7 +161,7 @@ def _cmd_deliver(args) -> int:
 def _cmd_compare(args) -> int:
     from pathlib import Path
 
-    from toolkit.compare import collect_rows, format_rows
+    from toolkit.delivery.compare import collect_rows, format_rows
 
     print(format_rows(collect_rows([Path(b) for b in args.bundles])))
     return 0
@@ -170,17 +170,17 @@ def _cmd_compare(args) -> int:
 def _cmd_eval_pack(args) -> int:
     from pathlib import Path
 
-    from toolkit.bundle import write_eval_pack
-    from toolkit.cards import load_card
-    from toolkit.tasks import load_task
+    from toolkit.pipeline.device_files import write_eval_pack
+    from toolkit.config.cards import load_card
+    from toolkit.tasks.registry import card_input_spec, load_task
 
-    from toolkit.tasks import DataRef
+    from toolkit.tasks.registry import DataRef
 
     card = load_card(args.model)
     out = Path(args.out or f"dist/{card.name}-heldout.npz")
     if out.suffix != ".npz" or out.is_dir():
         raise EdgeShrinkError(f"--out {out} must name a .npz file (e.g. dist/{card.name}-heldout.npz), not a folder")
-    task = load_task(card, card.input_spec(), DataRef(args.data, args.synthetic_data))
+    task = load_task(card, card_input_spec(card), DataRef(args.data, args.synthetic_data))
     try:
         path = write_eval_pack(task, out)
     except OSError as exc:
@@ -192,7 +192,7 @@ def _cmd_eval_pack(args) -> int:
 def _cmd_publish(args) -> int:
     from pathlib import Path
 
-    from toolkit.publish import publish_checkpoint, publish_pruned
+    from toolkit.delivery.publish import publish_checkpoint, publish_pruned
 
     if args.bundle:
         path = publish_pruned(Path(args.bundle))
@@ -207,8 +207,8 @@ def _cmd_publish(args) -> int:
 
 def _cmd_models(args) -> int:
     """List the cards; a broken card file is reported in one line on stderr, the good ones still listed."""
-    from toolkit.architectures import list_models
-    from toolkit.cards import list_cards, load_card
+    from toolkit.models.architectures import list_models
+    from toolkit.config.cards import list_cards, load_card
 
     print("model cards (models/*.yaml):")
     broken = 0
@@ -228,7 +228,7 @@ def _cmd_models(args) -> int:
 
 def _cmd_targets(args) -> int:
     """List the profiles; a broken profile file is reported in one line on stderr, the good ones still listed."""
-    from toolkit.targets import list_targets, load_target
+    from toolkit.config.targets import list_targets, load_target
 
     broken = 0
     for name in list_targets():
@@ -247,8 +247,8 @@ def _cmd_validate(args) -> int:
     """`ok PATH` on stdout per valid file, one `invalid ...` line on stderr per bad one; exit 2 when any is bad."""
     from pathlib import Path
 
-    from toolkit.paths import targets_dir
-    from toolkit.targets import validate_target_file
+    from toolkit.core.paths import targets_dir
+    from toolkit.config.targets import validate_target_file
 
     files = [Path(f) for f in args.files] or sorted(targets_dir().glob("*.yaml"))
     failed = 0
@@ -265,7 +265,7 @@ def _cmd_validate(args) -> int:
 def _cmd_bench(args) -> int:
     from pathlib import Path
 
-    from toolkit.bench.bundle import bench_bundle, format_bench_table
+    from toolkit.delivery.rebench import bench_bundle, format_bench_table
 
     result = bench_bundle(Path(args.bundle), args.threads, args.min_runs, args.min_seconds)
     print(format_bench_table(result))
@@ -401,10 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_others(sub) -> None:
     """lottery, sparsity and zoo (registered by their own modules), models, targets, validate."""
-    from toolkit.lottery import register_cli as lottery_cli
-    from toolkit.sparsity.run import register_cli as sparsity_cli
+    from toolkit.studies.lottery import register_cli as lottery_cli
+    from toolkit.studies.sparsity_study import register_cli as sparsity_cli
 
-    from toolkit.zoo import register_cli as zoo_cli
+    from toolkit.studies.zoo import register_cli as zoo_cli
 
     lottery_cli(sub)
     sparsity_cli(sub)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from toolkit.paths import data_dir
+from toolkit.core.paths import data_dir
 
 pytestmark = pytest.mark.slow
 

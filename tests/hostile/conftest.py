@@ -21,8 +21,8 @@ from tests.conftest import REPO, TINY_CARD, TINY_TARGET
 @pytest.fixture(scope="session")
 def hws(tmp_path_factory):
     """models/ (the tiny card with untrained but well-formed weights) and targets/ (tiny + shipped)."""
-    from toolkit.architectures import create_model
-    from toolkit.checkpoint import save_checkpoint, sha256_file
+    from toolkit.models.architectures import create_model
+    from toolkit.models.checkpoint import save_checkpoint, sha256_file
 
     root = tmp_path_factory.mktemp("hostile_ws")
     models, targets = root / "models", root / "targets"

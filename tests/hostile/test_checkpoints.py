@@ -10,7 +10,7 @@ import yaml
 
 from tests.conftest import TINY_CARD
 from tests.hostile.conftest import assert_error_line, assert_refused, cli
-from toolkit.errors import EdgeShrinkError
+from toolkit.core.errors import EdgeShrinkError
 
 
 class _Payload:
@@ -24,7 +24,7 @@ class _Payload:
 
 
 def _tiny_state_dict():
-    from toolkit.architectures import create_model
+    from toolkit.models.architectures import create_model
 
     return create_model("mobilenet_v3_small", **TINY_CARD["arguments"]).state_dict()
 
@@ -39,7 +39,7 @@ def _write(path, kind, marker):
     elif kind == "pickle-with-code":
         torch.save({"state_dict": _Payload(marker)}, path)
     elif kind == "other-architecture":
-        from toolkit.architectures import create_model
+        from toolkit.models.architectures import create_model
 
         torch.save(create_model("resnet18", num_classes=4).state_dict(), path)
     elif kind == "missing-key":
@@ -88,7 +88,7 @@ def test_malicious_checkpoint_through_the_cli_runs_nothing(tmp_path, henv):
 
 def test_card_checkpoint_changed_since_its_sha256_is_refused(tmp_path, henv):
     import toolkit
-    from toolkit.checkpoint import sha256_file
+    from toolkit.models.checkpoint import sha256_file
 
     _write(tmp_path / "w.pt", "missing-key", None)
     card = dict(TINY_CARD, checkpoint={"path": "w.pt", "sha256": sha256_file(tmp_path / "w.pt")})

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests.hostile.conftest import assert_error_line
-from toolkit.errors import EdgeShrinkError
+from toolkit.core.errors import EdgeShrinkError
 
 
 def _folder(root, split="train", classes=("cat", "dog"), per_class=2, size=(20, 24)):
@@ -120,7 +120,7 @@ def _msd(root, cases=5, shape=(6, 10, 12)):
 
 
 def _held_and_train(names):
-    from toolkit.segmentation.nifti import case_split
+    from toolkit.data.nifti import case_split
 
     train, held = case_split(names, held_out=2)
     return train[0], held[0]
@@ -154,7 +154,7 @@ SPOIL_WORDS = {"unreadable": "unreadable", "nan": "NaN", "labels-out-of-range": 
 
 @pytest.mark.parametrize("how", SPOILS)
 def test_bad_held_out_case_stops_the_run(tmp_path, how):
-    from toolkit.segmentation.nifti import load_msd
+    from toolkit.data.nifti import load_msd
 
     root = _msd(tmp_path)
     _, held = _held_and_train(NAMES)
@@ -166,7 +166,7 @@ def test_bad_held_out_case_stops_the_run(tmp_path, how):
 
 @pytest.mark.parametrize("how", SPOILS)
 def test_bad_training_case_is_skipped_and_reported(tmp_path, how):
-    from toolkit.segmentation.nifti import load_msd
+    from toolkit.data.nifti import load_msd
 
     root = _msd(tmp_path)
     train, held = _held_and_train(NAMES)

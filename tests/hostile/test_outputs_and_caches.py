@@ -52,7 +52,7 @@ def _fake_old_bundle(final):
 
 
 def test_rerun_keeps_device_results_and_bench_json(tmp_path):
-    from toolkit.atomic import staged_folder
+    from toolkit.core.atomic import staged_folder
 
     final = tmp_path / "m-t"
     _fake_old_bundle(final)
@@ -63,7 +63,7 @@ def test_rerun_keeps_device_results_and_bench_json(tmp_path):
 
 
 def test_failed_rerun_leaves_the_old_bundle_untouched(tmp_path):
-    from toolkit.atomic import staged_folder
+    from toolkit.core.atomic import staged_folder
 
     final = tmp_path / "m-t"
     _fake_old_bundle(final)
@@ -75,7 +75,7 @@ def test_failed_rerun_leaves_the_old_bundle_untouched(tmp_path):
 
 
 def test_stale_partial_of_a_dead_run_is_removed(tmp_path):
-    from toolkit.atomic import staged_folder
+    from toolkit.core.atomic import staged_folder
 
     dead = tmp_path / ".m-t.partial-999999999"
     dead.mkdir()
@@ -86,9 +86,9 @@ def test_stale_partial_of_a_dead_run_is_removed(tmp_path):
 
 def test_tampered_pruned_cache_entry_is_detected_and_not_used(henv, capsys):
     from tests.conftest import TINY_CARD
-    from toolkit.cards import load_card
+    from toolkit.config.cards import load_card
     from toolkit.prune.cache import _path, find_pruned, store_pruned
-    from toolkit.weights import ModelSource
+    from toolkit.models.weights import ModelSource
 
     source = ModelSource("mobilenet_v3_small", TINY_CARD["arguments"])
     store_pruned("k" * 32, source.build().eval(), source, [{"macs": 1}])
@@ -105,7 +105,7 @@ def test_truncated_decoded_image_cache_is_decoded_again(tmp_path, henv):
     from PIL import Image
 
     from toolkit.data.imagefolder import load_image_split
-    from toolkit.paths import cache_dir
+    from toolkit.core.paths import cache_dir
 
     (tmp_path / "train" / "cat").mkdir(parents=True)
     for i in range(3):
@@ -122,7 +122,7 @@ def test_tampered_tflite_cache_entry_is_not_shipped(tmp_path, henv):
 
     from toolkit.convert.cache import _key, cached_onnx_to_tflite
     from toolkit.convert.torch_to_onnx import torch_to_onnx
-    from toolkit.paths import cache_dir
+    from toolkit.core.paths import cache_dir
 
     onnx = torch_to_onnx(torch.nn.Conv2d(3, 4, 3).eval(), (1, 3, 16, 16), tmp_path / "m.onnx")
     entry = cache_dir() / "tflite" / _key(onnx, None, (0.0,), (1.0,), int8=False, io_dtype="int8")

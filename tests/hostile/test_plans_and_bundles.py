@@ -126,8 +126,8 @@ def test_publish_refuses_a_truncated_training_history(henv, tmp_path):
     from pathlib import Path
 
     from tests.conftest import TINY_CARD
-    from toolkit.architectures import create_model
-    from toolkit.checkpoint import save_checkpoint
+    from toolkit.models.architectures import create_model
+    from toolkit.models.checkpoint import save_checkpoint
 
     run = tmp_path / "run"
     save_checkpoint(run / "last.pt", create_model("mobilenet_v3_small", **TINY_CARD["arguments"]),

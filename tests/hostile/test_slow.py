@@ -52,7 +52,7 @@ def _alive(pid: int) -> bool:
 
 
 def _complete(bundle: Path) -> bool:
-    from toolkit.checkpoint import sha256_file
+    from toolkit.models.checkpoint import sha256_file
 
     manifest = json.loads((bundle / "manifest.json").read_text())
     return all(sha256_file(bundle / a["file"]) == a["sha256"] for a in manifest["artifacts"])

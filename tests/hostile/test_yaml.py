@@ -9,7 +9,7 @@ import yaml
 
 from tests.conftest import TINY_CARD, TINY_TARGET
 from tests.hostile.conftest import assert_error_line, assert_refused, cli
-from toolkit.errors import EdgeShrinkError
+from toolkit.core.errors import EdgeShrinkError
 
 
 def _with(base: dict, path: str, value) -> dict:
@@ -67,7 +67,7 @@ BAD_PROFILES = [
 
 @pytest.mark.parametrize("key, value, words", BAD_PROFILES, ids=[f"{k}={v!r}" for k, v, _ in BAD_PROFILES])
 def test_bad_target_profile_is_one_line(tmp_path, key, value, words):
-    from toolkit.targets import validate_target_file
+    from toolkit.config.targets import validate_target_file
 
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(_with(TINY_TARGET, key, value)))
@@ -88,8 +88,8 @@ UNREADABLE = [
 
 @pytest.mark.parametrize("content, words", UNREADABLE, ids=["binary", "empty", "list", "string", "unclosed", "tab"])
 def test_unreadable_yaml_is_one_line_for_profiles_and_cards(tmp_path, henv, content, words):
-    from toolkit.cards import load_card
-    from toolkit.targets import validate_target_file
+    from toolkit.config.cards import load_card
+    from toolkit.config.targets import validate_target_file
 
     path = tmp_path / "tiny.yaml"
     path.write_bytes(content)
@@ -100,7 +100,7 @@ def test_unreadable_yaml_is_one_line_for_profiles_and_cards(tmp_path, henv, cont
 
 
 def test_profile_path_that_is_a_folder_is_one_line(tmp_path):
-    from toolkit.targets import validate_target_file
+    from toolkit.config.targets import validate_target_file
 
     (tmp_path / "tiny.yaml").mkdir()
     with pytest.raises(EdgeShrinkError) as exc:
@@ -126,7 +126,7 @@ BAD_CARDS = [
 
 @pytest.mark.parametrize("key, value, words", BAD_CARDS, ids=[f"{k}={v!r}"[:40] for k, v, _ in BAD_CARDS])
 def test_bad_model_card_is_one_line(tmp_path, key, value, words):
-    from toolkit.cards import load_card
+    from toolkit.config.cards import load_card
 
     path = tmp_path / "card.yaml"
     path.write_text(yaml.safe_dump(_with(TINY_CARD, key, value)))
@@ -138,7 +138,7 @@ def test_bad_model_card_is_one_line(tmp_path, key, value, words):
 def test_card_name_must_match_its_file_name(henv):
     from pathlib import Path
 
-    from toolkit.cards import load_card
+    from toolkit.config.cards import load_card
 
     models = Path(henv["EDGESHRINK_MODELS_DIR"])
     (models / "impostor.yaml").write_text((models / "tiny_mnv3.yaml").read_text())

@@ -45,15 +45,15 @@ def test_device_pins_are_the_emulated_ones(profile_bundles):
 
 
 def test_pi_script_on_emulated_aarch64_matches_manifest(profile_bundles, aarch64_env, use_workspace, tmp_path):
-    from toolkit.bundle import write_eval_pack
-    from toolkit.cards import load_card
-    from toolkit.tasks import DataRef, load_task
+    from toolkit.pipeline.device_files import write_eval_pack
+    from toolkit.config.cards import load_card
+    from toolkit.tasks.registry import DataRef, card_input_spec, load_task
 
     qemu, env = aarch64_env
     bundle = tmp_path / "tiny_mnv3-rpi4"
     shutil.copytree(profile_bundles["rpi4"], bundle)
     card = load_card("tiny_mnv3")
-    pack = write_eval_pack(load_task(card, card.input_spec(), DataRef(None, True), False), tmp_path / "heldout.npz")
+    pack = write_eval_pack(load_task(card, card_input_spec(card), DataRef(None, True), False), tmp_path / "heldout.npz")
     out = tmp_path / "r.json"
     t0 = time.perf_counter()
     proc = subprocess.run([*qemu, str(bundle / "edgeshrink_run.py"), "--bench", "--runs", "3", "--seconds", "0",

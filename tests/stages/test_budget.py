@@ -12,9 +12,9 @@ import json
 import pytest
 import torch
 
-from toolkit.architectures import create_model
-from toolkit.errors import EdgeShrinkError
-from toolkit.prune.config import PruneConfig
+from toolkit.models.architectures import create_model
+from toolkit.core.errors import EdgeShrinkError
+from toolkit.config.pruning import PruneConfig
 
 SHAPE = (1, 3, 64, 64)
 SEARCH = {"input_shape": SHAPE, "threads": 1, "never_prune": ["classifier.3"], "progress": False,
@@ -24,8 +24,8 @@ SEARCH = {"input_shape": SHAPE, "threads": 1, "never_prune": ["classifier.3"], "
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from toolkit.budget import BENCH, measure_model
-    from toolkit.latency_lut import LatencyTable
+    from toolkit.pipeline.budget import BENCH, measure_model
+    from toolkit.bench.latency_lut import LatencyTable
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -38,7 +38,7 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def searched(tiny):
-    from toolkit.budget import search_for_latency
+    from toolkit.pipeline.budget import search_for_latency
 
     cfg = PruneConfig(importance="l2", scope="uniform", target_macs=0.5, steps=1, round_to=8)
     budget = 0.7 * tiny["dense_ms"]
@@ -46,7 +46,7 @@ def searched(tiny):
 
 
 def test_search_meets_a_budget_with_a_measured_file(searched, tiny, tmp_path):
-    from toolkit.budget import frontier_table, plot_frontier
+    from toolkit.pipeline.budget import frontier_table, plot_frontier
 
     budget, result = searched
     assert result.chosen is not None and 0.0 < result.chosen.target_macs < 1.0
@@ -74,7 +74,7 @@ def test_search_meets_a_budget_with_a_measured_file(searched, tiny, tmp_path):
 
 
 def test_chosen_config_reproduces_the_measured_model(searched, tiny):
-    from toolkit.latency_lut import layer_specs
+    from toolkit.bench.latency_lut import layer_specs
     from toolkit.prune.prune import prune_model
 
     _, result = searched
@@ -85,7 +85,7 @@ def test_chosen_config_reproduces_the_measured_model(searched, tiny):
 
 
 def test_unreachable_budget_is_one_line_naming_the_fastest(tiny):
-    from toolkit.budget import search_for_latency
+    from toolkit.pipeline.budget import search_for_latency
 
     cfg = PruneConfig(scope="uniform", target_macs=0.5, round_to=8)
     with pytest.raises(EdgeShrinkError) as info:
@@ -96,7 +96,7 @@ def test_unreachable_budget_is_one_line_naming_the_fastest(tiny):
 
 
 def test_lut_is_reused_from_disk_and_a_tampered_entry_is_measured_again(tiny):
-    from toolkit.latency_lut import LatencyTable, layer_specs
+    from toolkit.bench.latency_lut import LatencyTable, layer_specs
 
     specs = layer_specs(tiny["model"], SHAPE)
     first = tiny["table"].lookup(specs)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from toolkit.errors import EdgeShrinkError
-from toolkit.paths import data_dir
+from toolkit.core.errors import EdgeShrinkError
+from toolkit.core.paths import data_dir
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -16,7 +16,7 @@ def real_images(count: int, size: int) -> np.ndarray:
     root = data_dir() / "imagenette2-224" / "val"
     files = sorted(root.glob("*/*.JPEG"))[:: max(1, len(sorted(root.glob("*/*.JPEG"))) // count or 1)][:count] if root.is_dir() else []
     if files:
-        from toolkit.preprocess import resize_image
+        from toolkit.data.preprocess import resize_image
 
         return np.stack([resize_image(f, size, size) for f in files]).astype(np.float32) / 255.0
     from toolkit.data.imagefolder import synthetic_split
@@ -28,8 +28,8 @@ def real_images(count: int, size: int) -> np.ndarray:
 def converted(tmp_path_factory):
     import torch
 
-    from toolkit.architectures import create_model
-    from toolkit.convert.onnx_to_qdq_int8 import onnx_to_qdq_int8
+    from toolkit.models.architectures import create_model
+    from toolkit.quantize.onnx_to_qdq_int8 import onnx_to_qdq_int8
     from toolkit.convert.onnx_to_tflite import onnx_to_tflite
     from toolkit.convert.torch_to_onnx import torch_to_onnx
 
@@ -65,7 +65,7 @@ def test_float_files_match_torch_within_1e4(converted):
 
 
 def test_int8_tflite_is_full_integer_and_close(converted):
-    from toolkit.convert.tflite_check import float_compute_ops, io_dtypes, require_full_integer
+    from toolkit.runtime.tflite_check import float_compute_ops, io_dtypes, require_full_integer
     from toolkit.runtime.tflite import TFLiteRunner
 
     q = converted["tflite"].int8
@@ -99,7 +99,7 @@ def test_qdq_onnx_is_per_channel_int8(converted):
 
 
 def test_int8_without_calibration_is_refused(converted, tmp_path):
-    from toolkit.convert.onnx_to_qdq_int8 import onnx_to_qdq_int8
+    from toolkit.quantize.onnx_to_qdq_int8 import onnx_to_qdq_int8
     from toolkit.convert.onnx_to_tflite import onnx_to_tflite
 
     with pytest.raises(EdgeShrinkError, match="calibration set is empty"):
@@ -157,7 +157,7 @@ def test_default_qdq_cannot_saturate_avx2_and_old_scheme_could(converted, tmp_pa
     import onnx
     from onnx import numpy_helper
 
-    from toolkit.convert.onnx_to_qdq_int8 import onnx_to_qdq_int8, u8s8_saturation_rows
+    from toolkit.quantize.onnx_to_qdq_int8 import onnx_to_qdq_int8, u8s8_saturation_rows
 
     weights = [numpy_helper.to_array(i) for i in onnx.load(str(converted["qdq"])).graph.initializer]
     assert max(int(np.abs(w.astype(np.int32)).max()) for w in weights if w.dtype == np.int8 and w.ndim == 4) <= 64
@@ -170,7 +170,7 @@ def test_default_qdq_cannot_saturate_avx2_and_old_scheme_could(converted, tmp_pa
 
 
 def test_cpu_isa_flags_reads_x86_and_arm(tmp_path):
-    from toolkit.cpuinfo import cpu_isa_flags
+    from toolkit.core.cpuinfo import cpu_isa_flags
 
     here = cpu_isa_flags()
     assert set(here) == {"vendor", "model", "flags", "vnni", "u8s8_may_saturate"}
@@ -194,7 +194,7 @@ def test_torch_to_litert_converts_or_says_how_to_install(tmp_path):
 
     import torch
 
-    from toolkit.architectures import create_model
+    from toolkit.models.architectures import create_model
     from toolkit.convert.torch_to_litert import torch_to_litert
 
     torch.manual_seed(0)
@@ -204,7 +204,7 @@ def test_torch_to_litert_converts_or_says_how_to_install(tmp_path):
         with pytest.raises(EdgeShrinkError, match="litert-torch is not installed.*make setup-litert"):
             torch_to_litert(model, (1, 3, 64, 64), tmp_path, images, MEAN, std=STD)
         return
-    from toolkit.convert.tflite_check import io_dtypes
+    from toolkit.runtime.tflite_check import io_dtypes
     from toolkit.runtime.tflite import TFLiteRunner
 
     out = torch_to_litert(model, (1, 3, 64, 64), tmp_path, images, MEAN, std=STD)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.stages.test_convert import MEAN, STD, real_images
-from toolkit.errors import EdgeShrinkError
+from toolkit.core.errors import EdgeShrinkError
 
 
 def data_initialised_mnv3():
@@ -18,7 +18,7 @@ def data_initialised_mnv3():
     kernel treats like a real model)."""
     import torch
 
-    from toolkit.architectures import create_model
+    from toolkit.models.architectures import create_model
 
     torch.manual_seed(0)
     model = create_model("mobilenet_v3_small", num_classes=10, width_mult=0.5)
@@ -48,7 +48,7 @@ class ReluNet:
 def files(tmp_path_factory):
     from toolkit.convert.onnx_to_tflite import onnx_to_tflite
     from toolkit.convert.torch_to_onnx import torch_to_onnx
-    from toolkit.graph_rewrite import rewrite_for_delegates
+    from toolkit.convert.graph_rewrite import rewrite_for_delegates
 
     out = tmp_path_factory.mktemp("delegate")
     model, images, x = data_initialised_mnv3()
@@ -63,7 +63,7 @@ def files(tmp_path_factory):
 
 
 def test_plain_mobilenetv3_is_split_by_hard_sigmoid(files):
-    from toolkit.delegate import delegate_report
+    from toolkit.runtime.delegate import delegate_report
 
     rep = delegate_report(files["plain"])
     assert rep["name"] == "xnnpack" and rep["partitions"] > 1
@@ -72,7 +72,7 @@ def test_plain_mobilenetv3_is_split_by_hard_sigmoid(files):
 
 
 def test_relu_only_net_is_one_partition(files):
-    from toolkit.delegate import delegate_report
+    from toolkit.runtime.delegate import delegate_report
 
     rep = delegate_report(files["relu"])
     assert rep["partitions"] == 1 and rep["undelegated_ops"] == {} and rep["delegated_ops"] == rep["total_ops"]
@@ -81,9 +81,9 @@ def test_relu_only_net_is_one_partition(files):
 def test_rewrite_keeps_outputs_and_gives_one_partition_fp32_and_int8(files):
     import torch
 
-    from toolkit.convert.tflite_check import require_full_integer
-    from toolkit.delegate import delegate_report
-    from toolkit.graph_rewrite import functional_activations
+    from toolkit.runtime.tflite_check import require_full_integer
+    from toolkit.runtime.delegate import delegate_report
+    from toolkit.convert.graph_rewrite import functional_activations
 
     assert any("Hardswish -> DelegateHardswish" in c for c in files["changes"])
     assert any("Hardsigmoid -> DelegateHardsigmoid" in c for c in files["changes"])
@@ -97,7 +97,7 @@ def test_rewrite_keeps_outputs_and_gives_one_partition_fp32_and_int8(files):
 
 
 def test_offline_delegates_and_bad_names(files, tmp_path):
-    from toolkit.delegate import delegate_report
+    from toolkit.runtime.delegate import delegate_report
 
     assert delegate_report(files["relu"], delegate="gpu")["partitions"] == "unknown offline"
     with pytest.raises(EdgeShrinkError, match="unknown delegate"):
@@ -112,7 +112,7 @@ def test_first_divergence_names_the_broken_conv(files, tmp_path):
     import onnx
     from onnx import numpy_helper
 
-    from toolkit.diagnose import first_divergence
+    from toolkit.runtime.diagnose import first_divergence
 
     onnx_path = files["plain_onnx"]
     sample = files["x"][:1].numpy()
@@ -138,7 +138,7 @@ def test_functional_hardswish_calls_are_rewritten_too():
     import torch.nn as nn
     import torch.nn.functional as F
 
-    from toolkit.graph_rewrite import functional_activations, rewrite_for_delegates
+    from toolkit.convert.graph_rewrite import functional_activations, rewrite_for_delegates
 
     class Functional(nn.Module):
         def __init__(self):

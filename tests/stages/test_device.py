@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.errors import EdgeShrinkError
+from toolkit.core.errors import EdgeShrinkError
 
 
 def test_every_profile_yields_a_self_contained_bundle(profile_bundles):
-    from toolkit.checkpoint import sha256_file
+    from toolkit.models.checkpoint import sha256_file
 
     assert set(profile_bundles) >= {"host", "rpi4", "rpi5", "android", "jetson-orin-nano", "jetson-nano"}
     for name, bundle in profile_bundles.items():
@@ -45,21 +45,21 @@ def test_every_profile_yields_a_self_contained_bundle(profile_bundles):
     android = json.loads((profile_bundles["android"] / "manifest.json").read_text())
     assert android["deploy"]["delegate_variants"] == ["gpu", "nnapi"]
     q = next(profile_bundles["android"].glob("*_pruned_int8.tflite"))
-    from toolkit.convert.tflite_check import io_dtypes
+    from toolkit.runtime.tflite_check import io_dtypes
 
     assert io_dtypes(q) == ("uint8", "uint8")  # the android profile asks for uint8 I/O
 
 
 def test_pi_runtime_in_minimal_venv_reproduces_manifest_accuracy(profile_bundles, device_python, use_workspace, tmp_path):
-    from toolkit.bundle import write_eval_pack
-    from toolkit.cards import load_card
-    from toolkit.tasks import DataRef, load_task
+    from toolkit.pipeline.device_files import write_eval_pack
+    from toolkit.config.cards import load_card
+    from toolkit.tasks.registry import DataRef, card_input_spec, load_task
 
     bundle = profile_bundles["rpi4"]
     out = subprocess.run([str(device_python), "-c", "import torch"], capture_output=True)
     assert out.returncode != 0  # the device venv really has no torch
     card = load_card("tiny_mnv3")
-    pack = write_eval_pack(load_task(card, card.input_spec(), DataRef(None, True), False), tmp_path / "heldout.npz")
+    pack = write_eval_pack(load_task(card, card_input_spec(card), DataRef(None, True), False), tmp_path / "heldout.npz")
     result = tmp_path / "r.json"
     proc = subprocess.run([str(device_python), str(bundle / "edgeshrink_run.py"), "--eval-pack", str(pack), "--bench",
                            "--runs", "5", "--seconds", "0.1", "--warmup", "1", "--json", str(result)],
@@ -137,13 +137,13 @@ def sshd(tmp_path_factory):
 
 
 def _hashes(folder: Path) -> dict:
-    from toolkit.checkpoint import sha256_file
+    from toolkit.models.checkpoint import sha256_file
 
     return {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 def test_ssh_deploy_runs_on_the_device_and_pulls_results(profile_bundles, device_python, sshd, tmp_path, monkeypatch):
-    from toolkit.remote import deliver_and_benchmark
+    from toolkit.delivery.remote import deliver_and_benchmark
 
     bundle = tmp_path / "tiny_mnv3-rpi4"
     shutil.copytree(profile_bundles["rpi4"], bundle)
@@ -167,13 +167,13 @@ def test_ssh_deploy_runs_on_the_device_and_pulls_results(profile_bundles, device
     after = _hashes(bundle)
     assert {k: v for k, v in after.items() if k not in ("manifest.json", "report.md")} == \
         {k: v for k, v in before.items() if k not in ("manifest.json", "report.md")}  # only results/ was added
-    from toolkit.compare import collect_rows, format_rows
+    from toolkit.delivery.compare import collect_rows, format_rows
 
     assert "ai-edge-litert" in format_rows(collect_rows([bundle]))
 
 
 def test_ssh_deploy_failed_hash_check_leaves_bundle_intact(profile_bundles, device_python, sshd, tmp_path):
-    from toolkit.remote import deliver_and_benchmark
+    from toolkit.delivery.remote import deliver_and_benchmark
 
     bundle = tmp_path / "tampered-rpi4"
     shutil.copytree(profile_bundles["rpi4"], bundle)
@@ -188,7 +188,7 @@ def test_ssh_deploy_failed_hash_check_leaves_bundle_intact(profile_bundles, devi
 
 def test_ssh_deploy_quotes_every_remote_value(profile_bundles, device_python, sshd, tmp_path, monkeypatch):
     """A bundle name, remote_dir and python path full of shell syntax reach the device as plain words."""
-    from toolkit.remote import deliver_and_benchmark
+    from toolkit.delivery.remote import deliver_and_benchmark
 
     import pwd
 
@@ -209,7 +209,7 @@ def test_ssh_deploy_quotes_every_remote_value(profile_bundles, device_python, ss
 
 
 def test_ssh_unreachable_host_is_a_clear_error(profile_bundles, sshd, tmp_path):
-    from toolkit.remote import deliver_and_benchmark
+    from toolkit.delivery.remote import deliver_and_benchmark
 
     with pytest.raises(EdgeShrinkError, match="cannot reach .* over SSH"):
         deliver_and_benchmark(profile_bundles["rpi4"], f"nobody@127.0.0.1:{_free_port()}", key=sshd["key"],

@@ -67,8 +67,8 @@ def test_two_torchrun_processes_match_one_process(dp_models, tmp_path):
 
 ONE_STEP = """
 import sys, torch
-from toolkit.architectures import create_model
-from toolkit import distributed as D
+from toolkit.models.architectures import create_model
+from toolkit.train import distributed as D
 torch.set_num_threads(1)
 ctx = D.init_from_env()
 torch.manual_seed(0)
@@ -102,9 +102,9 @@ def test_one_data_parallel_step_equals_the_full_batch_step(tmp_path):
 
 
 def test_resume_after_interruption_gives_the_same_weights(dp_models, tmp_path):
-    from toolkit.cards import load_card
-    from toolkit.train import TrainConfig
-    from toolkit.train_card import train_card
+    from toolkit.config.cards import load_card
+    from toolkit.train.loop import TrainConfig
+    from toolkit.pipeline.train_card import train_card
 
     torch.set_num_threads(1)
     card = load_card("tiny_dp")
@@ -122,10 +122,10 @@ def test_resume_after_interruption_gives_the_same_weights(dp_models, tmp_path):
 
 
 def test_resume_refuses_a_state_from_another_config(dp_models, tmp_path):
-    from toolkit.cards import load_card
-    from toolkit.errors import EdgeShrinkError
-    from toolkit.train import TrainConfig
-    from toolkit.train_card import train_card
+    from toolkit.config.cards import load_card
+    from toolkit.core.errors import EdgeShrinkError
+    from toolkit.train.loop import TrainConfig
+    from toolkit.pipeline.train_card import train_card
 
     torch.set_num_threads(1)
     card = load_card("tiny_dp")
@@ -139,8 +139,8 @@ def test_resume_refuses_a_state_from_another_config(dp_models, tmp_path):
 
 
 def test_fit_keeps_the_old_positional_call_and_refuses_a_batch_nproc_does_not_divide():
-    from toolkit.distributed import DistContext
-    from toolkit.errors import EdgeShrinkError
+    from toolkit.train.distributed import DistContext
+    from toolkit.core.errors import EdgeShrinkError
 
     with pytest.raises(EdgeShrinkError, match="multiple of --nproc"):
         DistContext(rank=0, world_size=3).shard(16)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from toolkit.errors import EdgeShrinkError
+from toolkit.core.errors import EdgeShrinkError
 
 NETS = textwrap.dedent('''
     import torch.nn as nn
@@ -44,10 +44,10 @@ def _trained_outlier_net(module):
     float function keeps its accuracy."""
     import torch
 
-    from toolkit.classification import classification_loss, train_batches
+    from toolkit.tasks.classification import classification_loss, train_batches
     from toolkit.data.imagefolder import synthetic_split
-    from toolkit.preprocess import InputSpec
-    from toolkit.train import TrainConfig, fit
+    from toolkit.data.preprocess import InputSpec
+    from toolkit.train.loop import TrainConfig, fit
 
     torch.manual_seed(0)
     model = module.build()
@@ -117,7 +117,7 @@ def test_int8_that_misses_the_gate_is_rescued_by_protecting_sensitive_layers(fal
 
 
 def test_sensitivity_ranks_the_layer_that_reads_the_outlier_first(fallback_bundle):
-    from toolkit.int8_fallback import layer_sensitivity, rank_layers, requantize
+    from toolkit.quantize.int8_fallback import layer_sensitivity, rank_layers, requantize
 
     fp32 = fallback_bundle / "outlier_net_pruned_fp32.tflite"
     rng = np.random.default_rng(0)
@@ -130,7 +130,7 @@ def test_sensitivity_ranks_the_layer_that_reads_the_outlier_first(fallback_bundl
 
 
 def test_missing_quantizer_venv_is_one_line_with_the_fix(tmp_path, monkeypatch):
-    from toolkit.int8_fallback import quant_python
+    from toolkit.quantize.int8_fallback import quant_python
 
     monkeypatch.setenv("EDGESHRINK_QUANT_VENV", str(tmp_path / "nothing"))
     with pytest.raises(EdgeShrinkError, match="make setup-quant"):
@@ -138,7 +138,7 @@ def test_missing_quantizer_venv_is_one_line_with_the_fix(tmp_path, monkeypatch):
 
 
 def test_broken_float_file_and_empty_calibration_are_one_line_errors(tmp_path):
-    from toolkit.int8_fallback import requantize
+    from toolkit.quantize.int8_fallback import requantize
 
     broken = tmp_path / "broken.tflite"
     broken.write_bytes(b"\x00not a flatbuffer" * 8)

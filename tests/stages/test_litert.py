@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from toolkit.errors import EdgeShrinkError
+from toolkit.core.errors import EdgeShrinkError
 
 
 def test_refuses_in_one_line_with_the_install_command_when_the_converter_venv_is_missing(tmp_path, monkeypatch):
@@ -28,11 +28,11 @@ def test_child_converts_and_the_main_runtime_verifies_fp32_parity_and_full_integ
     INT8 is full-integer with int8 input/output and mostly agrees with torch."""
     import torch
 
-    from toolkit.architectures import create_model
-    from toolkit.checkpoint import save_checkpoint
+    from toolkit.models.architectures import create_model
+    from toolkit.models.checkpoint import save_checkpoint
     from toolkit.convert.checkpoint_to_litert import checkpoint_to_litert
-    from toolkit.convert.tflite_check import io_dtypes, require_full_integer
-    from toolkit.parity import compare_outputs
+    from toolkit.runtime.tflite_check import io_dtypes, require_full_integer
+    from toolkit.runtime.parity import compare_outputs
     from toolkit.runtime.tflite import TFLiteRunner
 
     torch.manual_seed(0)

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from toolkit.errors import EdgeShrinkError
-from toolkit.lottery import LotteryConfig, masks_from_scores, run_lottery, sparsity_at
+from toolkit.core.errors import EdgeShrinkError
+from toolkit.studies.lottery import LotteryConfig, masks_from_scores, run_lottery, sparsity_at
 
 
 def test_lottery_run_writes_table_plot_and_config(tmp_path):
@@ -36,7 +36,7 @@ def test_same_seed_same_table(tmp_path):
 
 
 def test_init_scores_give_masks_at_the_requested_sparsity():
-    from toolkit.lottery import _fresh, _setup, init_scores
+    from toolkit.studies.lottery import _fresh, _setup, init_scores
 
     torch.set_num_threads(1)
     s = _setup(LotteryConfig(model="mobilenet_v3_small", width_mult=0.5, size=32, batch_size=16,

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from toolkit.errors import EdgeShrinkError
+from toolkit.core.errors import EdgeShrinkError
 
 NETS = textwrap.dedent('''
     import torch.nn as nn
@@ -132,7 +132,7 @@ def test_card_outside_the_repository_runs_end_to_end_from_the_cli(elsewhere, wor
 
 def test_plan_replays_from_config_json(elsewhere, workspace, tmp_path, monkeypatch):
     from toolkit.api import plan, run
-    from toolkit.runplan import load_plan_file
+    from toolkit.pipeline.plan import load_plan_file
 
     monkeypatch.setenv("EDGESHRINK_TARGETS_DIR", str(workspace / "targets"))
     first = run(plan(str(elsewhere / "card.yaml"), target="tiny", finetune_epochs=0, bench=False, progress=False,

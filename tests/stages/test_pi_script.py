@@ -136,7 +136,7 @@ def test_float_logits_1001_outputs_with_1000_labels(models, pi_python, images, t
     assert first["top"][0]["label"] == ("background" if first["top"][0]["index"] == 0 else f"class_{first['top'][0]['index'] - 1}")
     assert r["end_to_end_ms"]["p50"] > 0 and r["runtime"]["name"] == "ai-edge-litert" and r["runtime"]["version"] == "2.1.0"
     assert r["runtime"]["xnnpack_applied"] is True and r["runtime"]["delegate"] == "xnnpack"
-    from toolkit.checkpoint import sha256_file
+    from toolkit.models.checkpoint import sha256_file
 
     assert r["sha256"] == sha256_file(models["float_logits_1001"]) and r["file"] == "float_logits_1001.tflite"
 
@@ -276,7 +276,7 @@ def test_top_k_is_stable_and_labels_align():
 def test_every_runner_file_is_loaded_and_bundled():
     """The script's own modules (loaded from beside it, hash-checked) are exactly the other .py files
     in deploy/rpi/, and a TFLite bundle gets every one of them."""
-    from toolkit.bundle import RPI_RUNNER, device_scripts
+    from toolkit.pipeline.device_files import RPI_RUNNER, device_scripts
 
     on_disk = {p.name for p in SCRIPT.parent.glob("*.py")}
     assert {"edgeshrink_run.py", *(f"{m}.py" for m in runner().RUNNER_MODULES)} == on_disk == set(RPI_RUNNER)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from toolkit.errors import EdgeShrinkError
+from toolkit.core.errors import EdgeShrinkError
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def bundle(workspace, tmp_path_factory):
 
 
 def test_bundle_holds_every_file_with_matching_hashes(bundle):
-    from toolkit.checkpoint import sha256_file
+    from toolkit.models.checkpoint import sha256_file
 
     manifest = json.loads((bundle / "manifest.json").read_text())
     names = {a["name"] for a in manifest["artifacts"]}
@@ -63,7 +63,7 @@ def test_float_files_are_in_parity_and_agree(bundle):
 
 
 def test_int8_tflite_is_full_integer(bundle):
-    from toolkit.convert.tflite_check import float_compute_ops, io_dtypes
+    from toolkit.runtime.tflite_check import float_compute_ops, io_dtypes
 
     q = next(bundle.glob("*_pruned_int8.tflite"))
     assert float_compute_ops(q) == [] and io_dtypes(q) == ("int8", "int8")
@@ -136,7 +136,7 @@ def test_failed_run_leaves_no_partial_output(use_workspace, tmp_path):
 
 
 def test_bench_command_writes_json(bundle):
-    from toolkit.bench.bundle import bench_bundle, format_bench_table
+    from toolkit.delivery.rebench import bench_bundle, format_bench_table
 
     result = bench_bundle(bundle, threads=1, min_runs=5, min_seconds=0.1, warmup=1)
     assert (bundle / "bench.json").is_file() and len(result["rows"]) == 8
@@ -146,7 +146,7 @@ def test_bench_command_writes_json(bundle):
 
 
 def test_sweep_measures_every_point_with_accuracy(use_workspace, tmp_path):
-    from toolkit.sweep import SweepOptions, run_sweep
+    from toolkit.studies.sweep import SweepOptions, run_sweep
 
     out = run_sweep(SweepOptions(model="tiny_mnv3", target="tiny", scopes=("uniform", "global"), macs=(0.5,),
                                  finetune_epochs=1, repeats=2, out_root=str(tmp_path), synthetic_data=True,
@@ -165,7 +165,7 @@ def test_sweep_measures_every_point_with_accuracy(use_workspace, tmp_path):
 
 
 def test_sweep_rejects_bad_points(use_workspace, tmp_path):
-    from toolkit.sweep import SweepOptions, run_sweep
+    from toolkit.studies.sweep import SweepOptions, run_sweep
 
     with pytest.raises(EdgeShrinkError, match="between 0 and 1"):
         run_sweep(SweepOptions(model="tiny_mnv3", target="tiny", macs=(1.5,), out_root=str(tmp_path), progress=False))
@@ -181,7 +181,7 @@ def test_published_pruned_checkpoint_replaces_fine_tuning(bundle, workspace, tmp
 
     import yaml
 
-    from toolkit.checkpoint import sha256_file
+    from toolkit.models.checkpoint import sha256_file
     from tests.conftest import build_bundle
 
     manifest = json.loads((bundle / "manifest.json").read_text())
@@ -212,7 +212,7 @@ def test_published_pruned_checkpoint_replaces_fine_tuning(bundle, workspace, tmp
 
 
 def test_publish_refuses_synthetic_bundles(bundle, use_workspace):
-    from toolkit.publish import publish_pruned
+    from toolkit.delivery.publish import publish_pruned
 
     with pytest.raises(EdgeShrinkError, match="synthetic"):
         publish_pruned(bundle)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from toolkit.architectures import create_model
-from toolkit.prune.config import PruneConfig
+from toolkit.models.architectures import create_model
+from toolkit.config.pruning import PruneConfig
 from toolkit.prune.prune import count_macs_params, prune_model
 
 SHAPE = (1, 3, 64, 64)
@@ -14,7 +14,7 @@ SHAPE = (1, 3, 64, 64)
 
 @pytest.mark.parametrize("arch,head", [("mobilenet_v3_small", "classifier.3"), ("mobilenet_v2", "classifier.1")])
 def test_prune_to_mac_budget_and_reload_bit_exact(arch, head, tmp_path):
-    from toolkit.checkpoint import load_checkpoint, save_checkpoint
+    from toolkit.models.checkpoint import load_checkpoint, save_checkpoint
 
     torch.manual_seed(0)
     torch.set_num_threads(1)

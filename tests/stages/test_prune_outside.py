@@ -11,8 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from toolkit.errors import EdgeShrinkError
-from toolkit.prune.config import PruneConfig
+from toolkit.core.errors import EdgeShrinkError
+from toolkit.config.pruning import PruneConfig
 from toolkit.prune.prune import PruneResult, count_macs_params, prune, prune_model
 
 torch.set_num_threads(1)
@@ -99,7 +99,7 @@ def test_time_budget_refuses_in_one_line():
 
 
 def test_twenty_step_budget_search_takes_seconds():
-    from toolkit.architectures import create_model
+    from toolkit.models.architectures import create_model
 
     torch.manual_seed(0)
     model = create_model("mobilenet_v3_small", num_classes=10).eval()
@@ -125,7 +125,7 @@ def test_hook_macs_agree_with_torch_pruning_counter():
 def test_pruned_mnasnet_reloads_bit_exact(tmp_path):
     from torchvision.models import mnasnet0_5
 
-    from toolkit.checkpoint import load_checkpoint, save_checkpoint
+    from toolkit.models.checkpoint import load_checkpoint, save_checkpoint
 
     torch.manual_seed(0)
     model = mnasnet0_5(weights=None).eval()
@@ -141,7 +141,7 @@ def test_pruned_mnasnet_reloads_bit_exact(tmp_path):
 def test_plain_state_dict_file_loads_or_names_the_first_mismatch(tmp_path):
     from torchvision.models import resnet18
 
-    from toolkit.checkpoint import fit_state_dict, load_state_dict_file
+    from toolkit.models.checkpoint import fit_state_dict, load_state_dict_file
 
     torch.manual_seed(0)
     source = resnet18(weights=None, num_classes=7).eval()
@@ -166,7 +166,7 @@ def test_plain_state_dict_file_loads_or_names_the_first_mismatch(tmp_path):
 
 @pytest.mark.parametrize("scale", [1e-15, 1.0, 1e9])
 def test_parity_is_relative_to_the_reference_scale(scale):
-    from toolkit.parity import compare_outputs
+    from toolkit.runtime.parity import compare_outputs
 
     rng = np.random.default_rng(0)
     reference = (rng.standard_normal((2, 1000)) * scale).astype(np.float32)
@@ -179,7 +179,7 @@ def test_parity_is_relative_to_the_reference_scale(scale):
 
 
 def test_parity_edge_cases():
-    from toolkit.parity import compare_outputs
+    from toolkit.runtime.parity import compare_outputs
 
     zeros = np.zeros((1, 4), np.float32)
     assert compare_outputs(zeros, zeros)["ok"]

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from toolkit.prune.config import PruneConfig
+from toolkit.config.pruning import PruneConfig
 from toolkit.prune.prune import UnreachableTarget, count_macs_params, prune
 
 torch.set_num_threads(1)

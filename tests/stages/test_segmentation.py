@@ -6,18 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from toolkit.errors import EdgeShrinkError
+from toolkit.core.errors import EdgeShrinkError
 
 
 def tiny_unet():
-    from toolkit.architectures import create_model
+    from toolkit.models.architectures import create_model
 
     torch.manual_seed(0)
     return create_model("unet", in_channels=1, num_classes=3, base=8, depth=3).eval()
 
 
 def test_dice_known_cases():
-    from toolkit.segmentation.metrics import dice_per_class, mean_dice
+    from toolkit.tasks.segmentation_metrics import dice_per_class, mean_dice
 
     truth = np.zeros((4, 8, 8), np.uint8)
     truth[1:3, 2:5, 2:5] = 1
@@ -34,8 +34,8 @@ def test_dice_known_cases():
 
 
 def test_prune_through_concatenations_keeps_shapes(tmp_path):
-    from toolkit.checkpoint import load_checkpoint, save_checkpoint
-    from toolkit.prune.config import PruneConfig
+    from toolkit.models.checkpoint import load_checkpoint, save_checkpoint
+    from toolkit.config.pruning import PruneConfig
     from toolkit.prune.prune import count_macs_params, prune_model
 
     model = tiny_unet()
@@ -59,11 +59,11 @@ def test_prune_through_concatenations_keeps_shapes(tmp_path):
 
 def test_unet_converts_and_runs_in_onnxruntime_and_litert(tmp_path):
     from toolkit.convert.onnx_to_tflite import onnx_to_tflite
-    from toolkit.convert.tflite_check import require_full_integer
+    from toolkit.runtime.tflite_check import require_full_integer
     from toolkit.convert.torch_to_onnx import torch_to_onnx
     from toolkit.runtime.onnx import ONNXRunner
     from toolkit.runtime.tflite import TFLiteRunner
-    from toolkit.segmentation.nifti import synthetic_volumes, slices_of
+    from toolkit.data.nifti import synthetic_volumes, slices_of
 
     model = tiny_unet()
     vols = synthetic_volumes(3, seed=0)
@@ -83,7 +83,7 @@ def test_unet_converts_and_runs_in_onnxruntime_and_litert(tmp_path):
 def test_malformed_nifti_pairs_are_reported_by_name(tmp_path):
     import nibabel as nib
 
-    from toolkit.segmentation.nifti import load_msd, read_pair
+    from toolkit.data.nifti import load_msd, read_pair
 
     (tmp_path / "images").mkdir()
     (tmp_path / "labels").mkdir()
@@ -110,7 +110,7 @@ def test_malformed_nifti_pairs_are_reported_by_name(tmp_path):
 
 
 def test_case_split_is_fixed_and_disjoint():
-    from toolkit.segmentation.nifti import case_split
+    from toolkit.data.nifti import case_split
 
     names = [f"hippocampus_{i:03d}" for i in range(260)]
     train, held = case_split(names)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from toolkit.architectures import create_model
-from toolkit.errors import EdgeShrinkError
+from toolkit.models.architectures import create_model
+from toolkit.core.errors import EdgeShrinkError
 from toolkit.sparsity import sparsify, sparsity_report
 from toolkit.sparsity.magnitude import cubic_schedule, prunable_layers
 
@@ -45,10 +45,10 @@ def test_oneshot_reaches_the_target_and_leaves_output_and_depthwise_dense(scope)
 
 
 def test_gradual_keeps_masked_weights_zero_while_fine_tuning():
-    from toolkit.classification import classification_loss, train_batches
+    from toolkit.tasks.classification import classification_loss, train_batches
     from toolkit.data.imagefolder import synthetic_split
-    from toolkit.preprocess import InputSpec
-    from toolkit.train import TrainConfig, train_loop
+    from toolkit.data.preprocess import InputSpec
+    from toolkit.train.loop import TrainConfig, train_loop
 
     model = _tiny()
     data = synthetic_split(4, 8, 64, 64, seed=1)
@@ -72,8 +72,8 @@ def test_gradual_keeps_masked_weights_zero_while_fine_tuning():
 
 
 def test_after_structured_pruning_and_portable_reload(tmp_path):
-    from toolkit.checkpoint import load_checkpoint, save_checkpoint
-    from toolkit.prune.config import PruneConfig
+    from toolkit.models.checkpoint import load_checkpoint, save_checkpoint
+    from toolkit.config.pruning import PruneConfig
     from toolkit.prune.prune import prune_model
 
     model = _tiny()
@@ -123,7 +123,7 @@ def test_zeros_survive_export_to_onnx_and_tflite(tmp_path):
     timing = measure_sparse_speedup(tfl.float32, sparse, runs=10, repeats=1)
     assert timing["densify_ops"] > 0 and timing["dense_p50_ms"] > 0
     assert timing["verdict"] == NO_SPEEDUP or timing["verdict"].startswith("sparse kernels")
-    from toolkit.sparsity.bundle import bundle_sparsity_fields
+    from toolkit.sparsity.bundle_section import bundle_sparsity_fields
 
     fields = bundle_sparsity_fields(record, {"onnx": (onnx_path, "onnx"), "fp32": (tfl.float32, "tflite"),
                                              "int8": (tfl.int8, "tflite")}, sparse_timing=timing)

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from toolkit.zoo import STAGES, register_cli, run_zoo, zoo_models
+from toolkit.studies.zoo import STAGES, register_cli, run_zoo, zoo_models
 
 torch.set_num_threads(1)
 HARD = ["shufflenet_v2_x0_5", "mnasnet0_5", "regnet_x_400mf", "resnet18"]
@@ -35,10 +35,10 @@ def test_hard_convnets_prune_or_refuse_and_export_with_parity(tmp_path, capsys):
 
 
 def test_vision_transformer_is_pruned_safely_or_refused_quickly():
-    from toolkit.errors import EdgeShrinkError
-    from toolkit.prune.config import PruneConfig
+    from toolkit.core.errors import EdgeShrinkError
+    from toolkit.config.pruning import PruneConfig
     from toolkit.prune.prune import prune
-    from toolkit.zoo import build_zoo_model
+    from toolkit.studies.zoo import build_zoo_model
 
     torch.manual_seed(0)
     model, _ = build_zoo_model("vit_b_16", 32)
@@ -66,7 +66,7 @@ def test_cli_registration_parses_the_zoo_options():
 
 
 def test_unknown_model_is_one_line_error(tmp_path):
-    from toolkit.errors import EdgeShrinkError
+    from toolkit.core.errors import EdgeShrinkError
 
     with pytest.raises(EdgeShrinkError, match="did you mean"):
         run_zoo(["resnet181"], out=tmp_path)

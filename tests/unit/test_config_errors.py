@@ -8,26 +8,26 @@ import sys
 import pytest
 import yaml
 
-from toolkit.errors import EdgeShrinkError
-from toolkit.paths import TARGETS_DIR
+from toolkit.core.errors import EdgeShrinkError
+from toolkit.core.paths import TARGETS_DIR
 
 
 def test_unknown_model_suggests_closest():
-    from toolkit.cards import load_card
+    from toolkit.config.cards import load_card
 
     with pytest.raises(EdgeShrinkError, match='did you mean "mobilenet_v3_small"'):
         load_card("mobilenet_v3_smal")
 
 
 def test_unknown_target_suggests_closest():
-    from toolkit.targets import load_target
+    from toolkit.config.targets import load_target
 
     with pytest.raises(EdgeShrinkError, match='did you mean "host"'):
         load_target("hots")
 
 
 def test_unknown_architecture_suggests_closest():
-    from toolkit.architectures import create_model
+    from toolkit.models.architectures import create_model
 
     with pytest.raises(EdgeShrinkError, match='did you mean "mobilenet_v2"'):
         create_model("mobilenet_v2x")
@@ -35,8 +35,8 @@ def test_unknown_architecture_suggests_closest():
 
 @pytest.mark.parametrize("field,value", [("target_macs", 1.5), ("target_macs", 0.0), ("channel_ratio", -0.2)])
 def test_ratio_out_of_range(field, value):
-    from toolkit.prune.config import PruneConfig
-    from toolkit.schema import validate_data
+    from toolkit.config.pruning import PruneConfig
+    from toolkit.core.schema import validate_data
 
     data = {"target_macs": None, field: value} if field == "channel_ratio" else {field: value}
     with pytest.raises(EdgeShrinkError, match="between 0 and 1"):
@@ -44,7 +44,7 @@ def test_ratio_out_of_range(field, value):
 
 
 def test_misspelt_target_key_is_rejected_with_hint(tmp_path):
-    from toolkit.targets import validate_target_file
+    from toolkit.config.targets import validate_target_file
 
     data = yaml.safe_load(open(TARGETS_DIR / "host.yaml"))
     data["runtime"]["thraeds"] = data["runtime"].pop("threads")
@@ -55,7 +55,7 @@ def test_misspelt_target_key_is_rejected_with_hint(tmp_path):
 
 
 def test_profile_name_must_match_file(tmp_path):
-    from toolkit.targets import validate_target_file
+    from toolkit.config.targets import validate_target_file
 
     path = tmp_path / "rpi9.yaml"
     path.write_text(open(TARGETS_DIR / "host.yaml").read())
@@ -64,7 +64,7 @@ def test_profile_name_must_match_file(tmp_path):
 
 
 def test_malformed_yaml_names_the_line(tmp_path):
-    from toolkit.targets import validate_target_file
+    from toolkit.config.targets import validate_target_file
 
     path = tmp_path / "host.yaml"
     path.write_text("name: host\nruntime: {engine: tflite\n")
@@ -73,7 +73,7 @@ def test_malformed_yaml_names_the_line(tmp_path):
 
 
 def test_unreadable_checkpoint(tmp_path):
-    from toolkit.checkpoint import load_checkpoint
+    from toolkit.models.checkpoint import load_checkpoint
 
     bad = tmp_path / "model.pt"
     bad.write_bytes(b"this is not a checkpoint")
@@ -103,7 +103,7 @@ def test_cli_error_is_one_line_and_leaves_no_dist(tmp_path):
 def test_timing_summary_percentiles():
     import numpy as np
 
-    from toolkit.bench.timing import summarize_ms, time_calls
+    from toolkit.runtime.timing import summarize_ms, time_calls
 
     s = summarize_ms(np.arange(1, 101, dtype=float))
     assert s["latency_ms"]["p50"] == pytest.approx(50.5)
@@ -114,15 +114,15 @@ def test_timing_summary_percentiles():
 
 
 def test_input_spec_round_trips():
-    from toolkit.preprocess import InputSpec
+    from toolkit.data.preprocess import InputSpec
 
     spec = InputSpec(96, 128, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     assert InputSpec.from_dict(yaml.safe_load(yaml.safe_dump(spec.to_dict()))) == spec
 
 
 def test_every_shipped_profile_and_card_validates():
-    from toolkit.cards import list_cards, load_card
-    from toolkit.targets import list_targets, load_target
+    from toolkit.config.cards import list_cards, load_card
+    from toolkit.config.targets import list_targets, load_target
 
     assert "host" in list_targets()
     for name in list_targets():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.errors import EdgeShrinkError
+from toolkit.core.errors import EdgeShrinkError
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"
@@ -91,14 +91,14 @@ def test_android_without_adb_is_a_clear_error(monkeypatch):
 
 @pytest.mark.parametrize("spec", ["raspberrypi", "pi@", "@host", "pi@host:99999999", "pi@host:abc", ""])
 def test_bad_host_specs(spec):
-    from toolkit.remote import parse_host
+    from toolkit.delivery.remote import parse_host
 
     with pytest.raises(EdgeShrinkError, match="user@host"):
         parse_host(spec)
 
 
 def test_host_spec_parsing():
-    from toolkit.remote import parse_host
+    from toolkit.delivery.remote import parse_host
 
     h = parse_host("pi@192.168.1.20:2222")
     assert (h.user, h.host, h.port) == ("pi", "192.168.1.20", 2222)

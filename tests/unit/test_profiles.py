@@ -7,8 +7,8 @@ import copy
 import pytest
 import yaml
 
-from toolkit.errors import EdgeShrinkError
-from toolkit.paths import TARGETS_DIR
+from toolkit.core.errors import EdgeShrinkError
+from toolkit.core.paths import TARGETS_DIR
 
 BASE = yaml.safe_load((TARGETS_DIR / "rpi4.yaml").read_text())
 
@@ -54,7 +54,7 @@ CASES = [
 
 @pytest.mark.parametrize("name,data,message", CASES, ids=[c[0] for c in CASES])
 def test_malformed_profile_rejected(tmp_path, name, data, message):
-    from toolkit.targets import validate_target_file
+    from toolkit.config.targets import validate_target_file
 
     path = tmp_path / "rpi4.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -64,7 +64,7 @@ def test_malformed_profile_rejected(tmp_path, name, data, message):
 
 
 def test_name_contradicting_file_is_rejected(tmp_path):
-    from toolkit.targets import validate_target_file
+    from toolkit.config.targets import validate_target_file
 
     path = tmp_path / "jetson-nano.yaml"
     path.write_text(yaml.safe_dump(BASE))
@@ -73,7 +73,7 @@ def test_name_contradicting_file_is_rejected(tmp_path):
 
 
 def test_required_profiles_exist_and_validate():
-    from toolkit.targets import list_targets, load_target
+    from toolkit.config.targets import list_targets, load_target
 
     names = set(list_targets())
     assert {"host", "rpi4", "rpi5", "android", "jetson-orin-nano", "jetson-nano"} <= names

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.errors import EdgeShrinkError
+from toolkit.core.errors import EdgeShrinkError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -22,7 +22,7 @@ INJECTIONS = ["x;touch {m}@h", "pi@h;touch {m}", "pi@h:22;touch {m}", "pi@$(touc
 
 @pytest.mark.parametrize("spec", INJECTIONS)
 def test_host_specs_that_could_inject_are_refused(spec, tmp_path):
-    from toolkit.remote import parse_host
+    from toolkit.delivery.remote import parse_host
 
     with pytest.raises(EdgeShrinkError, match=r"is not user@host\[:port\]") as err:
         parse_host(spec.format(m=tmp_path / "m"))
@@ -33,7 +33,7 @@ def test_host_specs_that_could_inject_are_refused(spec, tmp_path):
                                             ("ubuntu_1@10.0.0.7:2222", ("ubuntu_1", "10.0.0.7", 2222)),
                                             ("root@[::1]:22", ("root", "::1", 22))])
 def test_good_host_specs(spec, expected):
-    from toolkit.remote import parse_host
+    from toolkit.delivery.remote import parse_host
 
     h = parse_host(spec)
     assert (h.user, h.host, h.port) == expected
@@ -41,7 +41,7 @@ def test_good_host_specs(spec, expected):
 
 def test_remote_command_values_are_single_words(tmp_path):
     """The device command runs in a real shell with hostile python/remote_dir values: nothing extra runs."""
-    from toolkit.remote import device_command
+    from toolkit.delivery.remote import device_command
 
     folder = tmp_path / "dir $(touch PWNED); `touch PWNED` 'q\""
     folder.mkdir()
@@ -55,7 +55,7 @@ def test_remote_command_values_are_single_words(tmp_path):
 
 
 def test_ssh_destination_follows_a_double_dash():
-    from toolkit.remote import Ssh, parse_host
+    from toolkit.delivery.remote import Ssh, parse_host
 
     ssh = Ssh(parse_host("pi@127.0.0.1:1"), timeout=1)
     with pytest.raises(EdgeShrinkError, match="cannot reach"):
@@ -64,7 +64,7 @@ def test_ssh_destination_follows_a_double_dash():
     assert "--" not in cmd  # the options stay options; run()/pull_file() add "--" before the login
     import inspect
 
-    from toolkit import remote
+    from toolkit.delivery import remote
 
     src = inspect.getsource(remote.Ssh)
     assert src.count('"--", self.target.login') == 2 and '"--", f"{local}/' in src

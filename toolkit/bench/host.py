@@ -7,13 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from toolkit.errors import EdgeShrinkError
+from toolkit.core.errors import EdgeShrinkError
 
 
 def benchmark_file(path: str | Path, fmt: str, input_shape: tuple[int, ...], *, threads: int = 2, warmup: int = 10,
                    min_runs: int = 50, min_seconds: float = 2.0, timeout: float = 600) -> dict:
     """Latency/FPS/peak-memory record of one model file, measured in a child process."""
-    from toolkit.provenance import machine_description
+    from toolkit.core.provenance import machine_description
 
     cmd = [sys.executable, "-m", "toolkit.bench.worker", str(path), "--format", fmt, "--threads", str(threads),
            "--shape", ",".join(map(str, input_shape)), "--warmup", str(warmup), "--min-runs", str(min_runs),

@@ -23,7 +23,7 @@ def main(argv=None) -> int:
     p.add_argument("--min-seconds", type=float, default=2.0)
     args = p.parse_args(argv)
 
-    from toolkit.bench.timing import peak_rss_mb, time_calls
+    from toolkit.runtime.timing import peak_rss_mb, time_calls
     from toolkit.runtime import open_runner
 
     base_rss_mb = peak_rss_mb()

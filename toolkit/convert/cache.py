@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 
 from toolkit.convert.onnx_to_tflite import TFLiteOutputs, onnx_to_tflite
-from toolkit.paths import cache_dir
+from toolkit.core.paths import cache_dir
 
 
 def _key(onnx_path: Path, calib: Optional[np.ndarray], mean, std, *, int8: bool, io_dtype: str) -> str:
@@ -31,7 +31,7 @@ def _key(onnx_path: Path, calib: Optional[np.ndarray], mean, std, *, int8: bool,
 
 
 def _write_digests(entry: Path) -> None:
-    from toolkit.checkpoint import sha256_file
+    from toolkit.models.checkpoint import sha256_file
 
     digests = {p.name: sha256_file(p) for p in sorted(entry.glob("*.tflite"))}
     (entry / "sha256.json").write_text(json.dumps(digests))
@@ -39,7 +39,7 @@ def _write_digests(entry: Path) -> None:
 
 def _entry_ok(entry: Path, int8: bool) -> bool:
     """The entry holds the files asked for, each matching the sha256 written with it."""
-    from toolkit.checkpoint import sha256_file
+    from toolkit.models.checkpoint import sha256_file
 
     try:
         digests = json.loads((entry / "sha256.json").read_text())

@@ -18,8 +18,8 @@ from typing import Optional
 
 import numpy as np
 
-from toolkit.errors import EdgeShrinkError
-from toolkit.paths import REPO_ROOT, side_venv_python
+from toolkit.core.errors import EdgeShrinkError
+from toolkit.core.paths import REPO_ROOT, side_venv_python
 
 SETUP = "make setup-litert"
 

@@ -3,7 +3,7 @@
     .venv-litert/bin/python -m toolkit.convert.litert_child --checkpoint model.pt --out DIR \
         --input-shape 1,3,224,224 [--calibration calib.npy --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225]
 
-Rebuilds the model from a portable checkpoint (toolkit.checkpoint), writes `<stem>_float32.tflite`
+Rebuilds the model from a portable checkpoint (toolkit.models.checkpoint), writes `<stem>_float32.tflite`
 and, with calibration data, `<stem>_int8.tflite`, and `litert.json` (files, package versions,
 seconds). Errors are one line on stderr, exit status 2. Only torch, numpy and the litert packages
 are imported: nothing of the main venv's stack."""
@@ -41,7 +41,7 @@ def convert(args) -> dict:
     import numpy as np
     import torch
 
-    from toolkit.checkpoint import load_checkpoint
+    from toolkit.models.checkpoint import load_checkpoint
     from toolkit.convert.torch_to_litert import torch_to_litert
 
     torch.set_num_threads(args.threads)
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     p.add_argument("--stem", default="model")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
-    from toolkit.errors import EdgeShrinkError
+    from toolkit.core.errors import EdgeShrinkError
 
     try:
         record = convert(args)

@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 
 from toolkit.convert.onnx_to_tflite import TFLiteOutputs
-from toolkit.errors import EdgeShrinkError
+from toolkit.core.errors import EdgeShrinkError
 
 INSTALL = "make setup-litert (the .venv-litert converter venv; run it there through toolkit.convert.checkpoint_to_litert)"
 _TENSOR_TYPE = {"float32": 0, "int8": 9, "uint8": 3}  # tflite schema TensorType

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.errors import EdgeShrinkError
-from toolkit.paths import cache_dir
+from toolkit.core.errors import EdgeShrinkError
+from toolkit.core.paths import cache_dir
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
@@ -79,7 +79,7 @@ def list_image_folder(split_dir: Path, classes: list[str] | None = None) -> tupl
 
 def _decode(args: tuple) -> np.ndarray | str:
     """One decoded image, or the reason it could not be decoded."""
-    from toolkit.preprocess import resize_image
+    from toolkit.data.preprocess import resize_image
 
     path, h, w, interpolation, channels = args
     try:

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from toolkit.paths import cache_dir
+from toolkit.core.paths import cache_dir
 
 
 def prune_cache_key(ckpt_sha256: str, cfg, spec, data: dict, *, seed: int, never_prune) -> str:
@@ -31,8 +31,8 @@ def find_pruned(card, key: str, *, source) -> Optional[tuple]:
     """(model, history, published path or None) made with exactly these settings: from the local
     cache (sha256 checked), else from the card's published checkpoints (sha256 checked); None when
     there is none."""
-    from toolkit.checkpoint import sha256_file
-    from toolkit.weights import load_weights
+    from toolkit.models.checkpoint import sha256_file
+    from toolkit.models.weights import load_weights
 
     entry_path = _path(key)
     if entry_path.is_file():
@@ -46,7 +46,7 @@ def find_pruned(card, key: str, *, source) -> Optional[tuple]:
         if published.key == key:
             path = card.pruned_path(published)
             if not path.is_file() or sha256_file(path) != published.sha256:
-                from toolkit.errors import EdgeShrinkError
+                from toolkit.core.errors import EdgeShrinkError
 
                 raise EdgeShrinkError(f"published pruned checkpoint {published.path} is missing or does not match the "
                                       "card's sha256; restore it (git checkout) or run with --no-cache")
@@ -57,7 +57,7 @@ def find_pruned(card, key: str, *, source) -> Optional[tuple]:
 
 def store_pruned(key: str, model, source, history: list) -> None:
     """Keep a pruned model under its key, with its sha256 beside it."""
-    from toolkit.checkpoint import save_checkpoint
+    from toolkit.models.checkpoint import save_checkpoint
 
     digest = save_checkpoint(_path(key), model, source.architecture, source.arguments, {"history": history})
     _path(key).with_suffix(".sha256").write_text(digest + "\n")

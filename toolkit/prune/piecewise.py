@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from toolkit.errors import EdgeShrinkError
+from toolkit.core.errors import EdgeShrinkError
 
 
 _POINTS = 4  # points of the ratio schedule at which a part's output shapes are checked

@@ -1,6 +1,6 @@
 """Iterative structured pruning to a MAC budget (or a channel ratio), with fine-tuning between
 steps. The result is an ordinary nn.Module whose layers are narrower; save it with
-toolkit.checkpoint (architecture + channel spec + state_dict).
+toolkit.models.checkpoint (architecture + channel spec + state_dict).
 
 Before the model is touched: the output layers are protected, attention blocks are set aside,
 and a dry run on a copy (pruned to the most the run may remove) finds layer groups whose pruning
@@ -12,8 +12,8 @@ import copy
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
-from toolkit.errors import EdgeShrinkError
-from toolkit.prune.config import PruneConfig
+from toolkit.core.errors import EdgeShrinkError
+from toolkit.config.pruning import PruneConfig
 from toolkit.prune.macs import count_macs, count_params
 from toolkit.prune.safety import (Deadline, attention_layers, check_forward, describe_failure,
                                   find_breaking_roots, find_output_layers, output_shapes,

@@ -9,7 +9,7 @@ import threading
 import time
 from typing import Callable, Optional
 
-from toolkit.errors import EdgeShrinkError
+from toolkit.core.errors import EdgeShrinkError
 
 _UNTRACEABLE_HINT = "skip the prune stage for this model (convert it dense)"
 

@@ -10,7 +10,7 @@ import numpy as np
 
 def make_interpreter(path: str | Path, threads: int = 2):
     """An allocated interpreter for a .tflite file."""
-    from toolkit.bench.timing import device_common
+    from toolkit.runtime.timing import device_common
 
     return device_common().make_interpreter(path, threads)[0]
 
@@ -20,7 +20,7 @@ class TFLiteRunner:
     returns dequantised float output in NCHW/NC layout."""
 
     def __init__(self, path: str | Path, threads: int = 2):
-        from toolkit.bench.timing import device_common
+        from toolkit.runtime.timing import device_common
 
         self._common = device_common()
         self.interp, self.runtime = self._common.make_interpreter(path, threads)

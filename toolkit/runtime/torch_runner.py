@@ -11,7 +11,7 @@ class TorchRunner:
     def __init__(self, path: str | Path, threads: int = 2):
         import torch
 
-        from toolkit.checkpoint import load_checkpoint
+        from toolkit.models.checkpoint import load_checkpoint
 
         torch.set_num_threads(threads)
         self.torch = torch

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional, Sequence
 
-from toolkit.errors import EdgeShrinkError
+from toolkit.core.errors import EdgeShrinkError
 
 SCOPES = ("global", "layer")
 SCHEDULES = ("oneshot", "gradual")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.errors import EdgeShrinkError
+from toolkit.core.errors import EdgeShrinkError
 
 NO_SPEEDUP = "no speed-up: dense kernels"
 

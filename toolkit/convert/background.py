@@ -1,0 +1,99 @@
+"""Background work in plain child processes (`python -m toolkit.convert.background`), not multiprocessing.
+
+multiprocessing's spawn re-imports the caller's `__main__`: a user's 15-line script without an
+`if __name__ == "__main__":` guard would start itself again in every worker. A child started with
+`python -m` imports only the toolkit. Children get SIGTERM when the parent dies (Linux
+PR_SET_PDEATHSIG) and are killed when the run fails or is interrupted."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from toolkit.core.errors import EdgeShrinkError
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask the kernel for SIGTERM when the parent exits (Linux only)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class BackgroundConversion:
+    """One ONNX -> TFLite conversion in a child process; `result()` waits for its TFLiteOutputs."""
+
+    def __init__(self, onnx_path: Path, out_dir: Path, *, calib01, mean, std, int8: bool, io_dtype: str, cache: bool):
+        import numpy as np
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="edgeshrink-job-")
+        job = Path(self._tmp.name)
+        if calib01 is not None:
+            np.save(job / "calib.npy", calib01)
+        spec = {"onnx": str(onnx_path), "out": str(out_dir), "calib": str(job / "calib.npy") if calib01 is not None else None,
+                "mean": list(mean), "std": list(std), "int8": int8, "io_dtype": io_dtype, "cache": cache}
+        (job / "job.json").write_text(json.dumps(spec))
+        self._log = open(job / "stderr.log", "w+")
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        self._proc = subprocess.Popen([sys.executable, "-m", "toolkit.convert.background", str(job / "job.json")],
+                                      stdout=subprocess.PIPE, stderr=self._log, text=True, env=env,
+                                      preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+
+    def result(self):
+        """(TFLiteOutputs, seconds); the child's failure is a one-line EdgeShrinkError."""
+        from toolkit.convert.onnx_to_tflite import TFLiteOutputs
+
+        out, _ = self._proc.communicate()
+        self._log.seek(0)
+        tail = [line for line in self._log.read().splitlines() if line.strip()]
+        self.close()
+        lines = [line for line in out.splitlines() if line.startswith("{")]
+        if self._proc.returncode != 0 or not lines:
+            raise EdgeShrinkError(f"TFLite conversion failed: {tail[-1] if tail else f'exit {self._proc.returncode}'}")
+        data = json.loads(lines[-1])
+        return TFLiteOutputs(Path(data["float32"]), Path(data["int8"]) if data["int8"] else None), data["seconds"]
+
+    def kill(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self.close()
+
+    def close(self) -> None:
+        self._log.close()
+        self._tmp.cleanup()
+
+
+def _main(job_file: str) -> int:
+    """Child side: run the conversion described in job.json, print one JSON line."""
+    import numpy as np
+
+    from toolkit.convert.cache import cached_onnx_to_tflite
+    from toolkit.convert.onnx_to_tflite import onnx_to_tflite
+
+    spec = json.loads(Path(job_file).read_text())
+    calib = np.load(spec["calib"]) if spec["calib"] else None
+    convert = cached_onnx_to_tflite if spec["cache"] else onnx_to_tflite
+    t0 = time.perf_counter()
+    try:
+        out = convert(spec["onnx"], spec["out"], calib, tuple(spec["mean"]), tuple(spec["std"]), int8=spec["int8"],
+                      io_dtype=spec["io_dtype"])
+    except EdgeShrinkError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    print(json.dumps({"float32": str(out.float32), "int8": str(out.int8) if out.int8 else None,
+                      "seconds": time.perf_counter() - t0}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1]))

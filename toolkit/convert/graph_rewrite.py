@@ -1,0 +1,101 @@
+"""Torch-level rewrites that keep the maths and let LiteRT's XNNPACK delegate take the whole graph.
+
+Measured with toolkit.runtime.delegate on onnx2tf 1.29.24 + TensorFlow 2.19 + ai-edge-litert 2.1.0:
+- nn.Hardsigmoid exports as ONNX HardSigmoid, which the TFLite converter turns into RELU_0_TO_1;
+  XNNPACK takes RELU_0_TO_1 neither in FP32 nor in INT8 (one partition break each).
+- nn.Hardswish (and x * relu6(x + 3) / 6 written out) is fused by the TFLite converter into
+  HARD_SWISH; XNNPACK takes it in FP32 but not in INT8.
+- relu6(x + 3) * (1/6) stays ADD(+RELU6) and MUL (often folded into the neighbouring conv), and
+  relu6(x + 3) * (x * (1/6)) is not matched by the converter's hard-swish pattern, so it stays
+  ADD(+RELU6), MUL, MUL: all delegated in FP32 and full-integer INT8.
+The rewritten model's outputs equal the original's to float rounding (allclose, not bitwise)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+_SIXTH = 1.0 / 6.0
+
+
+class DelegateHardsigmoid(nn.Module):
+    """hardsigmoid(x) = relu6(x + 3) * (1/6): ADD(+RELU6) and MUL in TFLite, not RELU_0_TO_1."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu6(x + 3.0) * _SIXTH
+
+
+class DelegateHardswish(nn.Module):
+    """hardswish(x) = relu6(x + 3) * (x * (1/6)): this operand order escapes the TFLite
+    converter's HARD_SWISH fusion (which XNNPACK does not take in INT8)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu6(x + 3.0) * (x * _SIXTH)
+
+
+_REPLACEMENTS = {nn.Hardsigmoid: DelegateHardsigmoid, nn.Hardswish: DelegateHardswish}
+
+
+def delegate_hardsigmoid(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    return F.relu6(x + 3.0) * _SIXTH
+
+
+def delegate_hardswish(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    return F.relu6(x + 3.0) * (x * _SIXTH)
+
+
+def _rewrite_functional(model: nn.Module, hardswish: bool) -> tuple[nn.Module, list[str]]:
+    """F.hardswish / F.hardsigmoid calls inside forwards, rewritten with torch.fx. Returns the
+    model unchanged when there are none, or when it cannot be traced (changes then say so)."""
+    import torch.fx
+
+    targets = {F.hardsigmoid: delegate_hardsigmoid}
+    if hardswish:
+        targets[F.hardswish] = delegate_hardswish
+    try:
+        traced = torch.fx.symbolic_trace(model)
+    except Exception as exc:  # noqa: BLE001 - data-dependent control flow etc.; modules are still rewritten
+        return model, [f"functional calls not checked: torch.fx cannot trace the model ({type(exc).__name__})"]
+    changes = []
+    for node in traced.graph.nodes:
+        if node.op == "call_function" and node.target in targets:
+            changes.append(f"{node.name}: F.{node.target.__name__} -> {targets[node.target].__name__}")
+            node.target = targets[node.target]
+    if not changes:
+        return model, []
+    traced.recompile()
+    return traced, changes
+
+
+def rewrite_for_delegates(model: nn.Module, *, hardswish: bool = True) -> tuple[nn.Module, list[str]]:
+    """Replace nn.Hardswish / nn.Hardsigmoid modules (in place) with delegate-friendly forms.
+    `hardswish=False` keeps nn.Hardswish (FP32 HARD_SWISH is one delegated XNNPACK op, a little
+    faster than ADD+MUL+MUL) for files that will only be deployed in FP32.
+    Returns (model, changes) where changes lists "name: Old -> New" for every replacement.
+    F.hardswish / F.hardsigmoid calls inside a forward are rewritten with torch.fx when there are
+    any (the model then comes back as an fx.GraphModule with the same state_dict keys);
+    `functional_activations` checks that none are left."""
+    changes: list[str] = []
+    for parent_name, parent in list(model.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            new = _REPLACEMENTS.get(type(child))
+            if new is None or (new is DelegateHardswish and not hardswish):
+                continue
+            setattr(parent, child_name, new())
+            full = f"{parent_name}.{child_name}" if parent_name else child_name
+            changes.append(f"{full}: {type(child).__name__} -> {new.__name__}")
+    model, more = _rewrite_functional(model, hardswish)
+    return model, changes + more
+
+
+def functional_activations(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """Names of hardswish/hardsigmoid ops the model still calls after rewriting (e.g. F.hardswish
+    in a forward), found by tracing one forward pass with TorchScript. Empty means none left."""
+    import warnings
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        graph = torch.jit.trace(model.eval(), example, check_trace=False).inlined_graph
+    return sorted({n.kind() for n in graph.nodes() if n.kind() in ("aten::hardswish", "aten::hardswish_",
+                                                                       "aten::hardsigmoid", "aten::hardsigmoid_")})

@@ -1,0 +1,190 @@
+"""Optional stages of a run, called by the runner: the latency-budget search (`--fps`) and
+unstructured sparsity (`--sparsity`) with its honest report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def budget_config(runner, dense_model):
+    """The least pruning whose FP32 TFLite file meets the FPS budget on this host: per-layer
+    latencies measured on LiteRT/XNNPACK (a lookup table), calibrated and confirmed by converting
+    and benchmarking real files. Fine-tuning happens after the search. None: dense meets it."""
+    from toolkit.pipeline.budget import plot_frontier, search_for_latency
+
+    plan = runner.plan
+    with runner.clock("latency budget search"):
+        budget_ms = budget_ms_for(runner, dense_model)
+        result = search_for_latency(dense_model, input_shape=runner.shape, cfg=plan.pruning,
+                                    budget_ms=budget_ms, threads=runner.threads,
+                                    never_prune=plan.card.never_prune, progress=plan.progress)
+    runner.extra["latency_budget"] = result.to_json()
+    plot_frontier(result, runner.work / "frontier.png")
+    return result.chosen
+
+
+def budget_ms_for(runner, dense_model) -> float:
+    """The p50 budget: 1000 / fps, or for a speed-up ("2x") the dense FP32 TFLite p50 measured
+    now on this host divided by the factor."""
+    fps = runner.plan.fps
+    if isinstance(fps, str) and fps.endswith("x"):
+        import tempfile
+
+        from toolkit.pipeline.budget import BENCH, measure_model
+
+        with tempfile.TemporaryDirectory() as tmp:  # the lowest of 3 p50s: a transient load must not loosen the budget
+            dense_ms = measure_model(dense_model, runner.shape, runner.threads, Path(tmp), name="dense", bench=BENCH)
+        runner.extra["latency_budget_request"] = {"speedup": float(fps[:-1]), "dense_fp32_p50_ms": dense_ms}
+        return dense_ms / float(fps[:-1])
+    return 1000.0 / fps
+
+
+def sparsify_or_reuse(runner, model, dense_model, history: list):
+    """Unstructured magnitude sparsity on top of the (channel-pruned) model, fine-tuned between
+    steps; cached under the structured key + the sparsity settings."""
+    import hashlib
+    import json
+
+    from toolkit.prune.cache import find_pruned, store_pruned
+    from toolkit.sparsity import sparsify
+
+    plan = runner.plan
+    settings = {"sparsity": plan.sparsity, "schedule": plan.sparsity_schedule, "steps": plan.sparsity_steps,
+                "epochs": plan.sparsity_finetune_epochs, "lr": plan.pruning.finetune_lr, "seed": plan.seed,
+                "base": runner.extra["prune_cache"]["key"] or plan.checkpoint_sha256, "never_prune": plan.card.never_prune}
+    key = hashlib.sha256(repr(sorted(settings.items())).encode()).hexdigest()[:32]
+    found = find_pruned(plan.card, key, source=plan.source) if plan.cache else None
+    with runner.clock("sparsify"):
+        if found is not None:
+            model, record, _ = found
+            record = record[0]
+        else:
+            steps = plan.sparsity_steps if plan.sparsity_schedule == "gradual" else 1
+            model, record = sparsify(model, sparsity=plan.sparsity, scope="global", schedule=plan.sparsity_schedule,
+                                     steps=steps, finetune=runner._finetuner(dense_model, plan.sparsity_finetune_epochs),
+                                     exclude=tuple(plan.card.never_prune))
+            record = json.loads(json.dumps(record, default=float))  # plain data: checkpoints load weights-only
+            if plan.cache:
+                store_pruned(key, model, plan.source, [record])
+    runner.extra["sparsify"] = {"key": key, "hit": found is not None, "record": record}
+    return model.eval()
+
+
+def sparsity_report(runner) -> dict:
+    """Zeros really present in each pruned file, raw vs gzip size, and whether any kernel uses
+    them (XNNPACK's FP32 sparse path, measured on a sparse-encoded twin of the FP32 TFLite)."""
+    import tempfile
+
+    from toolkit.sparsity.bundle_section import bundle_sparsity_fields
+    from toolkit.sparsity.xnnpack import measure_sparse_speedup, sparse_tflite
+
+    files = {a.name: (runner.work / a.file, a.format) for a in runner.artifacts
+             if a.stage == "pruned" and a.format in ("onnx", "tflite")}
+    timing = None
+    fp32 = next((a for a in runner.artifacts if a.name == "pruned-tflite-fp32"), None)
+    onnx = runner.work / f"{runner.name}_pruned_fp32.onnx"
+    if fp32 is not None and onnx.is_file() and runner.plan.bench:
+        with runner.clock("sparse kernels"), tempfile.TemporaryDirectory() as tmp:
+            twin = sparse_tflite(onnx, Path(tmp) / "sparse_float32.tflite")
+            timing = measure_sparse_speedup(runner.work / fp32.file, twin, threads=runner.threads)
+    return bundle_sparsity_fields(runner.extra["sparsify"]["record"], files, sparse_timing=timing)
+
+
+def int8_fallback(runner, family, edge, made: dict) -> None:
+    """When the family's INT8 TFLite file is further below the dense FP32 file than the gate
+    allows, run the protection ladder (toolkit.quantize.int8_fallback) on its FP32 twin; the first file that
+    passes replaces it and is verified and recorded again. Recorded in `int8_fallback`."""
+    import shutil
+
+    from toolkit.core.errors import EdgeShrinkError
+    from toolkit.quantize.int8_fallback import protect_until_gate, quant_python
+
+    q, art, metric = runner.target.quantization, runner.artifacts[-1], runner.task.primary_metric
+    dense = _dense_metric(runner, metric)
+    value = art.metrics.get(metric)
+    if not q.fallback or dense is None or value is None or dense - value <= runner.target.gate.max_metric_drop \
+            or "tflite-fp32" not in made:
+        return
+    record: dict = {"trigger": {"artifact": art.name, metric: value, "dense_fp32": dense,
+                                "max_metric_drop": runner.target.gate.max_metric_drop}}
+    runner.extra.setdefault("int8_fallback", {})[family.stage] = record
+    try:
+        quant_python()
+    except EdgeShrinkError as exc:
+        record["skipped"] = str(exc)
+        print(f"[edgeshrink] int8 fallback skipped: {exc}", flush=True)
+        return
+    calibration = _normalised(runner, runner.calib01)
+    work = runner.work / f".int8-fallback-{family.stage}"
+    with runner.clock("int8 fallback"):
+        better = _normalised(runner, runner.task.calibration_nhwc(4 * runner.plan.calibration_size, runner.plan.seed))
+        result = protect_until_gate(float_file=made["tflite-fp32"], work=work,
+                                    calibration=calibration, better_calibration=better, io_dtype=q.io_dtype,
+                                    evaluate=lambda path: _trial(runner, path, metric=metric, dense=dense),
+                                    allow_float=q.fallback_float, max_layers=q.fallback_max_layers,
+                                    progress=runner.plan.progress)
+    found = result.pop("file")
+    record.update(result)
+    if found is not None:
+        found.replace(made["tflite-int8"])
+    shutil.rmtree(work, ignore_errors=True)
+    if found is None:
+        return
+    runner.artifacts.pop()
+    runner.outputs.pop(art.name, None)
+    _require_integer_io(made["tflite-int8"], q.io_dtype, full_integer=not _has_float(result))
+    runner._verify_and_record(edge, family, made["tflite-int8"],
+                              converter=f"{family.tflite_converter} FP32 + ai-edge-quantizer ({result['chosen']})")
+
+
+def _dense_metric(runner, metric: str):
+    """The dense FP32 file's metric in the target's format (the gate's baseline), else torch's."""
+    from toolkit.pipeline.choose import ENGINE_FORMAT
+
+    fmt = ENGINE_FORMAT.get(runner.target.runtime.engine)
+    for name in (f"dense-{fmt}-fp32", "dense-torch-fp32"):
+        art = next((a for a in runner.artifacts if a.name == name), None)
+        if art is not None and art.metrics.get(metric) is not None:
+            return art.metrics[metric]
+    return None
+
+
+def _normalised(runner, x01):
+    import numpy as np
+
+    spec = runner.plan.input
+    return ((x01 - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)).astype(np.float32)
+
+
+def _has_float(result: dict) -> bool:
+    chosen = next((s for s in result["steps"] if s["step"] == result["chosen"]), {})
+    return "float" in (chosen.get("protect") or {}).values()
+
+
+def _require_integer_io(path, io_dtype: str, *, full_integer: bool) -> None:
+    from toolkit.runtime.tflite_check import require_full_integer, require_io_dtype
+
+    (require_full_integer if full_integer else require_io_dtype)(path, io_dtype)
+
+
+def _trial(runner, path, *, metric: str, dense: float):
+    """Verify one candidate INT8 file in the target's runtime and judge it by the deploy gate."""
+    from types import SimpleNamespace
+
+    from toolkit.runtime.tflite_check import require_io_dtype
+    from toolkit.core.errors import EdgeShrinkError
+    from toolkit.quantize.int8_fallback import RUNTIME_REFUSED, Trial
+    from toolkit.pipeline.choose import gate_failures
+    from toolkit.runtime.verify import verify
+
+    try:
+        require_io_dtype(path, runner.target.quantization.io_dtype)
+        _, metrics, _ = verify(path, "tflite", "int8", runner.task, reference=runner.outputs["dense-torch-fp32"],
+                               source_torch_outputs=None, threads=runner.threads, progress=runner.plan.progress,
+                               desc="int8 fallback")
+    except (RuntimeError, ValueError) as exc:  # the runtime cannot load or run the file
+        raise EdgeShrinkError(f"{RUNTIME_REFUSED}: {str(exc).splitlines()[0][:200]}") from None
+    delegate = runner._delegate_report(path)
+    why = gate_failures(SimpleNamespace(metrics=metrics, delegate=delegate, parity={}), dense_metric=dense,
+                        metric=metric, gate=runner.target.gate)
+    return Trial(not why, metrics.get(metric), delegate.get("partitions"), tuple(why), delegate.get("undelegated_ops"))

@@ -1,0 +1,445 @@
+"""The one runner: plan in, bundle out. It alone times stages, uses caches, runs worker
+processes, verifies every produced file and records its lineage.
+
+    bundle = run(plan)          # plan from toolkit.pipeline.plan.make_plan (every check already done)
+
+Work happens in a staged folder moved into place only when complete. A float file that fails
+parity is kept, with its report and the first diverging layer, in `<bundle>.failed/`."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from toolkit.pipeline import optional_stages
+from toolkit.models.artifact import Artifact
+from toolkit.pipeline.edges import Edge, edges_for, keeps
+from toolkit.core.errors import EdgeShrinkError
+
+
+class StageClock:
+    """Wall time per stage name (stages may repeat: times add up)."""
+
+    def __init__(self, progress: bool):
+        self.seconds: dict[str, float] = {}
+        self.progress = progress
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        if self.progress:
+            print(f"[edgeshrink] {name} ...", flush=True)
+        t0 = time.perf_counter()
+        yield
+        self.add(name, time.perf_counter() - t0)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + seconds, 2)
+
+
+class ParityFailure(EdgeShrinkError):
+    """A converted float file does not compute what its torch model computes."""
+
+
+@dataclass
+class Family:
+    """One model (dense or pruned) and the files made from it."""
+
+    stage: str
+    model: object
+    torch_out: np.ndarray
+    macs: int
+    params: int
+    onnx: Optional[Path] = None
+    jobs: dict = field(default_factory=dict)
+    tflite_converter: Optional[str] = None  # the converter that made this family's TFLite files
+
+
+class Runner:
+    """Builds one bundle's files in `work`; `run()` below drives it."""
+
+    def __init__(self, plan, *, task, work: Path, jobs: list, clock: StageClock):
+        self.plan, self.task, self.work, self.jobs, self.clock = plan, task, work, jobs, clock
+        self.target = plan.target
+        self.name = plan.card.name
+        self.shape = plan.input_shape
+        self.threads = plan.target.bench_threads
+        self.artifacts: list[Artifact] = []
+        self.outputs: dict[str, np.ndarray] = {}
+        self.extra: dict = {}
+        self.calib01 = self.calib_nchw = None
+        self.families: dict[str, Family] = {}
+
+    # ---- families -------------------------------------------------------------------------
+    def load_dense(self, model=None) -> Family:
+        """The dense model (given, or from the plan's weights), saved portably and evaluated."""
+        from toolkit.models.checkpoint import save_checkpoint
+        from toolkit.prune.prune import count_macs_params
+        from toolkit.pipeline.plan import load_dense
+
+        plan = self.plan
+        with self.clock("load checkpoint"):
+            model = (load_dense(plan) if model is None else copy.deepcopy(model)).eval()
+            save_checkpoint(self.work / f"{self.name}_dense.pt", model, plan.source.architecture,
+                            plan.source.arguments, {"source_sha256": plan.checkpoint_sha256})
+            macs, params = count_macs_params(model, self.shape)
+        with self.clock("verify"):
+            ref = self.task.torch_outputs(model)
+        self.outputs["dense-torch-fp32"] = ref
+        self.record(self.work / f"{self.name}_dense.pt", stage="dense", fmt="torch", precision="fp32",
+                    macs=macs, params=params, metrics=self.task.metrics(ref, ref))
+        return Family("dense", model, ref, macs, params)
+
+    def pruned(self, dense: Family) -> Family:
+        """The pruned, fine-tuned model: from the cache or the card's published checkpoints when
+        the exact settings match, else pruned and fine-tuned now."""
+        from toolkit.models.checkpoint import save_checkpoint
+
+        with self.clock("prune"):
+            model, history = self._prune_or_reuse(dense) if self.plan.structured else self._unpruned(dense)
+        finetune_seconds = sum((h.get("finetune") or {}).get("seconds", 0.0) for h in history[1:])
+        if self.extra["prune_cache"]["hit"]:
+            finetune_seconds = 0.0  # the reused model's fine-tuning happened in an earlier run
+        self.clock.seconds["prune"] = round(self.clock.seconds["prune"] - finetune_seconds, 2)
+        self.clock.add("fine-tune", finetune_seconds)
+        if self.plan.sparsity:
+            model = optional_stages.sparsify_or_reuse(self, model, dense.model, history)
+        from toolkit.prune.prune import count_macs_params
+
+        self.extra["prune_history"] = history
+        macs, params = count_macs_params(model, self.shape)  # the same counter as the dense figures
+        self.extra["macs_fraction"] = macs / dense.macs
+        config = (self.extra.get("latency_budget") or {}).get("chosen") or self.plan.pruning.model_dump()
+        save_checkpoint(self.work / f"{self.name}_pruned.pt", model, self.plan.source.architecture,
+                        self.plan.source.arguments, {"pruning": config, "history": history})
+        with self.clock("verify"):
+            out = self.task.torch_outputs(model)
+        self.outputs["pruned-torch-fp32"] = out
+        self.record(self.work / f"{self.name}_pruned.pt", stage="pruned", fmt="torch", precision="fp32", macs=macs,
+                    params=params, parent="dense-torch-fp32", metrics=self.task.metrics(out, dense.torch_out))
+        return Family("pruned", model, out, macs, params)
+
+    def _prune_or_reuse(self, dense: Family):
+        from toolkit.prune.cache import find_pruned, prune_cache_key, store_pruned
+        from toolkit.prune.prune import prune
+
+        plan, dense_model = self.plan, dense.model
+        cfg = optional_stages.budget_config(self, dense_model) if plan.fps else plan.pruning
+        if cfg is None:  # the dense model already meets the latency budget
+            model, history = self._unpruned(dense)
+            self.extra["prune_cache"]["budget_met_by_dense"] = True
+            return model, history
+        key = prune_cache_key(plan.checkpoint_sha256, cfg, plan.input, self.task.data_description(),
+                              seed=plan.seed, never_prune=plan.card.never_prune)
+        found = find_pruned(plan.card, key, source=plan.source) if plan.cache else None
+        if found is not None:
+            model, history, published = found
+            self.extra["prune_cache"] = {"key": key, "hit": True, **({"published": published} if published else {})}
+            return model, history
+        grad = self.task.grad_batches() if cfg.importance == "taylor" else None
+        import torch
+
+        example = torch.from_numpy(np.ascontiguousarray(self.task.example_batch(2), dtype=np.float32))
+        result = prune(copy.deepcopy(dense_model), example_input=example, cfg=cfg, never_prune=plan.card.never_prune,
+                       finetune=self._finetuner(dense_model), grad_batches=grad, progress=plan.progress,
+                       time_budget_s=plan.prune_time_budget_s)
+        model, history = result.model, result.history
+        self.extra["prune_excluded"] = result.excluded
+        self.extra["prune_protected_outputs"] = result.protected_outputs
+        if plan.cache:
+            store_pruned(key, model, plan.source, history)
+        self.extra["prune_cache"] = {"key": key, "hit": False}
+        return model, history
+
+    def _unpruned(self, dense: Family):
+        """No channel pruning (plan.structured False, or the dense model meets the FPS budget)."""
+        self.extra["prune_cache"] = {"key": None, "hit": False, "structured": False}
+        return copy.deepcopy(dense.model), [{"step": 0, "macs": dense.macs, "params": dense.params, "macs_fraction": 1.0}]
+
+    def _finetuner(self, dense_model, epochs: Optional[int] = None):
+        """finetune(model, step) for the pruning loops: the task's fine-tuning with distillation."""
+        cfg, teacher = self.plan.pruning, copy.deepcopy(dense_model).eval()
+        epochs = cfg.finetune_epochs if epochs is None else epochs
+
+        def finetune(model, step: int) -> dict:
+            t0 = time.perf_counter()
+            result = self.task.finetune(model, epochs=epochs, lr=cfg.finetune_lr, distill=cfg.distill,
+                                        teacher=teacher, seed=self.plan.seed + step, progress=self.plan.progress)
+            return {**result, "seconds": round(time.perf_counter() - t0, 2)}
+
+        return finetune
+
+    # ---- conversion edges -----------------------------------------------------------------
+    def calibration(self) -> None:
+        """Real training images for INT8 calibration: NHWC in [0, 1] (onnx2tf) and normalised NCHW (ORT)."""
+        with self.clock("calibration data"):
+            x01 = self.task.calibration_nhwc(self.plan.calibration_size, self.plan.seed)
+            if len(x01) == 0:
+                raise EdgeShrinkError("calibration set is empty: the training split yielded no images; check the data folder")
+            spec = self.plan.input
+            nchw = ((x01 - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)).transpose(0, 3, 1, 2)
+            self.calib01, self.calib_nchw = x01, np.ascontiguousarray(nchw, dtype=np.float32)
+
+    def export(self, family: Family) -> None:
+        """ONNX export now; background edges (onnx2tf) start in a worker process."""
+        from toolkit.convert.torch_to_onnx import torch_to_onnx
+
+        with self.clock("export onnx"):
+            model = self._delegate_friendly(family)
+            family.onnx = torch_to_onnx(model, self.shape, self.work / f"{self.name}_{family.stage}_fp32.onnx")
+        edges = [e for e in edges_for(self.target, family.stage) if e.background]
+        if edges and self.target.conversion.tflite == "onnx2tf":  # litert-torch converts when its files are needed
+            from toolkit.pipeline.tflite_converters import start_onnx2tf
+
+            family.jobs["onnx2tf"] = start_onnx2tf(self, family, int8=any(e.precision == "int8" for e in edges))
+
+    def _delegate_friendly(self, family: Family):
+        """For XNNPACK targets, a copy with hard-sigmoid/hard-swish in forms XNNPACK runs (ReLU6, ADD,
+        MUL): otherwise they split the TFLite file into many partitions. Verified like every file."""
+        if self.target.runtime.delegate != "xnnpack":
+            return family.model
+        from toolkit.convert.graph_rewrite import rewrite_for_delegates
+
+        model, changes = rewrite_for_delegates(copy.deepcopy(family.model))
+        self.extra.setdefault("graph_rewrites", {})[family.stage] = changes
+        return model
+
+    def finish(self, family: Family) -> None:
+        """Produce, check and verify every remaining file of one family, in edge order. A TFLite
+        FP32 file that fails parity is made again with the other converter (when allowed)."""
+        from toolkit.pipeline.tflite_converters import retry_after_parity_failure
+
+        made: dict[str, Path] = {}
+        for edge in edges_for(self.target, family.stage):
+            if edge.key == "onnx-fp32":
+                made[edge.key] = family.onnx
+            else:
+                made.update(self._produce(edge, family, made))
+            self._check(edge, made[edge.key])
+            if keeps(self.target, edge):
+                self._verify_and_record(edge, family, made[edge.key])
+                if edge.key == "tflite-int8":
+                    optional_stages.int8_fallback(self, family, edge, made)
+                last = self.artifacts[-1]
+                if edge.key == "tflite-fp32" and not last.parity.get("ok", True) and \
+                        retry_after_parity_failure(self, family, made, failed=last):
+                    self.artifacts.pop()
+                    self.outputs.pop(last.name, None)
+                    self._check(edge, made[edge.key])
+                    self._verify_and_record(edge, family, made[edge.key])
+        if "onnx" not in self.target.formats:
+            family.onnx.unlink()
+
+    def _produce(self, edge: Edge, family: Family, made: dict) -> dict:
+        if edge.job == "onnx2tf":
+            if "tflite-fp32" in made:
+                return {}
+            from toolkit.pipeline.tflite_converters import tflite_with_fallback
+
+            wanted = {e.key for e in edges_for(self.target, family.stage)}
+            return tflite_with_fallback(self, family, int8="tflite-int8" in wanted)
+        if edge.converter == "onnx_to_qdq_int8":
+            from toolkit.quantize.onnx_to_qdq_int8 import onnx_to_qdq_int8
+
+            q = self.target.quantization
+            with self.clock("quantize onnx int8"):
+                path = onnx_to_qdq_int8(made["onnx-fp32"], self.work / f"{self.name}_{family.stage}_int8.onnx",
+                                        self.calib_nchw, per_channel=q.per_channel, method=q.method, scheme=q.onnx_scheme)
+            self.extra.setdefault("onnx_int8_same_on_every_cpu", {})[family.stage] = _cpu_independence(path, q.onnx_scheme)
+            return {edge.key: path}
+        raise EdgeShrinkError(f"no converter {edge.converter!r} for {edge.key}")
+
+    def _check(self, edge: Edge, path: Path) -> None:
+        if edge.check == "full_integer":
+            from toolkit.runtime.tflite_check import require_full_integer
+
+            require_full_integer(path, self.target.quantization.io_dtype)
+
+    def _verify_and_record(self, edge: Edge, family: Family, path: Path, *, converter: Optional[str] = None) -> None:
+        from toolkit.runtime.verify import verify
+
+        name = f"{family.stage}-{edge.key}"
+        source = family.torch_out if edge.precision == "fp32" else None
+        with self.clock("verify"):
+            outputs, metrics, parity = verify(path, edge.format, edge.precision, self.task,
+                                              reference=self.outputs["dense-torch-fp32"], source_torch_outputs=source,
+                                              threads=self.threads, progress=self.plan.progress,
+                                              desc=f"{family.stage} {edge.format} {edge.precision}")
+        self.outputs[name] = outputs
+        delegate = self._delegate_report(path) if edge.format == "tflite" else {}
+        self.record(path, stage=family.stage, fmt=edge.format, precision=edge.precision, macs=family.macs,
+                    params=family.params, parent=f"{family.stage}-{edge.source}", metrics=metrics, parity=parity,
+                    converter=converter or (family.tflite_converter if edge.format == "tflite" else edge.converter),
+                    delegate=delegate)
+
+    def _delegate_report(self, path: Path) -> dict:
+        """Partitions and the ops left outside the target's delegate (and its variants)."""
+        from toolkit.runtime.delegate import delegate_report
+
+        runtime = self.target.runtime
+        if runtime.delegate not in ("xnnpack", "gpu", "nnapi"):
+            return {}
+        report = delegate_report(path, delegate=runtime.delegate, threads=self.threads)
+        variants = {v: delegate_report(path, delegate=v) for v in runtime.delegate_variants if v != runtime.delegate}
+        return {**report, **({"variants": variants} if variants else {})}
+
+    # ---- records --------------------------------------------------------------------------
+    def record(self, path: Path, *, stage: str, fmt: str, precision: str, macs: int, params: int,
+               parent: Optional[str] = None, metrics: Optional[dict] = None, parity: Optional[dict] = None,
+               converter: Optional[str] = None, delegate: Optional[dict] = None) -> Artifact:
+        art = Artifact.of_file(self.work, path, name=f"{stage}-{fmt}-{precision}", stage=stage, format=fmt,
+                               precision=precision, macs=macs, params=params, parent=parent, metrics=metrics or {},
+                               parity=parity or {}, converter=converter, delegate=delegate or {})
+        self.artifacts.append(art)
+        return art
+
+    def parity_gate(self) -> None:
+        """Every float file must compute what its torch model computes (relative to the output scale)."""
+        from toolkit.runtime.verify import PARITY_RTOL
+
+        bad = [a for a in self.artifacts if a.parity and not a.parity["ok"]]
+        if bad:
+            worst = max(bad, key=lambda a: a.parity["max_rel_error"])
+            raise ParityFailure(f"numerical parity failed for {', '.join(a.name for a in bad)} (relative error "
+                                f"{worst.parity['max_rel_error']:.2e} > {PARITY_RTOL:.0e} of the output "
+                                "scale vs torch); the converter changed the model")
+
+    def benchmark(self) -> None:
+        """Every file in `benchmark.repeats` rounds, the files interleaved within a round (a change
+        of load hits them alike); each keeps its median-p50 process and records every round's p50."""
+        import subprocess
+
+        from toolkit.bench.host import benchmark_file
+
+        b = self.target.benchmark
+        runs: dict[int, list] = {i: [] for i in range(len(self.artifacts))}
+        errors: dict[int, str] = {}
+        for _ in range(b.repeats):
+            for i, a in enumerate(self.artifacts):
+                if i in errors:
+                    continue
+                with self.clock("benchmark"):
+                    try:
+                        runs[i].append(benchmark_file(self.work / a.file, a.format, self.shape, threads=self.threads,
+                                                      warmup=b.warmup, min_runs=b.min_runs, min_seconds=b.min_seconds))
+                    except subprocess.TimeoutExpired as exc:  # a verified run is worth more than one latency figure
+                        errors[i] = f"timed out after {exc.timeout:.0f} s"
+        for i, a in enumerate(self.artifacts):
+            if i in errors:
+                self.artifacts[i] = a.with_(bench_error=errors[i])
+                continue
+            ordered = sorted(runs[i], key=lambda r: r["latency_ms"]["p50"])
+            r = ordered[len(ordered) // 2]
+            self.artifacts[i] = a.with_(latency_ms=r["latency_ms"], fps=r["fps"], peak_rss_mb=r["peak_rss_mb"],
+                                        p50_runs=[round(x["latency_ms"]["p50"], 4) for x in runs[i]])
+
+    def build(self, dense_model=None) -> None:
+        """Every file the target asks for: dense family, pruning, pruned family; then the gates."""
+        dense = self.families["dense"] = self.load_dense(dense_model)
+        self.calibration()
+        self.export(dense)
+        pruned = self.families["pruned"] = self.pruned(dense)
+        self.export(pruned)
+        self.finish(dense)
+        self.finish(pruned)
+        self.artifacts.sort(key=lambda a: a.stage != "dense")  # stable: dense rows first, each family in edge order
+        self.parity_gate()
+        if self.plan.bench:
+            self.benchmark()
+        if self.plan.sparsity:
+            self.extra["sparsity"] = optional_stages.sparsity_report(self)
+        declared = self.task.extra_sizes()
+        if declared and self.plan.bench:
+            from toolkit.pipeline.full_size import full_size_benchmarks
+
+            self.extra["full_slice_benchmarks"] = full_size_benchmarks(self, self.task, declared)
+        self.extra.update(self.task.extras(self))
+
+
+def _cpu_independence(path: Path, scheme: str) -> dict:
+    """Whether the INT8 ONNX file computes the same int32 sums with and without VNNI: no weight row
+    can clamp onnxruntime's AVX2 u8s8 pair sums (checked on the file), and this host's ISA flags."""
+    from toolkit.quantize.onnx_to_qdq_int8 import u8s8_saturation_rows
+    from toolkit.core.cpuinfo import cpu_isa_flags
+
+    rows = u8s8_saturation_rows(path)
+    isa = cpu_isa_flags()
+    return {"scheme": scheme, **rows, "same_on_every_cpu": rows["rows_can_saturate"] == 0,
+            "host_vnni": isa.get("vnni"), "host_u8s8_may_saturate": isa.get("u8s8_may_saturate")}
+
+
+@contextlib.contextmanager
+def _background_jobs():
+    """The run's background conversions; on any error or interrupt the children are killed at once."""
+    jobs: list = []
+    try:
+        yield jobs
+    finally:
+        for job in jobs:
+            job.kill()
+
+
+@contextlib.contextmanager
+def _card_dir_for_workers(card):
+    """Worker processes (benchmarks, the litert-torch child) rebuild checkpoints whose architecture
+    may be `file.py:factory` relative to the card: they find it through EDGESHRINK_CARD_DIR."""
+    import os
+
+    from toolkit.models.architectures import CARD_DIR_ENV
+
+    old = os.environ.get(CARD_DIR_ENV)
+    os.environ[CARD_DIR_ENV] = str(card.base_dir)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(CARD_DIR_ENV, None)
+        else:
+            os.environ[CARD_DIR_ENV] = old
+
+
+def _keep_failed(runner: Runner, bundle: Path, error: ParityFailure) -> Path:
+    """Move the staged files of a run that failed parity to `<bundle>.failed/`, with a report that
+    names the first diverging layer, so the user can inspect them."""
+    import os
+    import shutil
+
+    from toolkit.pipeline.manifest import write_failure_report
+
+    failed = bundle.with_name(bundle.name + ".failed")
+    write_failure_report(runner, str(error))
+    shutil.rmtree(failed, ignore_errors=True)
+    os.replace(runner.work, failed)
+    return failed
+
+
+def run(plan, *, model=None):
+    """Run a plan; returns the `Bundle`. `model` is the dense nn.Module itself (Python API) instead
+    of the plan's weights file. On any error nothing is left in the output folder, except a
+    parity failure's files in `<bundle>.failed/`."""
+    from toolkit.core.atomic import staged_folder
+    from toolkit.pipeline.manifest import Bundle, write_bundle_files
+    from toolkit.tasks.registry import load_task
+    from toolkit.train.loop import seed_everything
+
+    import torch
+
+    clock = StageClock(plan.progress)
+    with clock("load data"):
+        task = load_task(plan.card, plan.input, plan.data, plan.progress)
+    torch.set_num_threads(max(1, plan.train_threads or plan.target.bench_threads))
+    seed_everything(plan.seed)
+    with staged_folder(plan.bundle_path) as work, _background_jobs() as jobs, _card_dir_for_workers(plan.card):
+        runner = Runner(plan, task=task, work=work, jobs=jobs, clock=clock)
+        try:
+            runner.build(model)
+        except ParityFailure as exc:
+            failed = _keep_failed(runner, plan.bundle_path, exc)
+            raise EdgeShrinkError(f"{exc}; files and report kept in {failed}") from None
+        write_bundle_files(runner)
+    return Bundle.open(plan.bundle_path)

@@ -1,1 +1,0 @@
-"""Human-facing outputs: the stage table (markdown) and the trade-off plot (PNG)."""

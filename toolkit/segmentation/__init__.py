@@ -1,1 +1,0 @@
-"""Segmentation family: 2-D U-Net, NIfTI volumes (MSD layout), 3-D Dice, task adapter."""
