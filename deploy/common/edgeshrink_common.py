@@ -1,6 +1,7 @@
 """The one device helper module, shared by the host (toolkit loads this file by path) and every
-on-device script: bundle checks, timing, memory, interpreter loading, preprocessing, the common
-results schema. Needs only the standard library and numpy (no torch, no TensorFlow).
+on-device script: bundle checks, timing, memory, interpreter loading, input (de)quantisation and
+normalisation, the common results schema (image decoding and resizing live in the Pi runner's
+edgeshrink_run_images.py). Needs only the standard library and numpy (no torch, no TensorFlow).
 
 Run as `python3 edgeshrink_common.py BUNDLE` to check every bundle file against its sha256."""
 
@@ -252,9 +253,11 @@ def _interpreter_class():
                       "(or tflite-runtime with numpy<2)")
 
 
-def make_interpreter(model, threads: int = 2, xnnpack: bool = True):
+def make_interpreter(model, threads: int = 2, xnnpack: bool = True, attach_native_errors: bool = False):
     """(allocated interpreter, runtime record) for model bytes or a path. The record says what really
-    ran: the package and version, and whether XNNPACK was applied (a DELEGATE node in the graph)."""
+    ran: the package and version, and whether XNNPACK was applied (a DELEGATE node in the graph).
+    With attach_native_errors, a failure's native stderr lines go on the exception (`native_stderr`)
+    instead of the terminal, so a device script can report the failure in one line."""
     from importlib import metadata
 
     mod, package = _interpreter_class()
@@ -269,7 +272,7 @@ def make_interpreter(model, threads: int = 2, xnnpack: bool = True):
         made.allocate_tensors()
         return made
 
-    interp = _without_delegate_banner(build)
+    interp = _without_delegate_banner(build, attach_native_errors)
     try:
         version = metadata.version(package)
     except metadata.PackageNotFoundError:
@@ -279,9 +282,10 @@ def make_interpreter(model, threads: int = 2, xnnpack: bool = True):
                     "delegate": "xnnpack" if applied else "none (built-in CPU kernels)"}
 
 
-def _without_delegate_banner(build):
+def _without_delegate_banner(build, attach_errors: bool = False):
     """build() with native stderr captured: LiteRT's 'Created ... XNNPACK delegate' INFO line is
-    dropped (the results record says whether XNNPACK applied); any other native output is passed on."""
+    dropped (the results record says whether XNNPACK applied); any other native output is passed on
+    (or, with attach_errors and a failing build, set on the exception as `native_stderr`)."""
     import tempfile
 
     try:
@@ -289,17 +293,23 @@ def _without_delegate_banner(build):
         saved = os.dup(2)
     except (OSError, ValueError):
         return build()
+    failed = None
     with tempfile.TemporaryFile() as tmp:
         os.dup2(tmp.fileno(), 2)
         try:
             return build()
+        except Exception as exc:
+            failed = exc
+            raise
         finally:
             os.dup2(saved, 2)
             os.close(saved)
             tmp.seek(0)
             lines = tmp.read().decode(errors="replace").splitlines()
             rest = [line for line in lines if not line.startswith("INFO: Created TensorFlow Lite XNNPACK delegate")]
-            if rest:
+            if failed is not None and attach_errors:
+                failed.native_stderr = rest
+            elif rest:
                 print("\n".join(rest), file=sys.stderr)
 
 
@@ -340,73 +350,7 @@ def normalise(images_u8_nhwc, spec: dict):
     return (x - np.asarray(spec["mean"], np.float32)) / np.asarray(spec["std"], np.float32)
 
 
-# --- images: one resize method whatever decoder is present ------------------------------------
-
-_PRECISION_BITS = 22  # Pillow's fixed-point resampling precision for 8-bit images
-
-
-def _resize_weights(in_size: int, out_size: int):
-    """Pillow's BILINEAR (triangle filter, widened when shrinking = antialiased) as integer weights."""
-    import numpy as np
-
-    scale = in_size / out_size
-    filterscale = max(scale, 1.0)
-    support, ss = filterscale, 1.0 / filterscale
-    weights = np.zeros((out_size, in_size), np.int64)
-    for xx in range(out_size):
-        center = (xx + 0.5) * scale
-        lo, hi = max(int(center - support + 0.5), 0), min(int(center + support + 0.5), in_size)
-        w = np.array([max(0.0, 1.0 - abs((x - center + 0.5) * ss)) for x in range(lo, hi)])
-        if w.sum() != 0.0:
-            w = w / w.sum()
-        scaled = w * (1 << _PRECISION_BITS)
-        weights[xx, lo:hi] = np.where(scaled < 0, np.trunc(scaled - 0.5), np.trunc(scaled + 0.5))
-    return weights
-
-
-def resize_bilinear(rgb, height: int, width: int):
-    """HxWx3 uint8 -> height x width x 3 uint8, bit-exact with Pillow's resize(BILINEAR): horizontal
-    pass then vertical, each rounded to 8 bits. Used for every decoder, so results never depend on
-    which image library is installed."""
-    import numpy as np
-
-    out = np.asarray(rgb, dtype=np.uint8)
-    half = 1 << (_PRECISION_BITS - 1)
-    if out.shape[1] != width:
-        w = _resize_weights(out.shape[1], width)
-        acc = np.einsum("hwc,ow->hoc", out.astype(np.int64), w) + half
-        out = np.clip(acc >> _PRECISION_BITS, 0, 255).astype(np.uint8)
-    if out.shape[0] != height:
-        w = _resize_weights(out.shape[0], height)
-        acc = np.einsum("hwc,oh->owc", out.astype(np.int64), w) + half
-        out = np.clip(acc >> _PRECISION_BITS, 0, 255).astype(np.uint8)
-    return out
-
-
-def decode_image(path):
-    """HxWx3 uint8 RGB from an image file with Pillow, else OpenCV (BGR converted to RGB).
-    Raises ValueError for a file neither can read."""
-    import numpy as np
-
-    try:
-        from PIL import Image
-    except ImportError:
-        Image = None
-    if Image is not None:
-        try:
-            with Image.open(path) as img:
-                return np.asarray(img.convert("RGB"), dtype=np.uint8)
-        except Exception as exc:  # Pillow raises many types for broken files
-            raise ValueError(f"not a readable image ({exc.__class__.__name__})") from None
-    try:
-        import cv2
-    except ImportError:
-        raise BundleError("reading image files needs Pillow or OpenCV (pip install pillow)") from None
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError("not a readable image (OpenCV)")
-    return np.ascontiguousarray(bgr[:, :, ::-1])
-
+# --- outputs ---------------------------------------------------------------------------------------
 
 def top_k(scores, k: int):
     """Indices of the k highest scores; ties keep the lower index first (stable)."""

@@ -1,19 +1,23 @@
 #!/usr/bin/env python3
-"""Run a TFLite classifier on a Raspberry Pi (or any Linux box): an EdgeShrink bundle's model, or
-any .tflite file on its own.
+"""Run a TFLite model on a Raspberry Pi (or any Linux box): an EdgeShrink bundle's classifier or
+segmentation model, or any .tflite classifier on its own.
 
 Needs numpy and ai-edge-litert (or tflite-runtime with numpy<2). Pillow or OpenCV decode images
-(OpenCV also video and webcams; picamera2 the Pi camera); every decoder's pixels go through the
-same resize (Pillow's BILINEAR, antialiased when shrinking, done in numpy), so results do not
-depend on which library is installed.
+(OpenCV also video and webcams; picamera2 the Pi camera; nibabel NIfTI volumes); every decoder's
+pixels go through the same resize (Pillow's BILINEAR, antialiased when shrinking), so results do
+not depend on which library is installed. Refusals are one line on stderr: exit 2 for a refused
+command line or input, 1 for a broken bundle or runtime.
 
 Bundle mode (the default; preprocessing, labels and model come from manifest.json, every file's
 sha256 is checked first):
   python3 edgeshrink_run.py --bench --json results/device.json      # model-only latency
   python3 edgeshrink_run.py --input photo.jpg --top-k 3             # classify images / a folder
-  python3 edgeshrink_run.py --eval-pack heldout.npz --json r.json   # accuracy on held-out data
+  python3 edgeshrink_run.py --eval-pack heldout.npz --json r.json   # accuracy / Dice on held-out data
+Segmentation bundles write label masks (PNG with the label values + a colour overlay; NIfTI masks
+with the input's affine and header for volumes) under --out:
+  python3 edgeshrink_run.py --input slice.png case.nii.gz scans/ --out masks/
 
-Any .tflite file (input size, dtype and quantization are read from the model):
+Any .tflite file (input size, layout, dtype and quantization are read from the model):
   python3 edgeshrink_run.py --model m.tflite --labels labels.txt --mean 0.485 0.456 0.406 \\
       --std 0.229 0.224 0.225 --input photos/ --top-k 5 --json out.json
   python3 edgeshrink_run.py --model m_quant.tflite --scale raw --truth val/ --json acc.json
@@ -63,7 +67,8 @@ C = _load_common()
 
 # The runner's own modules, in load order (each may import the ones before it); every one is
 # listed, with its sha256, in a bundle's manifest.json.
-RUNNER_MODULES = ("edgeshrink_run_model", "edgeshrink_run_inputs", "edgeshrink_run_eval", "edgeshrink_run_bench")
+RUNNER_MODULES = ("edgeshrink_run_model", "edgeshrink_run_images", "edgeshrink_run_inputs", "edgeshrink_run_eval",
+                  "edgeshrink_run_segment", "edgeshrink_run_bench")
 
 
 def _load_runner_modules(names) -> None:
@@ -100,18 +105,29 @@ def _load_runner_modules(names) -> None:
 _load_runner_modules(RUNNER_MODULES)
 
 import argparse  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 from edgeshrink_run_bench import benchmark  # noqa: E402
-from edgeshrink_run_eval import classify, eval_pack  # noqa: E402
+from edgeshrink_run_eval import classify, eval_pack, open_pack  # noqa: E402
+from edgeshrink_run_images import MAX_MEGAPIXELS  # noqa: E402
 from edgeshrink_run_inputs import truth_inputs  # noqa: E402
 from edgeshrink_run_model import open_bundle_model, open_model_file  # noqa: E402
+from edgeshrink_run_segment import eval_pack as segmentation_eval_pack  # noqa: E402
+from edgeshrink_run_segment import segment  # noqa: E402
 
 SCALE_HELP = ("raw: pixel values 0..255 go in as they are (uint8 tensor: the bytes; int8: pixel-128; float: "
               "0.0..255.0), the convention of quantized TFLite classifiers; unit: pixel/255")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line refusals (no usage block): `error: ...`, exit 2."""
+
+    def error(self, message):
+        raise SystemExit(f"error: {message} (see --help)")
+
+
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_argument_group("what to run")
     src.add_argument("--model", help="any .tflite classifier (no bundle needed)")
     src.add_argument("--bundle", default=HERE, help="bundle folder (default: this script's folder)")
@@ -122,12 +138,15 @@ def parse_args(argv):
     pre.add_argument("--std", type=float, nargs=3, help="per-channel std of pixel/255, e.g. 0.229 0.224 0.225")
     pre.add_argument("--scale", choices=["raw", "unit"], help=SCALE_HELP)
     io = p.add_argument_group("inputs and outputs")
-    io.add_argument("--input", nargs="*", help="image files, folders, .npy arrays or video files")
+    io.add_argument("--input", nargs="*", help="image files, folders, .npy arrays, videos; NIfTI volumes (segmentation)")
     io.add_argument("--truth", help="folder with one sub-folder per class: accuracy against it")
     io.add_argument("--camera", type=int, help="camera index (picamera2 when present, else OpenCV)")
     io.add_argument("--max-frames", type=int, default=300)
-    io.add_argument("--top-k", "--topk", dest="top_k", type=int, default=3)
-    io.add_argument("--save-images", help="folder for the inputs with their prediction drawn (Pillow)")
+    io.add_argument("--max-megapixels", type=float, default=MAX_MEGAPIXELS,
+                    help=f"refuse larger images before decoding them (default {MAX_MEGAPIXELS:g}; JPEGs are decoded reduced)")
+    io.add_argument("--top-k", "--topk", dest="top_k", type=int, help="classifiers: how many classes to show (default 3)")
+    io.add_argument("--save-images", help="classifiers: folder for the inputs with their prediction drawn (Pillow)")
+    io.add_argument("--out", help="segmentation: folder for the masks and overlays (default: masks/)")
     io.add_argument("--eval-pack", help="bundle mode: held-out .npz from `edgeshrink eval-pack`")
     io.add_argument("--json", help="write the results JSON here")
     run = p.add_argument_group("runtime")
@@ -138,41 +157,109 @@ def parse_args(argv):
     run.add_argument("--runs", type=int)
     run.add_argument("--seconds", type=float)
     args = p.parse_args(argv)
-    if args.top_k < 1:
-        p.error("--top-k must be at least 1")
+    for name, low, high in (("top_k", 1, 100000), ("threads", 1, 256), ("max_frames", 1, 10 ** 9),
+                            ("warmup", 0, 10 ** 6), ("runs", 1, 10 ** 7), ("seconds", 0.0, 86400.0),
+                            ("max_megapixels", 0.01, 1000.0)):
+        value = getattr(args, name)
+        if value is not None and not low <= value <= high:
+            p.error(f"--{name.replace('_', '-')} must be between {low} and {high}, not {value}")
+    for name in ("json", "out", "save_images"):
+        check_output(p, name, getattr(args, name))
     return args
+
+
+def check_output(p, name: str, value) -> None:
+    """Refuse an output path that cannot be written before any work is done."""
+    if not value:
+        return
+    path, flag = Path(value), f"--{name.replace('_', '-')}"
+    if name == "json":
+        if path.is_dir():
+            p.error(f"{flag} {value} is a folder; pass a file name, e.g. {path / 'results.json'}")
+        if path.exists() and not path.is_file():
+            p.error(f"{flag} {value} is not a regular file")
+        folder = path.parent
+    else:
+        if path.exists() and not path.is_dir():
+            p.error(f"{flag} {value} exists and is not a folder")
+        folder = path
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        p.error(f"{flag} {value}: {folder} is not a writable folder")
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     opened = open_model_file(args) if args.model else open_bundle_model(args)
     model, manifest, artifact, names, note = opened
+    task = manifest.get("task", "classification")
     if args.eval_pack and args.model:
         raise SystemExit("error: --eval-pack needs a bundle (its manifest says the preprocessing); use --truth with --model")
+    if task != "classification":
+        if args.truth:
+            raise SystemExit("error: --truth folders are for classifiers; score a segmentation bundle with --eval-pack")
+        for flag, value in (("--top-k", args.top_k), ("--save-images", args.save_images)):
+            if value is not None:
+                print(f"note: {flag} is for classifiers; ignored (masks and overlays go to --out)")
+    args.top_k = args.top_k or 3
+    pack = open_pack(args.eval_pack) if args.eval_pack else None
+    truth_pairs = truth_inputs(args.truth, names) if args.truth else []
     artifact = dict(artifact, loaded_sha256=model.sha256)
-    extra = {"input": model.input_record(), "labels_note": note}
+    extra = {"task": task, "input": model.input_record(), "labels_note": note}
     bench = benchmark(model, args, (manifest.get("deploy") or {}).get("benchmark", {})) if args.bench else None
     if bench and bench.get("note"):
         extra["timing_note"] = bench.pop("note")
-    if args.eval_pack:
-        extra["accuracy"] = eval_pack(model, args.eval_pack, manifest, artifact)
-    truth_pairs = truth_inputs(args.truth, names) if args.truth else []
-    if (truth_pairs or args.input or args.camera is not None) and manifest.get("task", "classification") != "classification":
-        raise SystemExit("error: image input is for classifiers; for a segmentation bundle use --eval-pack")
+    if pack is not None:
+        extra["accuracy"] = (eval_pack(model, pack, artifact) if task == "classification"
+                             else segmentation_eval_pack(model, pack, manifest, artifact))
     if truth_pairs or args.input or args.camera is not None:
-        result = classify(model, args, names, truth_pairs)
+        result = classify(model, args, names, truth_pairs) if task == "classification" else segment(model, args, manifest)
         if "accuracy" in result and "accuracy" in extra:
             result["truth_accuracy"] = result.pop("accuracy")
         extra.update(result)
+    elif args.input is not None:
+        raise SystemExit("error: --input names nothing; pass image files, folders, .npy arrays or videos")
     print(f"runtime: {model.runtime['name']} {model.runtime['version']}, XNNPACK applied: "
           f"{ {True: 'yes', False: 'no', None: 'unknown'}[model.runtime['xnnpack_applied']] }, "
           f"{model.runtime['threads']} threads")
     record = C.results_record(manifest, artifact, model.runtime, bench, **extra)
     if args.json:
-        C.write_json(args.json, record)
+        try:
+            C.write_json(args.json, record)
+        except OSError as exc:
+            raise SystemExit(f"error: cannot write {args.json} ({exc.strerror or type(exc).__name__}); "
+                             "choose a writable --json path") from None
         print(f"wrote {args.json}")
     return 0
 
 
+def cli(argv=None) -> int:
+    """main() with every refusal as one line on stderr: 2 for the command line or an input, 1 for a
+    broken bundle or runtime, 130 when interrupted; no traceback unless EDGESHRINK_DEBUG is set."""
+    try:
+        return main(argv)
+    except C.BundleError as exc:
+        print(exc.code, file=sys.stderr)
+        return 1
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+            return 2
+        raise
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("error: out of memory; use smaller inputs (or fewer at once)", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if os.environ.get("EDGESHRINK_DEBUG"):
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {' '.join(str(exc).split())[:200]} "
+              "(rerun with EDGESHRINK_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli())

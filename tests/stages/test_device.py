@@ -203,7 +203,8 @@ def test_ssh_deploy_quotes_every_remote_value(profile_bundles, device_python, ss
     result = deliver_and_benchmark(bundle, sshd["host"], python=str(py), key=sshd["key"],
                                    known_hosts=sshd["known_hosts"], progress=False)
     assert result["latency_ms"]["p50"] > 0
-    assert (tmp_path / "es dir;touch PWNED3" / bundle.name / "results" / "device.json").is_file()
+    # the device folder is named from the manifest (<model>-<target>), never from the local path
+    assert (tmp_path / "es dir;touch PWNED3" / "tiny_mnv3-rpi4" / "results" / "device.json").is_file()
     assert not [p for p in tmp_path.rglob("PWNED*") if p.name.startswith("PWNED")]
     assert not list(remote_home.glob("PWNED*")) and not list(Path.cwd().glob("PWNED*"))
 
@@ -253,8 +254,8 @@ def test_planted_code_in_the_bundle_never_runs(planted, script, profile_bundles,
     assert proc.returncode != 0 and "not listed in manifest.json" in line and planted.split("/")[0] in line
 
 
-HELPERS = ["edgeshrink_common.py", "edgeshrink_run_model.py", "edgeshrink_run_inputs.py", "edgeshrink_run_eval.py",
-           "edgeshrink_run_bench.py"]
+HELPERS = ["edgeshrink_common.py", "edgeshrink_run_model.py", "edgeshrink_run_images.py", "edgeshrink_run_inputs.py",
+           "edgeshrink_run_eval.py", "edgeshrink_run_segment.py", "edgeshrink_run_bench.py"]
 
 
 @pytest.mark.parametrize("helper", HELPERS)

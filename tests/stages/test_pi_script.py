@@ -197,7 +197,7 @@ def test_accuracy_against_a_folder_per_class_truth(models, pi_python, images, tm
     assert acc["images"] == len(preds) and acc["top1"] == pytest.approx((len(preds) - 1) / len(preds))
     (truth / "no_such_class").mkdir()
     bad = run(pi_python, "--model", models["int8_logits_1000"], "--labels", labels, *IMAGENET, "--truth", truth)
-    assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [bad.stderr.strip()]
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [bad.stderr.strip()]
     assert "no_such_class name no label" in bad.stderr
 
 
@@ -219,39 +219,50 @@ def test_bad_input_is_one_line(case, expected, models, pi_python, tmp_path):
             "not_tflite": ["--model", junk], "missing_model": ["--model", tmp_path / "nope.tflite"]}[case]
     proc = run(pi_python, *args)
     lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0], proc.stderr
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0], proc.stderr
 
 
 def test_device_helpers_import_with_numpy_alone(device_python, tmp_path):
-    """The one helper module runs in the minimal device venv (numpy + ai-edge-litert, no Pillow, no torch)."""
-    code = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('c', sys.argv[1]); "
-            "c = importlib.util.module_from_spec(spec); spec.loader.exec_module(c); import numpy as np; "
-            "r = c.time_calls(lambda: None, 1, 3, 0.0); img = c.resize_bilinear(np.zeros((5, 7, 3), np.uint8), 4, 4); "
-            "assert r['runs'] == 3 and img.shape == (4, 4, 3) and c.peak_rss_mb() > 0; "
+    """The helper module and the runner's image module run in the minimal device venv (numpy +
+    ai-edge-litert, no Pillow, no torch): resizing falls back to numpy, PNG masks need no Pillow."""
+    code = ("import importlib.util, sys\n"
+            "def load(name, path):\n"
+            "    spec = importlib.util.spec_from_file_location(name, path); m = importlib.util.module_from_spec(spec)\n"
+            "    sys.modules[name] = m; spec.loader.exec_module(m); return m\n"
+            "c = load('edgeshrink_common', sys.argv[1]); i = load('edgeshrink_run_images', sys.argv[2]); import numpy as np\n"
+            "r = c.time_calls(lambda: None, 1, 3, 0.0); img = i.resize_bilinear(np.zeros((5, 7, 3), np.uint8), 4, 4)\n"
+            "i.write_png(sys.argv[3], np.zeros((4, 5), np.uint8))\n"
+            "assert r['runs'] == 3 and img.shape == (4, 4, 3) and c.peak_rss_mb() > 0\n"
             "assert not {'torch', 'tensorflow', 'PIL', 'cv2', 'toolkit'} & set(sys.modules); print('ok')")
-    proc = subprocess.run([str(device_python), "-I", "-c", code, str(REPO / "deploy" / "common" / "edgeshrink_common.py")],
+    proc = subprocess.run([str(device_python), "-I", "-c", code, str(REPO / "deploy" / "common" / "edgeshrink_common.py"),
+                           str(REPO / "deploy" / "rpi" / "edgeshrink_run_images.py"), str(tmp_path / "m.png")],
                           capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+    from PIL import Image
+
+    assert np.asarray(Image.open(tmp_path / "m.png")).shape == (4, 5)
 
 
 def test_one_resize_whatever_the_decoder(tmp_path, monkeypatch):
-    """Pillow's BILINEAR, bit-exact, whether Pillow or OpenCV decodes; OpenCV's BGR becomes RGB."""
+    """Pillow's BILINEAR, bit-exact, whether Pillow or OpenCV decodes (and whether Pillow or numpy
+    resizes); OpenCV's BGR becomes RGB."""
     from PIL import Image
 
-    c = common()
+    runner()
+    images = sys.modules["edgeshrink_run_images"]
     rng = np.random.default_rng(1)
     for (h, w), (oh, ow) in [((37, 53), (64, 64)), ((480, 640), (224, 224)), ((100, 100), (33, 71)), ((64, 64), (64, 32))]:
         arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         ref = np.asarray(Image.fromarray(arr).resize((ow, oh), Image.BILINEAR))
-        assert np.array_equal(c.resize_bilinear(arr, oh, ow), ref)
+        assert np.array_equal(images.resize_bilinear(arr, oh, ow), ref) and np.array_equal(images.resize_numpy(arr, oh, ow), ref)
     arr = rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)
     Image.fromarray(arr).save(tmp_path / "x.png")
-    with_pillow = c.resize_bilinear(c.decode_image(tmp_path / "x.png"), 16, 16)
+    with_pillow = images.resize_bilinear(images.decode(tmp_path / "x.png"), 16, 16)
     monkeypatch.setitem(sys.modules, "PIL", None)  # as on a device with OpenCV only
-    with_opencv = c.resize_bilinear(c.decode_image(tmp_path / "x.png"), 16, 16)
-    assert np.array_equal(with_pillow, with_opencv) and np.array_equal(c.decode_image(tmp_path / "x.png"), arr)
+    with_opencv = images.resize_bilinear(images.decode(tmp_path / "x.png"), 16, 16)
+    assert np.array_equal(with_pillow, with_opencv) and np.array_equal(images.decode(tmp_path / "x.png"), arr)
     with pytest.raises(ValueError):
-        c.decode_image(tmp_path / "missing.png")
+        images.decode(tmp_path / "missing.png")
 
 
 def runner():
