@@ -9,7 +9,7 @@ REMOTE_PYTHON ?=
 TARGET ?= host
 EPOCHS ?= 30
 # Values reach recipes through the environment and are used as "$$VAR": never pasted into a shell line.
-export MODEL TARGET HOST REMOTE_PYTHON FINETUNE_EPOCHS DATA MACS SCOPES EPOCHS FPS
+export MODEL TARGET HOST REMOTE_PYTHON FINETUNE_EPOCHS DATA MACS SCOPES EPOCHS FPS ZOO_MODELS ZOO_SIZE
 
 .PHONY: setup setup-litert setup-quant test test-slow deploy bench sweep train zoo clean help
 
@@ -84,8 +84,8 @@ train: setup
 	$(BIN)/edgeshrink train --model "$$MODEL" --epochs "$$EPOCHS"
 
 zoo: setup
-	$(BIN)/python -m toolkit.studies.zoo --threads 1 $(if $(ZOO_MODELS),--models $(ZOO_MODELS)) \
-	  $(if $(ZOO_SIZE),--size $(ZOO_SIZE)) --out dist/zoo
+	$(BIN)/python -m toolkit.studies.zoo --threads 1 $${ZOO_MODELS:+--models "$$ZOO_MODELS"} \
+	  $${ZOO_SIZE:+--size "$$ZOO_SIZE"} --out dist/zoo
 
 clean:
 	rm -rf dist .pytest_cache

@@ -33,24 +33,42 @@ def run(plan, *, model=None):
     return run_plan(plan, model=model)
 
 
-def _card_for_module(model, *, name: str, task: str, data: str, input_size, mean, std, never_prune, labels) -> dict:
+def _library_architecture(model) -> Optional[tuple[str, dict]]:
+    """(architecture, arguments) that rebuild `model` in any process when it is a timm model (its
+    `pretrained_cfg` names the variant): the bundle then replays and re-benchmarks like a card's."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    if not type(model).__module__.startswith("timm.") or not isinstance(cfg, dict) or not cfg.get("architecture"):
+        return None
+    arguments = {"model_name": cfg["architecture"], "num_classes": int(getattr(model, "num_classes", 1000))}
+    chans = getattr(model, "in_chans", None)
+    if isinstance(chans, int) and chans != 3:
+        arguments["in_chans"] = chans
+    return "timm:create_model", arguments
+
+
+def _card_for_module(model, *, name: str, task: str, data: str, input_size, mean, std, never_prune, labels,
+                     class_folders=None) -> dict:
     from toolkit.models.architectures import register_instance
 
     size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     data_path = Path(data).expanduser().resolve()
-    return {"name": name, "architecture": register_instance(model), "task": task,
+    architecture, arguments = _library_architecture(model) or (register_instance(model), {})
+    return {"name": name, "architecture": architecture, "arguments": arguments, "task": task,
             "dataset": {"root": str(data_path)}, "metric": "top1" if task == "classification" else "dice",
             "input": {"size": list(size), "channels": len(mean), "mean": list(mean), "std": list(std)},
-            "labels": list(labels or []), "never_prune": list(never_prune or [])}
+            "labels": list(labels or []), "class_folders": list(class_folders or []),
+            "never_prune": list(never_prune or [])}
 
 
 def shrink(model, *, target: str, data: str, task: str = "classification", input_size, mean: Sequence[float],
            std: Sequence[float], never_prune: Optional[Sequence[str]] = None, out: Optional[str] = None,
-           name: Optional[str] = None, labels: Optional[Sequence[str]] = None, **overrides):
+           name: Optional[str] = None, labels: Optional[Sequence[str]] = None,
+           class_folders: Optional[Sequence[str]] = None, **overrides):
     """Prune, quantize, convert, verify and benchmark an in-memory nn.Module (trained weights as
     they are) for `target`. `data` is an ImageFolder root with `train/` and `val/`. Overrides as on
-    the CLI (finetune_epochs=0, target_macs=0.5, calibration_size=64, bench=False, ...). Returns
-    the Bundle; `Bundle.path` is the bundle folder."""
+    the CLI (finetune_epochs=0, target_macs=0.5, calibration_size=64, bench=False, ...). `labels`
+    name the outputs; the class folders under `data` must be those labels, or `class_folders` (the
+    folder of each label, in label order). Returns the Bundle; `Bundle.path` is the bundle folder."""
     import tempfile
 
     import torch
@@ -62,10 +80,10 @@ def shrink(model, *, target: str, data: str, task: str = "classification", input
         raise EdgeShrinkError(f"shrink() needs a torch nn.Module, got {type(model).__name__}")
     name = name or re.sub(r"[^A-Za-z0-9_.-]", "_", type(model).__name__.lower())[:64]
     card_data = _card_for_module(model, name=name, task=task, data=data, input_size=input_size, mean=mean, std=std,
-                                 never_prune=never_prune, labels=labels)
+                                 never_prune=never_prune, labels=labels, class_folders=class_folders)
     with tempfile.TemporaryDirectory(prefix="edgeshrink-weights-") as tmp:
         weights = Path(tmp) / f"{name}.pt"
-        save_checkpoint(weights, model.eval(), card_data["architecture"], {})
+        save_checkpoint(weights, model.eval(), card_data["architecture"], card_data["arguments"])
         card_data["checkpoint"] = {"path": str(weights)}
         card = card_from_dict(card_data, Path.cwd(), "shrink()")
         run_plan = plan(card, target=target, out=out, **overrides)

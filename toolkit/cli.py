@@ -42,8 +42,19 @@ def _fps(text: str):
     if text == "target" or (text.endswith("x") and text[:-1].replace(".", "", 1).isdigit()):
         return text
     return _number(float, 0, low_open=True)(text)
+def _user_path(text: str) -> str:
+    """A path argument with a leading ~ / ~user expanded (a quoted '~/x' must not create a folder named ~)."""
+    import os
+
+    path = os.path.expanduser(text)
+    if path.startswith("~"):
+        raise argparse.ArgumentTypeError(f"{text!r} starts with ~ but names no known user; write the folder out in full")
+    return path
+
+
 COUNT = _number(int, 0)          # epochs, ...
-POSITIVE = _number(int, 1)       # threads, sizes, runs
+POSITIVE = _number(int, 1)       # sizes, runs
+THREADS = _number(int, 1, 256)   # more only crashes the OpenMP runtime (toolkit.pipeline.plan.MAX_THREADS)
 
 
 def _cmd_train(args) -> int:
@@ -84,7 +95,8 @@ def _run_overrides(args) -> dict:
              "checkpoint": args.checkpoint, "train_threads": args.train_threads, "out": args.out,
              "sparsity": args.sparsity, "sparsity_schedule": args.sparsity_schedule, "sparsity_steps": args.sparsity_steps,
              "sparsity_finetune_epochs": args.sparsity_finetune_epochs, "fps": args.fps,
-             "max_metric_drop": args.max_metric_drop, "tflite_converter": args.tflite_converter}
+             "max_metric_drop": args.max_metric_drop, "tflite_converter": args.tflite_converter,
+             "max_trials": args.max_trials}
     overrides = {k: v for k, v in given.items() if v is not None}
     overrides.update(seed=args.seed, synthetic_data=args.synthetic_data, bench=not args.no_bench,
                      progress=not args.quiet, cache=not args.no_cache, structured=not args.no_structured)
@@ -99,7 +111,10 @@ def _cmd_run(args) -> int:
     if args.host:
         from toolkit.delivery.remote import parse_host
 
-        parse_host(args.host)  # a malformed HOST fails before any work
+        from toolkit.delivery.remote import check_known_hosts
+
+        parse_host(args.host)  # a malformed HOST or unusable --known-hosts fails before any work
+        check_known_hosts(args.known_hosts)
     if args.plan:
         from toolkit.pipeline.plan import load_plan_file, with_options
 
@@ -276,8 +291,9 @@ def _cmd_bench(args) -> int:
 def _ssh_args(p, required: bool = False) -> None:
     p.add_argument("--host", required=required, help="user@host[:port]: deliver the bundle over SSH and benchmark there")
     p.add_argument("--remote-python", help="python on the device (default: the profile's runtime.python)")
-    p.add_argument("--ssh-key", help="private key (default: your SSH agent/config, or $EDGESHRINK_SSH_KEY)")
-    p.add_argument("--known-hosts", help="known_hosts file to use")
+    p.add_argument("--ssh-key", type=_user_path, help="private key (default: your SSH agent/config, or $EDGESHRINK_SSH_KEY)")
+    p.add_argument("--known-hosts", type=_user_path,
+                   help="known_hosts file to use (in an existing folder: the device's host key is stored and checked there)")
 
 
 def _add_train(sub) -> None:
@@ -293,8 +309,8 @@ def _add_train(sub) -> None:
     p.add_argument("--warmup-epochs", type=_number(float, 0), default=1.0)
     p.add_argument("--label-smoothing", type=_number(float, 0, 1), default=0.1)
     p.add_argument("--seed", type=SEED, default=0)
-    p.add_argument("--out", help="output folder (default runs/train-<model>)")
-    p.add_argument("--threads", type=POSITIVE, help="torch CPU threads (default: all cores)")
+    p.add_argument("--out", type=_user_path, help="output folder (default runs/train-<model>)")
+    p.add_argument("--threads", type=THREADS, help="torch CPU threads (default: all cores)")
     p.add_argument("--nproc", type=POSITIVE, default=1, help="data-parallel processes on this machine (torchrun; --batch-size is the global batch)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt (also automatic when it matches this config)")
     p.set_defaults(func=_cmd_train)
@@ -305,7 +321,7 @@ def _add_run(sub) -> None:
     p.add_argument("--model", help="a card name (models/<name>.yaml) or the path of a card .yaml file")
     p.add_argument("--plan", help="replay a run: a bundle's config.json")
     p.add_argument("--target", default="host")
-    p.add_argument("--out", default=None, help="output root (default: dist/)")
+    p.add_argument("--out", default=None, type=_user_path, help="output root (default: dist/)")
     p.add_argument("--data", help="dataset folder (default: $EDGESHRINK_DATA_DIR/<card dataset>)")
     p.add_argument("--synthetic-data", action="store_true", help="generated data (labelled synthetic in every output)")
     p.add_argument("--checkpoint", help="dense checkpoint (default: the model card's)")
@@ -314,14 +330,17 @@ def _add_run(sub) -> None:
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--no-bench", action="store_true", help="skip latency benchmarks")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--train-threads", type=POSITIVE, help="torch threads for pruning and fine-tuning")
+    p.add_argument("--train-threads", type=THREADS, help="torch threads for pruning and fine-tuning")
     p.add_argument("--no-cache", action="store_true", help="redo pruning/fine-tuning and conversions even if cached")
     p.add_argument("--sparsity", type=_number(float, 0, 1, low_open=True),
                    help="unstructured magnitude sparsity after channel pruning, e.g. 0.8 (zeros in conv/linear weights)")
     p.add_argument("--sparsity-schedule", choices=["gradual", "oneshot"], help="gradual: cubic schedule (default)")
     p.add_argument("--sparsity-steps", type=POSITIVE, help="gradual steps (default 4)")
     p.add_argument("--sparsity-finetune-epochs", type=COUNT, help="fine-tune epochs after each sparsity step (default 2)")
-    p.add_argument("--no-structured", action="store_true", help="skip channel pruning (sparsity only)")
+    p.add_argument("--no-structured", action="store_true", help="skip channel pruning (sparsity only, or the dense model)")
+    p.add_argument("--prune-max-trials", type=POSITIVE, dest="max_trials",
+                   help="pruning work budget: dry-run trials + pruning sub-steps (default: the card's/profile's, 600); "
+                        "past it the run goes on with the dense model")
     p.add_argument("--fps", type=_fps,
                    help="latency budget: prune as little as needed for the deployed file to reach this FPS on this host "
                         "('target': the profile's budget.target_fps; '2x': twice the dense FP32 FPS measured in this run)")
@@ -342,7 +361,7 @@ def _add_sweep(sub) -> None:
     p.add_argument("--macs", default="0.3,0.4,0.5", help="comma-separated MAC fractions to keep")
     p.add_argument("--finetune-epochs", type=COUNT, default=0, help="fine-tune each point and report its accuracy")
     p.add_argument("--repeats", type=POSITIVE, default=2, help="interleaved benchmark repeats (lowest p50 kept)")
-    p.add_argument("--out", default=None, help="output root (default: dist/)")
+    p.add_argument("--out", default=None, type=_user_path, help="output root (default: dist/)")
     p.add_argument("--data")
     p.add_argument("--synthetic-data", action="store_true")
     p.add_argument("--checkpoint")
@@ -369,14 +388,14 @@ def _add_eval_pack(sub) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--data")
     p.add_argument("--synthetic-data", action="store_true")
-    p.add_argument("--out")
+    p.add_argument("--out", type=_user_path)
     p.set_defaults(func=_cmd_eval_pack)
 
 
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="re-benchmark every file of a bundle (table + bench.json)")
     p.add_argument("bundle")
-    p.add_argument("--threads", type=POSITIVE)
+    p.add_argument("--threads", type=THREADS)
     p.add_argument("--min-runs", type=POSITIVE, default=100)
     p.add_argument("--min-seconds", type=_number(float, 0, 3600), default=5.0)
     p.set_defaults(func=_cmd_bench)

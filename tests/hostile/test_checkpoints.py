@@ -50,8 +50,8 @@ def _write(path, kind, marker):
         sd = _tiny_state_dict()
         sd["classifier.3.weight"] = torch.zeros(9, sd["classifier.3.weight"].shape[1])
         torch.save(sd, path)
-    elif kind == "nested-under-other-key":
-        torch.save({"model": _tiny_state_dict()}, path)
+    elif kind == "two-nested-state-dicts":  # a lone nested one ({"model": ...}) is found automatically
+        torch.save({"first": _tiny_state_dict(), "second": _tiny_state_dict()}, path)
     elif kind == "not-a-dict":
         torch.save([1, 2, 3], path)
     elif kind == "text-file":
@@ -60,7 +60,7 @@ def _write(path, kind, marker):
 
 CASES = {"zero-bytes": "unreadable", "random-bytes": "unreadable", "pickle-with-code": "unreadable",
          "other-architecture": "does not fit", "missing-key": "is missing", "wrong-shape": "(9,",
-         "nested-under-other-key": "not a state_dict", "not-a-dict": "not a state_dict", "text-file": "unreadable"}
+         "two-nested-state-dicts": "several state_dicts", "not-a-dict": "not a state_dict", "text-file": "unreadable"}
 
 
 @pytest.mark.parametrize("kind", list(CASES))

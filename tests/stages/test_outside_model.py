@@ -168,7 +168,7 @@ def test_weights_that_do_not_fit_fail_in_one_line_before_data(elsewhere, workspa
     ({"architecture": "outside_nets.py:bild"}, "did you mean \"build\""),
     ({"architecture": "nowhere.py:build"}, "does not exist"),
     ({"checkpoint": {"path": "weights.th", "key": "model"}}, "no key 'model'"),
-    ({"checkpoint": {"path": "weights.th", "key": "state_dict"}}, "strip_prefix"),
+    ({"checkpoint": {"path": "weights.th", "key": "state_dict", "strip_prefix": "net."}}, "strip_prefix: 'module.'"),
     ({"dataset": {"root": "data", "train": "train", "val": "val"}}, "does not exist"),
     ({"task": "detection"}, "unknown task"),
     ({"name": "../../x"}, "not allowed"),

@@ -89,13 +89,30 @@ def test_foreign_attention_is_refused_before_tracing():
     assert time.monotonic() - started < 5 and "\n" not in str(err.value)
 
 
-def test_time_budget_refuses_in_one_line():
+def test_work_budget_refuses_in_one_line_naming_real_switches():
     from torchvision.models import mobilenet_v3_small
 
+    from toolkit.prune.safety import PruningRefused
+
     model = mobilenet_v3_small(weights=None).eval()
-    with pytest.raises(EdgeShrinkError, match="budget"):
-        prune(model, example_input=torch.randn(1, 3, 64, 64), cfg=PruneConfig(steps=4), progress=False,
-              time_budget_s=1e-3)
+    with pytest.raises(PruningRefused, match="max_trials") as err:
+        prune(model, example_input=torch.randn(1, 3, 64, 64), cfg=PruneConfig(steps=4, max_trials=2), progress=False)
+    message = str(err.value)
+    assert "\n" not in message and "--prune-max-trials" in message and "--no-structured" in message
+
+
+def test_work_budget_is_counted_not_timed_so_runs_repeat_exactly():
+    """The budget counts trials: the same model and budget pass (or fail) whatever the clock says."""
+    from torchvision.models import mobilenet_v3_small
+
+    spent = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = mobilenet_v3_small(weights=None).eval()
+        result = prune(model, example_input=torch.zeros(1, 3, 64, 64), cfg=PruneConfig(target_macs=0.7, max_trials=600),
+                       progress=False)
+        spent.append(result.history[-1]["macs"])
+    assert spent[0] == spent[1]
 
 
 def test_twenty_step_budget_search_takes_seconds():

@@ -26,8 +26,14 @@ def main(argv=None) -> int:
     from toolkit.runtime.timing import peak_rss_mb, time_calls
     from toolkit.runtime import open_runner
 
+    from toolkit.core.errors import EdgeShrinkError
+
     base_rss_mb = peak_rss_mb()
-    runner = open_runner(args.file, args.format, args.threads)
+    try:
+        runner = open_runner(args.file, args.format, args.threads)
+    except EdgeShrinkError as exc:  # one line for the parent (it reports the last stderr line)
+        print(exc, file=sys.stderr)
+        return 2
     shape = tuple(int(s) for s in args.shape.split(","))
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     prepared = runner.prepare(x)

@@ -43,6 +43,23 @@ class CardInput(Strict):
             raise ValueError(f"must be two sizes between 8 and 4096 pixels, got {list(v)}")
         return v
 
+    @field_validator("channels")
+    @classmethod
+    def _channels(cls, v):
+        if v not in (1, 3):
+            raise ValueError(f"must be 1 (grey) or 3 (RGB), got {v}")
+        return v
+
+    @field_validator("mean", "std")
+    @classmethod
+    def _per_channel(cls, v, info):
+        channels = info.data.get("channels")
+        if channels is not None and len(v) != channels:
+            raise ValueError(f"needs one value per channel (input.channels is {channels}), got {len(v)} values")
+        if info.field_name == "std" and not all(x > 0 for x in v):
+            raise ValueError("must be positive numbers (inputs are divided by them)")
+        return v
+
 
 class CardCheckpoint(Strict):
     """Weights: an EdgeShrink checkpoint or a plain PyTorch state_dict file (.pt/.pth/.th),
@@ -82,6 +99,7 @@ class ModelCard(Strict):
     input: CardInput
     metric: str = "top1"
     labels: list[str] = []
+    class_folders: list[str] = []  # the dataset's class folders in label order, where they differ from labels (e.g. WordNet IDs)
     never_prune: list[str] = []
     pruning: dict = {}  # overrides of the target profile's pruning settings for this model
     tflite_converter: Optional[Literal["onnx2tf", "litert-torch"]] = None  # overrides the profile's conversion.tflite
@@ -107,6 +125,18 @@ class ModelCard(Strict):
         if not numbers or not isinstance(epochs, int) or epochs < 0 or not lr > 0 or not 0.0 <= distill <= 1.0:
             raise ValueError(f"needs finetune_epochs >= 0 (an integer), finetune_lr > 0 and distill in [0, 1], got {v}")
         return v
+
+    @field_validator("class_folders")
+    @classmethod
+    def _class_folders(cls, v, info):
+        labels = info.data.get("labels") or []
+        if v and len(v) != len(labels):
+            raise ValueError(f"needs one folder per label ({len(labels)} labels), got {len(v)} folders")
+        return v
+
+    def expected_class_folders(self) -> list[str]:
+        """The class folder names the dataset must have, in label order (empty: the card has no labels)."""
+        return list(self.class_folders or self.labels)
 
     @field_validator("task")
     @classmethod
@@ -156,7 +186,7 @@ def load_card(ref: str) -> ModelCard:
     """A card by name (`models/<name>.yaml`, "did you mean" for typos) or by path to a YAML file."""
     if is_card_path(ref):
         path = Path(ref).expanduser()
-        if not path.is_file():
+        if not path.exists() and not path.is_symlink():  # a folder, FIFO or device: load_yaml says which
             raise EdgeShrinkError(f"model card {ref} does not exist; pass a card name ({', '.join(list_cards())}) "
                                   "or the path of a card .yaml file")
         card = validate_data(ModelCard, load_yaml(path, "model card"), str(path))

@@ -23,6 +23,7 @@ class PruneConfig(Strict):
     distill: float = 0.5
     round_to: int = 8
     max_layer_ratio: float = 0.8
+    max_trials: Optional[int] = 600  # pruning work: dry-run trials + pruning sub-steps (None: no limit)
 
     @field_validator("target_macs", "channel_ratio")
     @classmethod
@@ -38,10 +39,10 @@ class PruneConfig(Strict):
             raise ValueError(f"must be between 0 and 1 (exclusive), got {v}")
         return v
 
-    @field_validator("steps", "round_to")
+    @field_validator("steps", "round_to", "max_trials")
     @classmethod
     def _positive(cls, v):
-        if v < 1:
+        if v is not None and v < 1:
             raise ValueError("must be >= 1")
         return v
 

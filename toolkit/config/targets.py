@@ -74,11 +74,36 @@ class Budget(Strict):
     max_model_mb: Optional[float] = Field(default=None, gt=0, le=1e6)
 
 
+def remote_dir_problem(value) -> Optional[str]:
+    """Why `value` cannot be a device's deploy.remote_dir (None when it can): it must name a dedicated
+    folder, `~/<folder>` or an absolute path at least two levels below `/`, with no `.` / `..`
+    components; never `/`, the home folder itself or a folder above it (a bundle is mirrored, with
+    deletions, into `<remote_dir>/<bundle name>`)."""
+    if not isinstance(value, str) or not value or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        return "is empty or holds control characters"
+    if value != "~" and not value.startswith(("~/", "/")):
+        return "must start with ~/ or / (~user and relative folders are not allowed)"
+    parts = [p for p in value.split("/")[1:] if p]
+    if any(p in (".", "..") for p in parts):
+        return "contains a '.' or '..' component"
+    if len(parts) < (1 if value.startswith("~") else 2):
+        return "is /, the home folder itself or a top-level folder, not a dedicated folder"
+    return None
+
+
 class Deploy(Strict):
     transport: Literal["local", "ssh", "adb"]
-    remote_dir: str = "~/edgeshrink"
+    remote_dir: str = "~/edgeshrink"  # a dedicated folder on the device; bundles go to <remote_dir>/<bundle name>
     artifact: str = "pruned-tflite-int8"  # the preferred file (select: fixed deploys exactly this one)
     select: Literal["fastest", "fixed"] = "fastest"  # fastest: the fastest file that passes the gate
+
+    @field_validator("remote_dir")
+    @classmethod
+    def _remote_dir(cls, v):
+        problem = remote_dir_problem(v)
+        if problem:
+            raise ValueError(f"{problem}; use a dedicated folder such as ~/edgeshrink or /opt/edgeshrink")
+        return v
 
 
 class Gate(Strict):
@@ -172,11 +197,30 @@ def validate_target_file(path) -> TargetProfile:
     return profile
 
 
+# Short names people type for a device family -> the profile they get (said on stderr when used).
+TARGET_ALIASES = {"jetson": "jetson-orin-nano", "pi": "rpi5", "raspberry-pi": "rpi5"}
+
+
+def resolve_target_alias(name: str, *, say=None) -> str:
+    """The profile name behind `name`: an alias (`jetson`) names the current profile of its family,
+    unless a profile file of that very name exists. `say(message)` is told when an alias was used."""
+    if name in TARGET_ALIASES and not (targets_dir() / f"{name}.yaml").is_file():
+        actual = TARGET_ALIASES[name]
+        if say is not None:
+            say(f"target '{name}' is an alias of the '{actual}' profile (targets/{actual}.yaml)")
+        return actual
+    return name
+
+
 def load_target(name: str) -> TargetProfile:
-    """Read targets/<name>.yaml; unknown names get "did you mean"; a name with a path in it is refused
-    (`../elsewhere/x` must not load a file outside targets/)."""
+    """Read targets/<name>.yaml (or the profile an alias such as `jetson` names, said on stderr);
+    unknown names get "did you mean"; a name with a path in it is refused (`../elsewhere/x` must
+    not load a file outside targets/)."""
+    import sys
+
     from toolkit.config.cards import SAFE_NAME
 
+    name = resolve_target_alias(name, say=lambda m: print(f"[edgeshrink] {m}", file=sys.stderr, flush=True))
     path = targets_dir() / f"{name}.yaml"
     if not SAFE_NAME.match(name or "") or ".." in name or not path.is_file():
         raise unknown_name("target", name, list_targets())

@@ -3,7 +3,9 @@
 multiprocessing's spawn re-imports the caller's `__main__`: a user's 15-line script without an
 `if __name__ == "__main__":` guard would start itself again in every worker. A child started with
 `python -m` imports only the toolkit. Children get SIGTERM when the parent dies (Linux
-PR_SET_PDEATHSIG) and are killed when the run fails or is interrupted."""
+PR_SET_PDEATHSIG) and are killed when the run fails or is interrupted. A job folder is named after
+its owner's pid (`edgeshrink-job-<pid>-*`); those of runs that were SIGKILLed (the owner is gone) are
+removed when the next job starts."""
 
 from __future__ import annotations
 
@@ -15,7 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from toolkit.core.atomic import remove_dead_job_folders
 from toolkit.core.errors import EdgeShrinkError
+
+JOB_PREFIX = "edgeshrink-job-"
 
 
 def _die_with_parent() -> None:
@@ -35,7 +40,8 @@ class BackgroundConversion:
     def __init__(self, onnx_path: Path, out_dir: Path, *, calib01, mean, std, int8: bool, io_dtype: str, cache: bool):
         import numpy as np
 
-        self._tmp = tempfile.TemporaryDirectory(prefix="edgeshrink-job-")
+        remove_dead_job_folders(Path(tempfile.gettempdir()), JOB_PREFIX)
+        self._tmp = tempfile.TemporaryDirectory(prefix=f"{JOB_PREFIX}{os.getpid()}-")
         job = Path(self._tmp.name)
         if calib01 is not None:
             np.save(job / "calib.npy", calib01)

@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 
 from toolkit.core.errors import EdgeShrinkError
-from toolkit.core.paths import REPO_ROOT, side_venv_python
+from toolkit.core.paths import child_pythonpath, side_venv_python
 
 SETUP = "make setup-litert"
 
@@ -58,7 +58,7 @@ def checkpoint_to_litert(checkpoint: str | Path, input_shape: tuple[int, ...], o
            "--out", str(out_dir), "--input-shape", ",".join(str(int(d)) for d in input_shape),
            "--mean", ",".join(str(float(v)) for v in mean), "--std", ",".join(str(float(v)) for v in std),
            "--stem", stem, "--threads", str(threads)]
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": str(threads), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "PYTHONPATH": str(child_pythonpath()), "OMP_NUM_THREADS": str(threads), "TF_CPP_MIN_LOG_LEVEL": "2"}
     with tempfile.TemporaryDirectory(prefix="litert-") as work:
         if calibration_nhwc is not None:
             if len(calibration_nhwc) == 0:

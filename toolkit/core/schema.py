@@ -55,21 +55,54 @@ def validate_data(model_cls: type[M], data: dict, source: str) -> M:
         raise EdgeShrinkError(f"{source}: '{where}' {msg[0].lower() + msg[1:]} (got {got}); fix the value") from None
 
 
-def load_yaml(path: Path, what: str) -> dict:
-    """Read a YAML mapping; malformed YAML is a one-line error naming the file and line."""
+def _no_alias_loader():
+    """yaml.SafeLoader that refuses aliases (`*name`, `<<: *name`): a few hundred bytes of nested
+    aliases expand to gigabytes once validated or printed (a "billion laughs" file)."""
+    import yaml
+
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(None, None, f"YAML aliases (*{event.anchor}) are not allowed; write the "
+                                                  "value out instead", event.start_mark)
+            return super().compose_node(parent, index)
+
+    return NoAliasLoader
+
+
+def parse_yaml(text: str, source: str, what: str):
+    """YAML text -> data (aliases refused); malformed YAML is a one-line error naming `source` and the line."""
     import yaml
 
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise EdgeShrinkError(f"{path}: cannot read the {what} file ({exc.strerror or type(exc).__name__}); "
-                              "pass the path of an existing .yaml file") from None
-    except UnicodeDecodeError:
-        raise EdgeShrinkError(f"{path}: not a text file (binary bytes); a {what} file must be UTF-8 YAML") from None
+        return yaml.load(text, Loader=_no_alias_loader())  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
-        raise EdgeShrinkError(f"{path}:{line} is not valid YAML ({getattr(exc, 'problem', exc)}); fix the {what} file") from None
+        raise EdgeShrinkError(f"{source}:{line} is not valid YAML ({getattr(exc, 'problem', None) or exc}); "
+                              f"fix the {what} file") from None
+    except RecursionError:
+        raise EdgeShrinkError(f"{source}: YAML nested too deeply; fix the {what} file") from None
+
+
+def load_yaml(path: Path, what: str) -> dict:
+    """Read a YAML mapping from a regular file of at most 1 MB; a folder, FIFO, device, oversized,
+    binary or malformed file, and YAML aliases, are one-line errors naming the file (and line)."""
+    from toolkit.core.files import TEXT_MAX_BYTES, file_problem
+
+    problem = file_problem(path, TEXT_MAX_BYTES)
+    if problem:
+        raise EdgeShrinkError(f"{path}: cannot read the {what} file: it {problem}; pass the path of a .yaml file "
+                              "(at most 1 MB)")
+    from toolkit.core.files import read_bytes_capped
+
+    raw = read_bytes_capped(path, what, "pass the path of a .yaml file (at most 1 MB)", TEXT_MAX_BYTES)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise EdgeShrinkError(f"{path}: not a text file (binary bytes); a {what} file must be UTF-8 YAML") from None
+    data = parse_yaml(text, str(path), what)
     if not isinstance(data, dict):
         raise EdgeShrinkError(f"{path}: a {what} file must be a YAML mapping of keys to values")
     return data

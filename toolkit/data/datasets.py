@@ -40,8 +40,34 @@ def classification_splits(card, spec, data, progress: bool = True):
     decode = {"interpolation": card.input.interpolation, "channels": spec.channels}
     train = load_image_split(root, splits.train, h, w, progress, **decode)
     val = load_image_split(root, splits.val, h, w, progress, classes=train.classes, **decode)
-    if card.labels and len(train.classes) != len(card.labels):
-        raise EdgeShrinkError(
-            f"{root} has {len(train.classes)} classes but model card '{card.name}' has {len(card.labels)} labels; point --data at the right dataset"
-        )
+    check_class_folders(card, train.classes, root / splits.train)
     return train, val
+
+
+def check_class_folders(card, found: list[str], where: Path) -> None:
+    """The class folders (sorted, as labels are numbered) must be the card's labels in order, or
+    the card's `class_folders`: any other set would name every prediction with the wrong label."""
+    expected = card.expected_class_folders()
+    if not expected or list(found) == expected:
+        return
+    if sorted(found) == sorted(expected):
+        why = "the same names in another order (labels are numbered in sorted folder order)"
+    else:
+        missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+        why = f"{len(found)} folders, {len(expected)} expected; missing {missing[:4]}, unexpected {extra[:4]}"
+    field = "class_folders" if card.class_folders else "labels"
+    raise EdgeShrinkError(f"{where} has class folders {list(found)[:6]} but model card '{card.name}' expects its {field} "
+                          f"{expected[:6]} ({why}); point --data at the dataset the model was trained on, or list "
+                          "the folders in label order as the card's class_folders")
+
+
+def preflight_classification(card, data) -> None:
+    """At planning, before any image is decoded: the training split's class folders match the card
+    (skipped for synthetic data and for a data folder that is not there yet: the run refuses that)."""
+    from toolkit.data.imagefolder import class_folders
+
+    if data.synthetic:
+        return
+    split = dataset_root(card, data.root) / card.data_spec().train
+    if split.is_dir():
+        check_class_folders(card, class_folders(split), split)

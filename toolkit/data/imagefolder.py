@@ -3,6 +3,12 @@
 Decoding 13k JPEGs costs ~30 s on two cores, so each (folder, split, size) is decoded once
 and kept as .npy files under the cache folder; training, calibration and evaluation then read
 the same pixels. Labels follow sorted class-folder order (torchvision's ImageFolder rule).
+
+Hidden files and folders (`.DS_Store`, macOS `._x.jpg`, `.ipynb_checkpoints`) are ignored; an
+image path that is a folder, a FIFO, a device, or a broken or looping symbolic link is a one-line
+error naming it (nothing is opened that could block). Images decode in threads (PIL releases the
+GIL; no fork after torch's thread pools exist, which could deadlock a child), watched: an image
+that has not decoded after DECODE_STALL_S seconds is a one-line error, not a hang.
 """
 
 from __future__ import annotations
@@ -10,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +27,7 @@ from toolkit.core.errors import EdgeShrinkError
 from toolkit.core.paths import cache_dir
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+DECODE_STALL_S = 120.0  # no single image takes this long to decode: a worker this slow is stuck
 
 
 @dataclass
@@ -49,7 +58,38 @@ def class_folders(split_dir: Path) -> list[str]:
             f"data folder {split_dir} does not exist; pass --data PATH or set EDGESHRINK_DATA_DIR "
             "to the folder holding the dataset (or set the split folder names in the card's dataset)"
         )
-    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    found = []
+    for p in _entries(split_dir):
+        if p.name.startswith("."):
+            continue
+        if p.is_symlink() and not p.exists():  # dangling or looping: it would silently drop a class
+            raise EdgeShrinkError(f"class folder {p} is a broken or looping symbolic link; fix or remove it")
+        if p.is_dir():
+            found.append(p.name)
+    return sorted(found)
+
+
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError as exc:
+        raise EdgeShrinkError(f"cannot list {folder} ({exc.strerror or type(exc).__name__}); check its permissions") from None
+
+
+def image_files(class_dir: Path) -> list[Path]:
+    """The image files of one class folder, sorted; hidden files (`._x.jpg` of macOS included) are
+    ignored, an image path that is not a regular file (or is too big) is a one-line error."""
+    from toolkit.core.files import IMAGE_MAX_BYTES, file_problem
+
+    files = []
+    for f in sorted(_entries(class_dir)):
+        if f.name.startswith(".") or f.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        problem = file_problem(f, IMAGE_MAX_BYTES)
+        if problem:
+            raise EdgeShrinkError(f"image {f} {problem}; remove it or replace it with an image file")
+        files.append(f)
+    return files
 
 
 def list_image_folder(split_dir: Path, classes: list[str] | None = None) -> tuple[list[Path], list[int], list[str]]:
@@ -66,10 +106,9 @@ def list_image_folder(split_dir: Path, classes: list[str] | None = None) -> tupl
     classes = found
     files, labels = [], []
     for index, name in enumerate(classes):
-        for f in sorted((split_dir / name).iterdir()):
-            if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."):
-                files.append(f)
-                labels.append(index)
+        for f in image_files(split_dir / name):
+            files.append(f)
+            labels.append(index)
     if not files:
         raise EdgeShrinkError(
             f"no images found under {split_dir}; expected <class>/<image>.jpg sub-folders (ImageFolder layout)"
@@ -86,6 +125,71 @@ def _decode(args: tuple) -> np.ndarray | str:
         return resize_image(path, h, w, interpolation=interpolation, channels=channels)
     except Exception as exc:  # PIL raises many types for truncated / foreign files
         return f"{type(exc).__name__}: {str(exc)[:80]}"
+
+
+def decode_all(jobs: list[tuple], desc: str, progress: bool = True) -> list:
+    """`_decode` of every job, in order, on up to 4 daemon threads. A job running longer than
+    DECODE_STALL_S is a one-line error naming its file (a stuck thread cannot be killed; being a
+    daemon it cannot keep the process alive either). Ctrl-C and SIGTERM reach the waiting main thread."""
+    import queue
+
+    from tqdm import tqdm
+
+    results: list = [None] * len(jobs)
+    todo: queue.SimpleQueue = queue.SimpleQueue()
+    done: queue.SimpleQueue = queue.SimpleQueue()
+    for i in range(len(jobs)):
+        todo.put(i)
+    running: dict[int, tuple[int, float]] = {}
+    lock, stop = threading.Lock(), threading.Event()
+
+    def work(worker: int) -> None:
+        while not stop.is_set():
+            try:
+                i = todo.get_nowait()
+            except queue.Empty:
+                return
+            with lock:
+                running[worker] = (i, time.monotonic())
+            try:
+                result = _decode(jobs[i])
+            except BaseException as exc:  # noqa: BLE001 - reported to the main thread, never lost
+                result = f"{type(exc).__name__}: {str(exc)[:80]}"
+            with lock:
+                running.pop(worker, None)
+            done.put((i, result))
+
+    threads = [threading.Thread(target=work, args=(w,), name=f"edgeshrink-decode-{w}", daemon=True)
+               for w in range(max(1, min(4, os.cpu_count() or 1, len(jobs))))]
+    for t in threads:
+        t.start()
+    try:
+        with tqdm(total=len(jobs), desc=desc, disable=not progress) as bar:
+            for _ in range(len(jobs)):
+                while True:
+                    alive = any(t.is_alive() for t in threads)  # before the wait: a result put by a thread
+                    try:                                       # that then ended is still found
+                        i, result = done.get(timeout=0.5)
+                        break
+                    except queue.Empty:
+                        _check_stall(jobs, running, lock, alive)
+                results[i] = result
+                bar.update(1)
+    finally:
+        stop.set()
+    return results
+
+
+def _check_stall(jobs, running, lock, alive: bool) -> None:
+    now = time.monotonic()
+    with lock:
+        stuck = sorted((start, i) for i, start in running.values() if now - start > DECODE_STALL_S)
+    if stuck:
+        raise EdgeShrinkError(f"decoding {jobs[stuck[0][1]][0]} has not finished after {DECODE_STALL_S:.0f} s (a file "
+                              "that never ends, e.g. on a hung network mount); remove or replace it")
+    if not alive:
+        raise EdgeShrinkError("image decoding stopped without finishing (a decoder thread died); run again, and "
+                              "report it if it repeats")
 
 
 def _cache_key(root: Path, split: str, files: list[Path], decode: tuple) -> str:
@@ -116,10 +220,6 @@ def load_image_split(root: Path, split: str, height: int, width: int, progress: 
                      classes: list[str] | None = None, interpolation: str = "bilinear", channels: int = 3) -> ImageSplit:
     """Decode `root/split` at HxW (cached). Refuses missing folders, class lists that differ from
     `classes`, and unreadable images with a one-line error."""
-    from multiprocessing import Pool
-
-    from tqdm import tqdm
-
     files, labels, classes = list_image_folder(Path(root) / split, classes)
     decode = (height, width, interpolation, channels)
     key = _cache_key(Path(root), split, files, decode)
@@ -129,10 +229,7 @@ def load_image_split(root: Path, split: str, height: int, width: int, progress: 
         if cached is not None:
             return ImageSplit(cached[0], cached[1], classes, str(root))
     jobs = [(str(f), *decode) for f in files]
-    with Pool(max(1, min(4, os.cpu_count() or 1))) as pool:
-        decoded = list(
-            tqdm(pool.imap(_decode, jobs, chunksize=32), total=len(jobs), desc=f"decode {split}", disable=not progress)
-        )
+    decoded = decode_all(jobs, f"decode {split}", progress)
     bad = [(f, d) for f, d in zip(files, decoded) if isinstance(d, str)]
     if bad:
         raise EdgeShrinkError(f"{len(bad)} image(s) in {Path(root) / split} cannot be decoded, first {bad[0][0]} "

@@ -37,7 +37,13 @@ def read_pair(image_path: Path, label_path: Path, classes: int) -> Volume:
     """Read and check one image/label pair; raises EdgeShrinkError naming the file on a problem."""
     import nibabel as nib
 
+    from toolkit.core.files import CHECKPOINT_MAX_BYTES, file_problem
+
     name = image_path.name.replace(".nii.gz", "").replace(".nii", "")
+    for path in (image_path, label_path):  # a FIFO or device would block or never end
+        problem = file_problem(path, CHECKPOINT_MAX_BYTES)
+        if problem:
+            raise EdgeShrinkError(f"{name}: {path} {problem}; replace or remove the file")
     try:
         image = np.asarray(nib.load(str(image_path)).dataobj, dtype=np.float32)
         label_raw = np.asarray(nib.load(str(label_path)).dataobj)
@@ -75,7 +81,7 @@ def load_msd(root: Path, classes: int = 3, held_out: int = HELD_OUT, progress: b
     images_dir, labels_dir = root / "images", root / "labels"
     if not images_dir.is_dir() or not labels_dir.is_dir():
         raise EdgeShrinkError(f"{root} must hold images/ and labels/ (MSD layout); pass --data PATH or set EDGESHRINK_DATA_DIR")
-    files = sorted(p for p in images_dir.iterdir() if p.name.endswith((".nii", ".nii.gz")))
+    files = sorted(p for p in images_dir.iterdir() if p.name.endswith((".nii", ".nii.gz")) and not p.name.startswith("."))
     if not files:
         raise EdgeShrinkError(f"no .nii.gz volumes in {images_dir}")
     names = [f.name.replace(".nii.gz", "").replace(".nii", "") for f in files]
@@ -86,7 +92,7 @@ def load_msd(root: Path, classes: int = 3, held_out: int = HELD_OUT, progress: b
     for f in tqdm(files, desc="read volumes", disable=not progress, leave=False):
         label = labels_dir / f.name
         try:
-            if not label.is_file():
+            if not label.exists() and not label.is_symlink():
                 raise EdgeShrinkError(f"{f.name}: no label file {label.name} in {labels_dir}; add it or remove the image")
             v = read_pair(f, label, classes)
             volumes[v.name] = v

@@ -13,6 +13,33 @@ import numpy as np
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_SIDE = 4096  # pixels per side: a 4096x4096 float image is already 200 MB per channel triple
+
+
+def input_problem(height, width, channels, mean, std) -> str | None:
+    """Why an input description cannot be used (None: it can). Cards (at validation) and every
+    InputSpec (fresh plans, replayed config.json, the Python API) go through this one check."""
+    import math
+
+    def whole(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not (whole(height) and whole(width)) or not (8 <= height <= MAX_SIDE and 8 <= width <= MAX_SIDE):
+        return f"input.size must be two whole numbers between 8 and {MAX_SIDE} pixels, got {[height, width]}; fix input.size"
+    if not whole(channels) or channels not in (1, 3):
+        return f"input.channels must be 1 (grey) or 3 (RGB), got {channels!r}; fix input.channels"
+    for name, values in (("mean", mean), ("std", std)):
+        if not isinstance(values, (list, tuple)) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            return f"input.{name} must be a list of numbers, got {values!r}; fix input.{name}"
+        if len(values) != channels:
+            return (f"input.{name} has {len(values)} values but input.channels is {channels}; give one {name} "
+                    f"per channel")
+        if not all(math.isfinite(v) for v in values):
+            return f"input.{name} must be finite numbers, got {list(values)}; fix input.{name}"
+    if not all(v > 0 for v in std):
+        return f"input.std must be positive (inputs are divided by it), got {list(std)}; fix input.std"
+    return None
 
 
 @dataclass(frozen=True)
@@ -29,6 +56,13 @@ class InputSpec:
     color: str = "RGB"
     layout: dict = field(default_factory=lambda: {"torch": "NCHW", "onnx": "NCHW", "tflite": "NHWC"})
 
+    def __post_init__(self):
+        from toolkit.core.errors import EdgeShrinkError
+
+        problem = input_problem(self.height, self.width, self.channels, self.mean, self.std)
+        if problem:
+            raise EdgeShrinkError(problem)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
@@ -37,7 +71,7 @@ class InputSpec:
     @classmethod
     def from_dict(cls, d: dict) -> "InputSpec":
         d = dict(d)
-        d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
+        d["mean"], d["std"] = (tuple(d[k]) if isinstance(d[k], list) else d[k] for k in ("mean", "std"))
         return cls(**d)
 
 

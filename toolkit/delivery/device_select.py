@@ -30,6 +30,8 @@ def needs_device_choice(manifest: dict) -> bool:
 
 def device_p50(ssh, manifest: dict, *, remote_dir: str, python: str, artifact: str) -> float:
     """Benchmark one artifact on the device; its result must name the sha256 the bundle lists."""
+    from toolkit.delivery.compare import check_device_result, parse_json_object
+
     rel = f"results/bench-{artifact}.json"
     q = shlex.quote
     ssh.run(f"cd -- {q(remote_dir)} && {q(python)} edgeshrink_run.py --bench --artifact {q(artifact)} --json {q(rel)}",
@@ -37,19 +39,30 @@ def device_p50(ssh, manifest: dict, *, remote_dir: str, python: str, artifact: s
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / "bench.json"
         ssh.pull_file(f"{remote_dir}/{rel}", local)
-        result = json.loads(local.read_text())
+        where = f"{rel} from {ssh.target}"
+        result = parse_json_object(local.read_bytes().decode("utf-8", errors="replace"), where,
+                                   "check the device's scripts and rerun the deploy")
+    check_device_result(result, where, manifest.get("primary_metric", "top1"))
     expected = next(a["sha256"] for a in manifest["artifacts"] if a["name"] == artifact)
     if result.get("sha256") != expected:
         raise EdgeShrinkError(f"the device benchmarked a file for {artifact} whose sha256 differs from the bundle's; "
                               "rerun the deploy")
-    return float(result["latency_ms"]["p50"])
+    return reported_p50(result, where)
+
+
+def reported_p50(result: dict, where: str) -> float:
+    """The p50 latency of a checked device result; a result without one is a one-line error."""
+    p50 = (result.get("latency_ms") or {}).get("p50")
+    if p50 is None:
+        raise EdgeShrinkError(f"{where} reports no latency_ms.p50; check the device's scripts and rerun the deploy")
+    return float(p50)
 
 
 def choose_on_device(ssh, manifest: dict, *, remote_dir: str, python: str, deployed_result: dict, where: str,
                      say: Callable[[str], None]) -> dict:
     """The selection record measured on the device: every passing candidate's device p50."""
     estimate = manifest["deploy"]["selection"]
-    p50 = {manifest["deploy"]["artifact"]: float(deployed_result["latency_ms"]["p50"])}
+    p50 = {manifest["deploy"]["artifact"]: reported_p50(deployed_result, f"results/device.json from {where}")}
     for row in estimate["candidates"]:
         if row["passes"] and row["artifact"] not in p50:
             say(f"benchmarking {row['artifact']} on the device")

@@ -26,10 +26,11 @@ def _update_card(name: str, update) -> None:
 
     from toolkit.config.cards import load_card
     from toolkit.core.paths import models_dir
+    from toolkit.core.schema import load_yaml
 
     card_path = models_dir() / f"{name}.yaml"
+    data = load_yaml(card_path, "model card")  # a regular file of at most 1 MB, YAML aliases refused
     header = "".join(l for l in card_path.read_text().splitlines(keepends=True) if l.startswith("#"))
-    data = yaml.safe_load(card_path.read_text())
     update(data)
     card_path.write_text(header + yaml.safe_dump(data, sort_keys=False, width=110))
     load_card(name)

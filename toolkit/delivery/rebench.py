@@ -36,11 +36,13 @@ def bench_bundle(bundle: Path, threads: int | None = None, min_runs: int = 100, 
                               "with `edgeshrink run`")
     threads = threads or load_target(target).bench_threads
     rows = []
-    for a in tqdm(manifest["artifacts"], desc="bench"):
-        r = benchmark_file(bundle / a["file"], a["format"], shape, threads=threads, warmup=warmup, min_runs=min_runs,
-                           min_seconds=min_seconds)
-        rows.append({"file": a["file"], "format": a["format"], "precision": a["precision"], "stage": a["stage"],
-                     "size_bytes": a["size_bytes"], "metrics": a["metrics"], **r})
+    with _bundle_card_code(bundle):
+        _check_torch_files(bundle, manifest["artifacts"])  # before any benchmark: one line, no progress bar
+        for a in tqdm(manifest["artifacts"], desc="bench"):
+            r = benchmark_file(bundle / a["file"], a["format"], shape, threads=threads, warmup=warmup, min_runs=min_runs,
+                               min_seconds=min_seconds)
+            rows.append({"file": a["file"], "format": a["format"], "precision": a["precision"], "stage": a["stage"],
+                         "size_bytes": a["size_bytes"], "metrics": a["metrics"], **r})
     base = next((r for r in rows if r["file"] == baseline), None)
     if base is None:
         raise EdgeShrinkError(f"{bundle}: baseline {baseline} is not among the manifest's artifacts; rebuild the bundle")
@@ -52,6 +54,42 @@ def bench_bundle(bundle: Path, threads: int | None = None, min_runs: int = 100, 
               "device": {"kind": "host", **machine_description()}, "versions": library_versions()}
     (bundle / "bench.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def _check_torch_files(bundle: Path, artifacts: list) -> None:
+    """Each torch file must name the architecture the bundle's card names (or a registered one): the
+    benchmark worker would refuse it anyway, this says so before anything is measured."""
+    from toolkit.models.architectures import checkpoint_architecture
+    from toolkit.models.checkpoint import read_checkpoint
+
+    for a in artifacts:
+        if a.get("format") == "torch":
+            checkpoint_architecture(read_checkpoint(bundle / a["file"]).get("architecture"), bundle / a["file"])
+
+
+def _bundle_card_code(bundle: Path):
+    """The architecture the bundle's torch files may be rebuilt with: its config.json's card's (checked
+    like a replayed plan: a registered name, a model library or file.py:factory inside the card's
+    folder), never the name a weights file carries. Without a config.json only registered names load."""
+    import contextlib
+
+    from toolkit.core.files import read_bytes_capped
+    from toolkit.models.architectures import card_code, check_architecture
+
+    config = bundle / "config.json"
+    if not config.exists():
+        return contextlib.nullcontext()
+    fix = "rebuild the bundle with `edgeshrink run`"
+    try:
+        plan = json.loads(read_bytes_capped(config, "bundle plan", fix).decode("utf-8"))
+        architecture, card_dir = plan["card"]["architecture"], plan["card_dir"]
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise EdgeShrinkError(f"{config} is unreadable or lacks the card's architecture ({type(exc).__name__}); "
+                              f"{fix}") from None
+    if not isinstance(card_dir, str):
+        raise EdgeShrinkError(f"{config}: card_dir is not a folder name; {fix}")
+    check_architecture(architecture, Path(card_dir))
+    return card_code(architecture, card_dir)
 
 
 def format_bench_table(result: dict, metric: str = "top1") -> str:

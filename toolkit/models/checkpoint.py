@@ -109,9 +109,10 @@ def read_checkpoint(path: str | Path) -> dict:
     """Load the payload; unreadable or foreign files give a one-line error."""
     import torch
 
-    path = Path(path)
-    if not path.is_file():
-        raise EdgeShrinkError(f"checkpoint {path} does not exist; train one with `edgeshrink train` or fix the path")
+    from toolkit.core.files import CHECKPOINT_MAX_BYTES, require_file
+
+    path = require_file(Path(path), "checkpoint", "train one with `edgeshrink train` or fix the path",
+                        CHECKPOINT_MAX_BYTES)  # a folder, FIFO or device says so
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt files
@@ -123,10 +124,12 @@ def read_checkpoint(path: str | Path) -> dict:
     return payload
 
 
-def load_checkpoint(path: str | Path, expect_sha256: str | None = None, *, factory=None):
-    """Rebuild the model stored at `path` (eval mode) with the registered architecture, or with
-    `factory(**arguments)` for architectures outside the registry. Returns (model, payload)."""
-    from toolkit.models.architectures import create_model
+def load_checkpoint(path: str | Path, expect_sha256: str | None = None, *, factory=None, source=None):
+    """Rebuild the model stored at `path` (eval mode) with `source.build()` (a card's ModelSource:
+    the card's architecture wins over the one the file names), `factory(**arguments)`, or else the
+    architecture the file names, only when that is registered or the running card's own
+    (`checkpoint_architecture`: a weights file never chooses code to import). Returns (model, payload)."""
+    from toolkit.models.architectures import build_stored
 
     if expect_sha256 and Path(path).is_file():
         actual = sha256_file(path)
@@ -135,11 +138,16 @@ def load_checkpoint(path: str | Path, expect_sha256: str | None = None, *, facto
                 f"checkpoint {path} has sha256 {actual[:12]}…, the model card expects {expect_sha256[:12]}…; "
                 "restore the file or update the card"
             )
+    from toolkit.models.weights import check_finite
+
     payload = read_checkpoint(path)
-    if factory is not None:
+    check_finite(payload["state_dict"], f"checkpoint {path}")
+    if source is not None:
+        model = source.build()
+    elif factory is not None:
         model = factory(**payload["arguments"])
     else:
-        model = create_model(payload["architecture"], **payload["arguments"])
+        model = build_stored(payload, path)
     apply_channel_spec(model, payload["channel_spec"], payload["state_dict"])
     model.load_state_dict(with_metadata(payload["state_dict"], payload.get("state_dict_metadata")), strict=True)
     return model.eval(), payload
@@ -151,9 +159,9 @@ def load_state_dict_file(path: str | Path, *, key: str | None = None, strip_pref
     files, a missing key and contents that are not a name -> tensor mapping (one-line errors)."""
     import torch
 
-    path = Path(path)
-    if not path.is_file():
-        raise EdgeShrinkError(f"state_dict file {path} does not exist; fix the path")
+    from toolkit.core.files import CHECKPOINT_MAX_BYTES, require_file
+
+    path = require_file(Path(path), "state_dict file", "fix the path", CHECKPOINT_MAX_BYTES)
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or pickled-module files
@@ -176,8 +184,13 @@ def load_state_dict_file(path: str | Path, *, key: str | None = None, strip_pref
 def fit_state_dict(model, state_dict: dict, source: str):
     """Load `state_dict` into `model` strictly after checking every key and shape first; the
     first missing, unexpected or mis-shaped key is a one-line error (nothing is loaded then).
-    Returns the model."""
+    Returns the model. Legacy files without BatchNorm `num_batches_tracked` take the model's
+    defaults, as PyTorch's load_state_dict does; NaN or Inf weights are refused."""
+    from toolkit.models.weights import check_finite, with_legacy_buffers
+
+    check_finite(state_dict, source)
     expected = model.state_dict()
+    state_dict = with_legacy_buffers(state_dict, expected)
     for name, tensor in expected.items():
         if name not in state_dict:
             prefixed = next((k for k in state_dict if k.endswith(f".{name}")), None)

@@ -52,18 +52,42 @@ def choose_deploy(artifacts, *, target, metric: str, measured_on: str) -> dict:
         rows.append({"artifact": a.name, "p50_ms": (a.latency_ms or {}).get("p50"), metric: a.metrics.get(metric),
                      "partitions": (a.delegate or {}).get("partitions"), "passes": not fails, "why_not": fails})
     passing = [r for r in rows if r["passes"]]
-    if target.deploy.select == "fixed" or all(r["p50_ms"] is None for r in passing):
-        chosen = target.deploy.artifact
-        reason = "the profile's deploy.artifact (deploy.select: fixed)" if target.deploy.select == "fixed" else \
-            "the profile's deploy.artifact: no latency was measured (--no-bench)"
-        if not any(r["artifact"] == chosen for r in rows):
-            raise EdgeShrinkError(f"deploy artifact {chosen} was not produced; check the profile's formats/precisions")
-        return {"artifact": chosen, "reason": reason, "measured_on": None, "candidates": rows}
-    if not passing:
+    if not rows:
+        raise EdgeShrinkError(f"deploy artifact {target.deploy.artifact} was not produced (no {fmt} file); check the "
+                              "profile's formats/precisions")
+    if not passing:  # never deploy a file that fails the gate, whatever the selection mode
         raise EdgeShrinkError(f"no {fmt} file passes the deploy gate ({'; '.join(r['artifact'] + ': ' + ', '.join(r['why_not']) for r in rows)}); "
                               "relax gate.max_metric_drop, prune less, or fine-tune longer")
+    if target.deploy.select == "fixed" or all(r["p50_ms"] is None for r in passing):
+        return _preferred(pool, rows, target, fmt)
     best = min((r for r in passing if r["p50_ms"] is not None), key=lambda r: r["p50_ms"])
     label = "host measurement" if measured_on == "host" else "ESTIMATE from the host ranking (measure on the device with HOST=)"
     reason = (f"fastest {fmt} file that passes the gate: p50 {best['p50_ms']:.3f} ms ({label}); "
               f"{sum(not r['passes'] for r in rows)} of {len(rows)} candidates failed the gate")
     return {"artifact": best["artifact"], "reason": reason, "measured_on": measured_on, "candidates": rows}
+
+
+def _preferred(pool, rows, target, fmt: str) -> dict:
+    """Without a latency ranking (deploy.select: fixed, or --no-bench): the profile's deploy.artifact
+    when it passes the gate. A fixed choice that fails is refused; without measurements the passing
+    file of the preferred precision with the fewest MACs stands in (pruned before dense on a tie)."""
+    chosen = target.deploy.artifact
+    row = next((r for r in rows if r["artifact"] == chosen), None)
+    if row is None:
+        raise EdgeShrinkError(f"deploy artifact {chosen} was not produced; check the profile's formats/precisions")
+    fixed = target.deploy.select == "fixed"
+    if row["passes"]:
+        reason = ("the profile's deploy.artifact (deploy.select: fixed)" if fixed else
+                  "the profile's deploy.artifact: no latency was measured (--no-bench)")
+        return {"artifact": chosen, "reason": reason, "measured_on": None, "candidates": rows}
+    why = ", ".join(row["why_not"])
+    if fixed:
+        raise EdgeShrinkError(f"deploy artifact {chosen} (deploy.select: fixed) fails the deploy gate ({why}); relax "
+                              "gate.max_metric_drop, prune less or fine-tune longer, or set deploy.select: fastest")
+    precision = chosen.split("-")[-1]
+    passes = {r["artifact"] for r in rows if r["passes"]}
+    best = min((a for a in pool if a.name in passes),
+               key=lambda a: (a.precision != precision, a.macs or 0, a.stage == "dense", a.name))
+    reason = (f"the profile's deploy.artifact {chosen} fails the gate ({why}) and no latency was measured "
+              f"(--no-bench): {best.name} is the passing {fmt} file with the fewest MACs")
+    return {"artifact": best.name, "reason": reason, "measured_on": None, "candidates": rows}

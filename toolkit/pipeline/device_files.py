@@ -8,15 +8,16 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.core.paths import REPO_ROOT
+from toolkit.core.paths import DEPLOY_DIR
 
-DEPLOY = REPO_ROOT / "deploy"
+DEPLOY = DEPLOY_DIR  # <repo>/deploy, or the installed package data
 
 REQUIREMENTS = {
     "tflite": "# On the device (Raspberry Pi OS 64-bit, Debian, ...). Verified: these pins on x86-64 and on\n"
               "# aarch64 (Debian bookworm, Python 3.11, emulated) by tests/stages/test_aarch64.py.\n"
               "numpy==1.26.4\nai-edge-litert==2.1.0\n# or instead of ai-edge-litert: tflite-runtime==2.14.0 with numpy<2\n"
-              "# optional, to read image files / video / cameras: pillow, opencv-python-headless, picamera2\n",
+              "# optional, to read image files / video / cameras: pillow, opencv-python-headless, picamera2;\n"
+              "# NIfTI volumes (segmentation bundles): nibabel\n",
     "tensorrt": "# On the Jetson (JetPack ships TensorRT and trtexec under /usr/src/tensorrt/bin):\n"
                 "numpy\n# fallback when TensorRT is absent: onnxruntime-gpu (Jetson Zoo wheel) or onnxruntime\n",
     "onnxruntime": "numpy\nonnxruntime\n",
@@ -24,8 +25,8 @@ REQUIREMENTS = {
 
 
 # The TFLite runner: the script and the modules it loads from beside itself (each hash-checked before it runs).
-RPI_RUNNER = ("edgeshrink_run.py", "edgeshrink_run_model.py", "edgeshrink_run_inputs.py", "edgeshrink_run_eval.py",
-              "edgeshrink_run_bench.py")
+RPI_RUNNER = ("edgeshrink_run.py", "edgeshrink_run_model.py", "edgeshrink_run_images.py", "edgeshrink_run_inputs.py",
+              "edgeshrink_run_eval.py", "edgeshrink_run_segment.py", "edgeshrink_run_bench.py")
 
 
 def device_scripts(engine: str, transport: str) -> list[Path]:
@@ -50,7 +51,14 @@ def device_readme(manifest: dict, target, artifact: dict) -> str:
              f"std {manifest['input']['std']}. Every file's sha256 is in manifest.json.", "",
              "## On the device", "", "```bash", f"cd {name}", "python3 -m venv .venv && . .venv/bin/activate",
              "pip install -r requirements-device.txt", "python3 edgeshrink_common.py .          # check every file's sha256"]
-    if target.runtime.engine == "tflite" and target.deploy.transport != "adb":
+    segmentation = manifest.get("task", "classification") == "segmentation"
+    if target.runtime.engine == "tflite" and target.deploy.transport != "adb" and segmentation:
+        lines += ["python3 edgeshrink_run.py --bench --json results/device.json",
+                  "python3 edgeshrink_run.py --input slice.png --out masks/     # label mask PNG + colour overlay PNG",
+                  "pip install nibabel                                          # for NIfTI volumes",
+                  "python3 edgeshrink_run.py --input case.nii.gz --out masks/   # NIfTI mask, same affine and header",
+                  "python3 edgeshrink_run.py --eval-pack heldout.npz --json results/dice.json   # per-case Dice"]
+    elif target.runtime.engine == "tflite" and target.deploy.transport != "adb":
         lines += ["python3 edgeshrink_run.py --bench --json results/device.json",
                   "python3 edgeshrink_run.py --input some/images/ --top-k 3",
                   "python3 edgeshrink_run.py --camera 0            # Pi camera (picamera2) or webcam (OpenCV)"]
@@ -58,6 +66,16 @@ def device_readme(manifest: dict, target, artifact: dict) -> str:
         lines += ["python3 edgeshrink_trt.py --json results/device.json   # builds/caches the TensorRT engine, benchmarks it",
                   "python3 edgeshrink_trt.py --runtime onnxruntime --json results/ort.json  # the fallback path"]
     lines += ["```", ""]
+    if segmentation and target.runtime.engine == "tflite" and target.deploy.transport != "adb":
+        axis = (manifest.get("data") or {}).get("slice_axis", 0)
+        lines += [f"Segmentation: labels {', '.join(f'{i} {n}' for i, n in enumerate(manifest.get('labels') or []))}. "
+                  f"Each image or volume is normalised on its own (`{manifest['input']['scaling']}`), volumes are "
+                  f"sliced along axis {axis}, and each slice is centre-padded to "
+                  f"{manifest['input']['height']}x{manifest['input']['width']} (larger slices are shrunk to fit). "
+                  "`--input` takes PNG/JPEG/TIFF images (grey or colour), folders, `.npy` slices or volumes, "
+                  "`.nii`/`.nii.gz` volumes, videos and `--camera N`. The eval pack comes from the host: "
+                  f"`edgeshrink eval-pack --model {manifest['model']} --out heldout.npz`; its Dice per case equals "
+                  "the manifest's.", ""]
     if target.deploy.transport == "adb":
         lines += ["## From the host, with the phone on adb", "", "```bash",
                   "python3 android_bench.py --bundle . --benchmark-binary /path/to/android_aarch64_benchmark_model "
@@ -97,7 +115,8 @@ def add_device_files(work: Path, target, manifest: dict) -> None:
 
 def write_eval_pack(task, path: Path) -> Path:
     """Held-out data exactly as the host evaluated it (uint8 images after resize, or z-scored
-    slices) with labels, so a device without image libraries reproduces the host's metric."""
+    slices with their case ids, slice counts and volume shapes) with labels, so a device without
+    image libraries reproduces the host's metric."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if task.primary_metric == "top1":
@@ -105,7 +124,13 @@ def write_eval_pack(task, path: Path) -> Path:
     else:
         from toolkit.data.nifti import slices_of
 
-        pairs = [slices_of(v, (task.spec.height, task.spec.width)) for v in task.volumes.held_out]
+        held = task.volumes.held_out
+        pairs = [slices_of(v, (task.spec.height, task.spec.width)) for v in held]
+        # case ids, slice counts and volume shapes: the device crops each case back and scores 3-D Dice
+        # per case, exactly as SegmentationTask.metrics does
         np.savez_compressed(path, images=np.concatenate([p[0] for p in pairs]),
-                            labels=np.concatenate([p[1] for p in pairs]).astype(np.uint8))
+                            labels=np.concatenate([p[1] for p in pairs]).astype(np.uint8),
+                            cases=np.array([v.name for v in held], dtype=str),
+                            case_slices=np.array([v.image.shape[0] for v in held], np.int64),
+                            case_shapes=np.array([v.image.shape for v in held], np.int64).reshape(-1, 3))
     return path

@@ -9,6 +9,7 @@ artifact among the outputs) without loading data or converting anything. The pla
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
@@ -18,6 +19,8 @@ from toolkit.tasks.registry import DataRef, card_input_spec
 from toolkit.models.weights import ModelSource
 
 PLAN_SCHEMA = "edgeshrink-plan/1"
+MAX_THREADS = 256  # more threads than that only crashes the OpenMP runtime (it segfaults at 100000)
+BOOLEAN_OPTIONS = ("bench", "progress", "cache", "structured", "synthetic_data")
 RUN_OPTIONS = ("finetune_epochs", "calibration_size", "data", "synthetic_data", "checkpoint", "seed", "train_threads",
                "bench", "progress", "cache", "out", "sparsity", "sparsity_schedule", "sparsity_steps", "sparsity_finetune_epochs", "structured", "fps",
                "max_metric_drop", "tflite_converter")
@@ -49,7 +52,6 @@ class RunPlan:
     sparsity_finetune_epochs: int = 2     # fine-tuning after each sparsity step
     structured: bool = True               # channel pruning first (False: only the sparsity, if any)
     fps: Optional[float] = None           # latency budget: search the pruning level that meets it
-    prune_time_budget_s: float = 60.0     # pruning analysis (dry run, exclusions) must answer within this
 
     @property
     def bundle_name(self) -> str:
@@ -136,8 +138,14 @@ def _checks(run: dict) -> None:
     if fps is not None and fps != "target" and (not isinstance(fps, (int, float)) or not 0 < fps < 1e6 or fps != fps):
         raise EdgeShrinkError(f"fps must be a positive number of frames per second, got {fps!r}")
     threads = run.get("train_threads")
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise EdgeShrinkError(f"train_threads must be an integer >= 1, got {threads!r}")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)
+                                or not 1 <= threads <= MAX_THREADS):
+        raise EdgeShrinkError(f"train_threads must be an integer 1..{MAX_THREADS}, got {threads!r}; the machine has "
+                              f"{os.cpu_count()} cores: use at most that many")
+    for flag in BOOLEAN_OPTIONS:
+        if flag in run and not isinstance(run[flag], bool):
+            raise EdgeShrinkError(f"{flag} must be true or false, got {run[flag]!r}; write a JSON/Python boolean, "
+                                  "not a string or number")
 
 
 def _with_gate(profile, max_metric_drop):
@@ -168,8 +176,9 @@ def _weights(card, checkpoint: Optional[str]) -> tuple[Optional[Path], Optional[
     if path is None:
         raise EdgeShrinkError(f"model card '{card.name}' has no checkpoint; train one (`edgeshrink train --model "
                               f"{card.name}`), add `checkpoint: {{path: weights.pt}}` to the card, or pass --checkpoint")
-    if not path.is_file():
-        raise EdgeShrinkError(f"checkpoint {path} does not exist; fix the card's checkpoint.path or --checkpoint")
+    from toolkit.core.files import CHECKPOINT_MAX_BYTES, require_file
+
+    require_file(path, "checkpoint", "fix the card's checkpoint.path or --checkpoint", CHECKPOINT_MAX_BYTES)
     digest = sha256_file(path)
     if not checkpoint and card.checkpoint.sha256 and digest != card.checkpoint.sha256:
         raise EdgeShrinkError(f"{path} does not match the sha256 in the card '{card.name}'; restore it "
@@ -216,8 +225,49 @@ def make_plan(card, *, target: str = "host", **overrides) -> RunPlan:
                    sparsity_schedule=run.get("sparsity_schedule", "gradual"), sparsity_steps=run.get("sparsity_steps", 4),
                    sparsity_finetune_epochs=run.get("sparsity_finetune_epochs", 2),
                    structured=bool(run.get("structured", True)), fps=run.get("fps"))
-    load_dense(plan)  # the weights must fit the architecture before any data is read
+    check_model_and_data(plan)
     return plan
+
+
+def check_model_and_data(plan) -> None:
+    """What a fresh and a replayed plan both check before any work: the weights fit the architecture
+    (finite, every key and shape), the model runs on the planned input and has one output per label
+    and per `num_classes`, and the data's class folders are the card's labels."""
+    from toolkit.models.architectures import card_code
+    from toolkit.tasks.registry import preflight_task
+
+    with card_code(plan.card.architecture, plan.card.base_dir):  # its code's sys.exit/os._exit: a one-line error
+        model = load_dense(plan)  # the weights must fit the architecture before any data is read
+        check_outputs(plan, model)
+    preflight_task(plan.card, plan.data)
+
+
+def check_outputs(plan, model) -> None:
+    """One dry forward at the planned input: the model must run on it, and its class dimension
+    (logits (N, K) or per-pixel scores (N, K, H, W)) must equal the card's labels and num_classes."""
+    import torch
+
+    card = plan.card
+    shape = plan.input_shape
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(shape))
+    except Exception as exc:  # a model rejects an input with many error types
+        first = str(exc).splitlines()[0][:160] if str(exc) else ""
+        raise EdgeShrinkError(f"model '{card.name}' cannot run on its planned input {list(shape)} "
+                              f"({type(exc).__name__}: {first}); fix the card's input (size, channels) or the "
+                              "architecture arguments") from None
+    if not isinstance(out, torch.Tensor) or out.dim() < 2:
+        return  # not a class-score tensor: nothing to count
+    outputs = int(out.shape[1])
+    if card.labels and len(card.labels) != outputs:
+        raise EdgeShrinkError(f"model '{card.name}' has {outputs} outputs but the card lists {len(card.labels)} labels; "
+                              f"give exactly {outputs} labels, in output order (a label per output, none shifted)")
+    wanted = card.arguments.get("num_classes")
+    if isinstance(wanted, int) and not isinstance(wanted, bool) and wanted > 0 and wanted != outputs:  # 0: no head
+        raise EdgeShrinkError(f"model '{card.name}': the card's arguments say num_classes: {wanted} but its weights "
+                              f"make a {outputs}-output model; set num_classes: {outputs} or use weights trained "
+                              f"for {wanted} classes")
 
 
 def plan_from_json(data: dict, source: str = "plan") -> RunPlan:
@@ -238,8 +288,8 @@ def plan_from_json(data: dict, source: str = "plan") -> RunPlan:
                        input=InputSpec.from_dict(data["input"]), source=ModelSource(**data["source"]),
                        checkpoint=data["checkpoint"], checkpoint_sha256=data["checkpoint_sha256"],
                        data=DataRef(**data["data"]), calibration_size=data["calibration_size"],
-                       seed=data["seed"], train_threads=data["train_threads"], bench=bool(data["bench"]),
-                       progress=bool(data["progress"]), cache=bool(data["cache"]), out_root=str(data["out_root"]),
+                       seed=data["seed"], train_threads=data["train_threads"], bench=data["bench"],
+                       progress=data["progress"], cache=data["cache"], out_root=str(data["out_root"]),
                        card_ref=str(data["card_ref"]), sparsity=data.get("sparsity"),
                        sparsity_schedule=data.get("sparsity_schedule", "gradual"),
                        sparsity_steps=data.get("sparsity_steps", 4), structured=data.get("structured", True),
@@ -248,12 +298,23 @@ def plan_from_json(data: dict, source: str = "plan") -> RunPlan:
     except (KeyError, TypeError, ValueError) as exc:
         raise EdgeShrinkError(f"{source} is incomplete or malformed ({type(exc).__name__}: {exc}); "
                               "pass an unmodified config.json") from None
+    # the model is the card's (the card's architecture wins) and only of the safe forms, checked before any import
+    from toolkit.models.architectures import check_architecture
+
+    if plan.source != ModelSource(card.architecture, dict(card.arguments), str(card.base_dir)):
+        raise EdgeShrinkError(f"{source}: its model source ({plan.source.architecture!r}) is not its card's "
+                              f"({card.architecture!r} in {card.base_dir}); pass an unmodified config.json or make a new plan")
+    check_architecture(card.architecture, card.base_dir)
+    # the same checks as a fresh plan: values are taken as written (no bool("no") == True)
     _checks({"seed": plan.seed, "calibration_size": plan.calibration_size, "train_threads": plan.train_threads,
              "sparsity": plan.sparsity, "sparsity_schedule": plan.sparsity_schedule, "sparsity_steps": plan.sparsity_steps,
-             "fps": plan.fps})
+             "sparsity_finetune_epochs": plan.sparsity_finetune_epochs, "fps": plan.fps, "bench": plan.bench,
+             "progress": plan.progress, "cache": plan.cache, "structured": plan.structured,
+             "synthetic_data": plan.data.synthetic})
     if plan.checkpoint and (not Path(plan.checkpoint).is_file() or sha256_file(plan.checkpoint) != plan.checkpoint_sha256):
         raise EdgeShrinkError(f"{source}: weights file {plan.checkpoint} is missing or changed since the plan was "
                               "written; restore it or make a new plan")
+    check_model_and_data(plan)
     return plan
 
 
@@ -261,10 +322,13 @@ def load_plan_file(path: str) -> RunPlan:
     """Read a plan (a bundle's config.json) from disk; malformed JSON is a one-line error."""
     import json
 
+    from toolkit.core.files import read_bytes_capped
+
     p = Path(path)
+    raw = read_bytes_capped(p, "plan", "pass a bundle's config.json")  # a regular file of at most 1 MB
     try:
-        data = json.loads(p.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = json.loads(raw.decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise EdgeShrinkError(f"cannot read plan {p} ({type(exc).__name__}); pass a bundle's config.json") from None
     return plan_from_json(data, str(p))
 
@@ -275,6 +339,7 @@ def with_options(plan: RunPlan, **changes) -> RunPlan:
     bad = set(changes) - allowed
     if bad:
         raise EdgeShrinkError(f"cannot change {sorted(bad)} of a plan; make a new plan instead")
+    _checks({k: v for k, v in changes.items() if k != "out_root"})
     return replace(plan, **changes)
 
 

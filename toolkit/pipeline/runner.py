@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,7 +102,7 @@ class Runner:
         from toolkit.models.checkpoint import save_checkpoint
 
         with self.clock("prune"):
-            model, history = self._prune_or_reuse(dense) if self.plan.structured else self._unpruned(dense)
+            model, history = self._prune_or_dense(dense) if self.plan.structured else self._unpruned(dense)
         finetune_seconds = sum((h.get("finetune") or {}).get("seconds", 0.0) for h in history[1:])
         if self.extra["prune_cache"]["hit"]:
             finetune_seconds = 0.0  # the reused model's fine-tuning happened in an earlier run
@@ -123,6 +124,22 @@ class Runner:
         self.record(self.work / f"{self.name}_pruned.pt", stage="pruned", fmt="torch", precision="fp32", macs=macs,
                     params=params, parent="dense-torch-fp32", metrics=self.task.metrics(out, dense.torch_out))
         return Family("pruned", model, out, macs, params)
+
+    def _prune_or_dense(self, dense: Family):
+        """Pruning never blocks the bundle: when it is refused (unsafe, untraceable, over its work
+        budget, an unreachable target), the run goes on with the dense model and says why."""
+        from toolkit.prune.safety import PruningRefused
+
+        try:
+            return self._prune_or_reuse(dense)
+        except PruningRefused as exc:
+            reason = str(exc)
+        if self.plan.progress:
+            print(f"[edgeshrink] pruning skipped, going on with the dense model: {reason}", flush=True)
+        model, history = self._unpruned(dense)
+        self.extra["pruning_skipped"] = {"reason": reason,
+                                         "switch": "--no-structured (API structured=False) skips channel pruning"}
+        return model, history
 
     def _prune_or_reuse(self, dense: Family):
         from toolkit.prune.cache import find_pruned, prune_cache_key, store_pruned
@@ -146,8 +163,7 @@ class Runner:
 
         example = torch.from_numpy(np.ascontiguousarray(self.task.example_batch(2), dtype=np.float32))
         result = prune(copy.deepcopy(dense_model), example_input=example, cfg=cfg, never_prune=plan.card.never_prune,
-                       finetune=self._finetuner(dense_model), grad_batches=grad, progress=plan.progress,
-                       time_budget_s=plan.prune_time_budget_s)
+                       finetune=self._finetuner(dense_model), grad_batches=grad, progress=plan.progress)
         model, history = result.model, result.history
         self.extra["prune_excluded"] = result.excluded
         self.extra["prune_protected_outputs"] = result.protected_outputs
@@ -325,10 +341,11 @@ class Runner:
                     continue
                 with self.clock("benchmark"):
                     try:
-                        runs[i].append(benchmark_file(self.work / a.file, a.format, self.shape, threads=self.threads,
+                        runs[i].append(benchmark_file(self._bench_file(a), a.format, self.shape, threads=self.threads,
                                                       warmup=b.warmup, min_runs=b.min_runs, min_seconds=b.min_seconds))
                     except subprocess.TimeoutExpired as exc:  # a verified run is worth more than one latency figure
                         errors[i] = f"timed out after {exc.timeout:.0f} s"
+        shutil.rmtree(self.work / ".bench-exports", ignore_errors=True)
         for i, a in enumerate(self.artifacts):
             if i in errors:
                 self.artifacts[i] = a.with_(bench_error=errors[i])
@@ -337,6 +354,23 @@ class Runner:
             r = ordered[len(ordered) // 2]
             self.artifacts[i] = a.with_(latency_ms=r["latency_ms"], fps=r["fps"], peak_rss_mb=r["peak_rss_mb"],
                                         p50_runs=[round(x["latency_ms"]["p50"], 4) for x in runs[i]])
+
+    def _bench_file(self, artifact) -> Path:
+        """The file a benchmark process runs for `artifact`. A torch checkpoint of an in-memory module
+        (`shrink()`: an architecture only this process knows) is benchmarked as a torch.export program
+        of the same model, written once outside the bundle: the worker never rebuilds the module."""
+        if artifact.format != "torch" or not self.plan.source.architecture.startswith("instance:"):
+            return self.work / artifact.file
+        scratch = self.work / ".bench-exports"  # inside the staged folder (cleaned with it), removed after benchmarks
+        scratch.mkdir(exist_ok=True)
+        exported = scratch / f"{Path(artifact.file).stem}.pt2"
+        if not exported.is_file():
+            import torch
+
+            model = self.families[artifact.stage].model.eval()
+            example = torch.zeros(*self.shape)
+            torch.export.save(torch.export.export(model, (example,)), str(exported))
+        return exported
 
     def build(self, dense_model=None) -> None:
         """Every file the target asks for: dense family, pruning, pruned family; then the gates."""
@@ -387,20 +421,13 @@ def _background_jobs():
 @contextlib.contextmanager
 def _card_dir_for_workers(card):
     """Worker processes (benchmarks, the litert-torch child) rebuild checkpoints whose architecture
-    may be `file.py:factory` relative to the card: they find it through EDGESHRINK_CARD_DIR."""
-    import os
+    may be `file.py:factory` relative to the card: they accept exactly the card's architecture and
+    find it through EDGESHRINK_CARD_ARCHITECTURE / EDGESHRINK_CARD_DIR. The card's code calling
+    sys.exit() or os._exit() during the run is a one-line error, not a silent exit 0."""
+    from toolkit.models.architectures import card_code
 
-    from toolkit.models.architectures import CARD_DIR_ENV
-
-    old = os.environ.get(CARD_DIR_ENV)
-    os.environ[CARD_DIR_ENV] = str(card.base_dir)
-    try:
+    with card_code(card.architecture, card.base_dir):
         yield
-    finally:
-        if old is None:
-            os.environ.pop(CARD_DIR_ENV, None)
-        else:
-            os.environ[CARD_DIR_ENV] = old
 
 
 def _keep_failed(runner: Runner, bundle: Path, error: ParityFailure) -> Path:

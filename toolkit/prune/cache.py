@@ -15,10 +15,11 @@ from toolkit.core.paths import cache_dir
 
 
 def prune_cache_key(ckpt_sha256: str, cfg, spec, data: dict, *, seed: int, never_prune) -> str:
-    """Key of the exact settings: dense weights, pruning config, input, dataset (by name), seed."""
+    """Key of the exact settings: dense weights, pruning config, input, dataset (by name), seed. The
+    work budget (max_trials) is left out: it decides whether pruning finishes, not what it makes."""
     described = {k: data.get(k) for k in ("source", "synthetic", "train_images", "train_slices")}
     described["source"] = Path(str(described["source"] or "")).name  # the dataset, not where this machine keeps it
-    blob = json.dumps({"ckpt": ckpt_sha256, "cfg": cfg.model_dump(), "spec": spec.to_dict(), "data": described,
+    blob = json.dumps({"ckpt": ckpt_sha256, "cfg": cfg.model_dump(exclude={"max_trials"}), "spec": spec.to_dict(), "data": described,
                        "seed": seed, "never_prune": list(never_prune)}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Callable
 
 from toolkit.core.errors import EdgeShrinkError
+from toolkit.prune.safety import PruningRefused
 
 
 _POINTS = 4  # points of the ratio schedule at which a part's output shapes are checked
@@ -80,7 +81,7 @@ def unsafe_groups(part, part_input, *, kept: list[str], build: Callable[..., obj
     import copy
 
     from toolkit.prune.macs import count_params
-    from toolkit.prune.safety import Deadline, check_forward, describe_failure, find_breaking_roots, output_shapes
+    from toolkit.prune.safety import WorkBudget, check_forward, describe_failure, find_breaking_roots, output_shapes
 
     expected = output_shapes(part, part_input)
     names = {m: n for n, m in part.named_modules()}
@@ -99,7 +100,7 @@ def unsafe_groups(part, part_input, *, kept: list[str], build: Callable[..., obj
             return describe_failure(exc)
         return None
 
-    bad = [b["layer"] for b in find_breaking_roots(trial, roots, Deadline(None))] if roots else []
+    bad = [b["layer"] for b in find_breaking_roots(trial, roots, WorkBudget(None))] if roots else []
     trial_part = copy.deepcopy(part)
     if len(bad) < len(roots):
         build(trial_part, ignored=kept + bad, steps=_POINTS).step()  # at the full ratio, rounding may leave
@@ -120,7 +121,7 @@ class PiecewisePruner:
 
     def __init__(self, parts: list[tuple[str, object, object]], *, iterative_steps: int):
         if not parts:
-            raise EdgeShrinkError("no part of the model can be traced for pruning")
+            raise PruningRefused("no part of the model can be traced for pruning")
         self.parts = parts
         self.iterative_steps = iterative_steps
 

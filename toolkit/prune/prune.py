@@ -15,15 +15,15 @@ from typing import Callable, Iterable, Optional
 from toolkit.core.errors import EdgeShrinkError
 from toolkit.config.pruning import PruneConfig
 from toolkit.prune.macs import count_macs, count_params
-from toolkit.prune.safety import (Deadline, attention_layers, check_forward, describe_failure,
+from toolkit.prune.safety import (PruningRefused, WorkBudget, attention_layers, check_forward, describe_failure,
                                   find_breaking_roots, find_output_layers, output_shapes,
-                                  refuse_foreign_attention, time_box)
+                                  refuse_foreign_attention)
 
 _FINE_STEPS = 160  # granularity of the ratio schedule when aiming at a MAC budget
 _DRY_RUN_STEPS = 4  # points of the schedule at which a dry run checks the forward
 
 
-class UnreachableTarget(EdgeShrinkError):
+class UnreachableTarget(PruningRefused):
     """The MAC target is below what the model's prunable groups allow; `reached` is the fraction
     of dense MACs the full schedule gets to."""
 
@@ -113,9 +113,9 @@ def _build_pruner(model, example_input, cfg: PruneConfig, *, ignored: list[str],
 
     parts = traceable_parts(model, example_input, try_build=part_pruner)
     if not parts:
-        raise EdgeShrinkError(
+        raise PruningRefused(
             f"pruning refused: Torch-Pruning cannot trace {type(model).__name__} ({whole_failure}) nor any part of it; "
-            "skip the prune stage for this model (convert it dense)")
+            "skip channel pruning for this model (CLI --no-structured, API structured=False)")
     return PiecewisePruner(parts, iterative_steps=steps)
 
 
@@ -128,7 +128,7 @@ def _root_names(pruner, model) -> list[str]:
     return [names[m] for m in modules if m in names]
 
 
-def _dry_run_exclusions(model, example_input, cfg: PruneConfig, ignored: list[str], deadline: Deadline) -> list[dict]:
+def _dry_run_exclusions(model, example_input, cfg: PruneConfig, ignored: list[str], budget: WorkBudget) -> list[dict]:
     """Prune copies by the most this run may remove and return the groups to exclude."""
     ratio = cfg.max_layer_ratio if cfg.target_macs is not None else cfg.channel_ratio
     expected = output_shapes(model, example_input)
@@ -152,11 +152,12 @@ def _dry_run_exclusions(model, example_input, cfg: PruneConfig, ignored: list[st
             return f"Torch-Pruning fails to prune it ({describe_failure(exc)})"
         return None
 
-    excluded = find_breaking_roots(trial, roots, deadline)
+    excluded = find_breaking_roots(trial, roots, budget)
     if roots and len(excluded) == len(roots):
-        raise EdgeShrinkError(
+        raise PruningRefused(
             f"pruning refused: none of the {len(roots)} layer groups of {type(model).__name__} can be pruned safely "
-            f"(first: {excluded[0]['layer']}: {excluded[0]['reason']}); skip the prune stage for this model")
+            f"(first: {excluded[0]['layer']}: {excluded[0]['reason']}); skip channel pruning for this model "
+            "(CLI --no-structured, API structured=False)")
     return excluded
 
 
@@ -171,7 +172,7 @@ def _taylor_gradients(model, grad_batches) -> None:
 
 
 def _prune_one_step(model, pruner, example_input, cfg: PruneConfig, *, goal: Optional[float], dense_macs: int,
-                    grad_batches, deadline: Deadline, bar) -> int:
+                    grad_batches, budget: WorkBudget, bar) -> int:
     """Advance the pruner until MACs <= goal * dense (MAC mode) or by one step (ratio mode).
     Returns the MACs reached. Far from the goal it skips ahead on the ratio schedule (relative to
     the dense widths, so one skip equals several small steps)."""
@@ -183,7 +184,7 @@ def _prune_one_step(model, pruner, example_input, cfg: PruneConfig, *, goal: Opt
                 f"cannot reach {cfg.target_macs:.0%} of dense MACs within max_layer_ratio={cfg.max_layer_ratio} "
                 f"(the most this model allows is {macs / dense_macs:.0%}); raise max_layer_ratio or the MAC target",
                 reached=macs / dense_macs)
-        deadline.check("pruning")
+        budget.spend("pruning")
         if cfg.importance == "taylor":
             _taylor_gradients(model, grad_batches)
         if goal is not None and drop_per_step is not None:  # at most double the progress: rounding makes MACs
@@ -191,12 +192,11 @@ def _prune_one_step(model, pruner, example_input, cfg: PruneConfig, *, goal: Opt
             guess = (pruner.current_step - start_step) // 2 if flat else int(0.5 * (macs - goal * dense_macs) / drop_per_step)
             ahead = min(guess, pruner.current_step - start_step)  # at most double this call's progress
             pruner.current_step += max(0, min(ahead, pruner.iterative_steps - pruner.current_step - 1))
-        with time_box(deadline, "pruning"):
-            pruner.step()
+        pruner.step()
         try:
             macs = count_macs(model, example_input)
         except Exception as exc:  # widths the dry run did not visit broke the forward: refuse, in one line
-            raise EdgeShrinkError(
+            raise PruningRefused(
                 f"pruning refused: the forward broke at schedule point {pruner.current_step}/{pruner.iterative_steps} "
                 f"({describe_failure(exc)}) though the dry run passed; list the layers around it in never_prune") from None
         drop_per_step = (start_macs - macs) / max(pruner.current_step - start_step, 1)  # average: MACs fall in steps
@@ -208,17 +208,19 @@ def _prune_one_step(model, pruner, example_input, cfg: PruneConfig, *, goal: Opt
 
 def prune(model, *, example_input, cfg: PruneConfig, never_prune: Iterable[str] = (),
           finetune: Optional[Callable[[object, int], dict]] = None, grad_batches: Optional[Callable[[], Iterable]] = None,
-          progress: bool = True, time_budget_s: Optional[float] = 60.0) -> PruneResult:
+          progress: bool = True) -> PruneResult:
     """Prune `model` in place over `cfg.steps` steps; `finetune(model, step)` runs after each step
-    (its time is not charged to `time_budget_s`), `grad_batches()` yields (x, y) for Taylor importance.
+    `grad_batches()` yields (x, y) for Taylor importance. Work is limited by `cfg.max_trials` (dry-run
+    trials + pruning sub-steps; None = no limit), never by wall-clock time.
     Output layers are kept whole, groups that break the forward on a dry run are excluded.
     Refuses (EdgeShrinkError, one line): attention blocks Torch-Pruning cannot trace, graphs it cannot
-    trace, models with nothing safe to prune, an unreachable MAC target, a spent time budget."""
+    trace, models with nothing safe to prune, an unreachable MAC target, a spent work budget: all as
+    PruningRefused, which a run answers by going on with the dense model."""
     from tqdm import tqdm
 
     if cfg.importance == "taylor" and grad_batches is None:
         raise EdgeShrinkError("taylor importance needs training batches for gradients; give data or choose l1/l2/bn_scale")
-    deadline = Deadline(time_budget_s)
+    budget = WorkBudget(cfg.max_trials)
     model.eval()
     refuse_foreign_attention(model)
     expected = output_shapes(model, example_input)
@@ -226,28 +228,27 @@ def prune(model, *, example_input, cfg: PruneConfig, never_prune: Iterable[str] 
     attention, _ = attention_layers(model)
     ignored = list(dict.fromkeys([*never_prune, *protected, *attention]))
     _modules_named(model, ignored)
-    with time_box(deadline, "dry-running the pruning on a copy"):
-        excluded = _dry_run_exclusions(model, example_input, cfg, ignored, deadline)
+    excluded = _dry_run_exclusions(model, example_input, cfg, ignored, budget)
     excluded = [{"layer": a, "reason": "attention block: heads and token reshapes are left whole"} for a in attention] + excluded
     by_macs = cfg.target_macs is not None
     dense_macs, dense_params = count_macs(model, example_input), count_params(model)
-    with time_box(deadline, "building the dependency graph"):
-        pruner = _build_pruner(model, example_input, cfg, ignored=ignored + [e["layer"] for e in excluded if e["layer"] not in ignored],
-                               ratio=cfg.max_layer_ratio if by_macs else cfg.channel_ratio,
-                               steps=_FINE_STEPS if by_macs else cfg.steps, importance=_importance(cfg.importance))
+    budget.spend("building the dependency graph")
+    pruner = _build_pruner(model, example_input, cfg, ignored=ignored + [e["layer"] for e in excluded if e["layer"] not in ignored],
+                           ratio=cfg.max_layer_ratio if by_macs else cfg.channel_ratio,
+                           steps=_FINE_STEPS if by_macs else cfg.steps, importance=_importance(cfg.importance))
     history = [{"step": 0, "macs": dense_macs, "params": dense_params, "macs_fraction": 1.0}]
     for step in range(1, cfg.steps + 1):
         goal = 1.0 - (1.0 - cfg.target_macs) * step / cfg.steps if by_macs else None
         with tqdm(desc=f"prune step {step}/{cfg.steps}", disable=not progress, leave=False) as bar:
             macs = _prune_one_step(model, pruner, example_input, cfg, goal=goal, dense_macs=dense_macs,
-                                   grad_batches=grad_batches, deadline=deadline, bar=bar)
+                                   grad_batches=grad_batches, budget=budget, bar=bar)
         reason = check_forward(model, example_input, expected)
         if reason is not None:
-            raise EdgeShrinkError(f"pruning step {step} broke the model ({reason}); list the layer in never_prune")
+            raise PruningRefused(f"pruning step {step} broke the model ({reason}); list the layer in never_prune "
+                                 "or skip channel pruning (CLI --no-structured, API structured=False)")
         record = {"step": step, "macs": macs, "params": count_params(model), "macs_fraction": macs / dense_macs}
         if finetune is not None:
-            with deadline.paused():
-                record["finetune"] = finetune(model, step)
+            record["finetune"] = finetune(model, step)
         history.append(record)
     model.zero_grad(set_to_none=True)
     return PruneResult(model=model.eval(), history=history, excluded=excluded, protected_outputs=protected,
@@ -262,5 +263,5 @@ def prune_model(model, *, input_shape: tuple[int, ...], cfg: PruneConfig, never_
     import torch
 
     result = prune(model, example_input=torch.zeros(*input_shape), cfg=cfg, never_prune=tuple(never_prune),
-                   finetune=finetune, grad_batches=grad_batches, progress=progress, time_budget_s=None)
+                   finetune=finetune, grad_batches=grad_batches, progress=progress)
     return result.model, result.history

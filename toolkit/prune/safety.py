@@ -3,76 +3,33 @@ and layer groups whose pruning breaks the forward pass (found by dry runs on cop
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
-import time
 from typing import Callable, Optional
 
 from toolkit.core.errors import EdgeShrinkError
 
-_UNTRACEABLE_HINT = "skip the prune stage for this model (convert it dense)"
+_UNTRACEABLE_HINT = "skip channel pruning for this model (CLI --no-structured, API structured=False)"
 
 
-class Deadline:
-    """A wall-clock budget for pruning work; `paused()` stops the clock (e.g. during fine-tuning)."""
-
-    def __init__(self, seconds: Optional[float]):
-        self.seconds = seconds
-        self._spent = 0.0
-        self._started = time.monotonic()
-
-    def remaining(self) -> float:
-        if self.seconds is None:
-            return float("inf")
-        return self.seconds - self._spent - (time.monotonic() - self._started)
-
-    def check(self, doing: str) -> None:
-        """Raise EdgeShrinkError once the budget is spent."""
-        if self.remaining() <= 0:
-            raise EdgeShrinkError(f"pruning ran past its {self.seconds:.0f} s budget while {doing}; "
-                                  f"raise time_budget_s, use a smaller input, or {_UNTRACEABLE_HINT}")
-
-    @contextlib.contextmanager
-    def paused(self):
-        self._spent += time.monotonic() - self._started
-        try:
-            yield
-        finally:
-            self._started = time.monotonic()
+class PruningRefused(EdgeShrinkError):
+    """Pruning cannot be done safely for this model (or within its work budget). The run goes on
+    with the dense model and says why; the message names the switch that skips pruning."""
 
 
-class _Expired(BaseException):
-    """Raised by the alarm inside a time box (BaseException so library code cannot swallow it)."""
+class WorkBudget:
+    """A budget of pruning work counted in trials (a dry-run prune of a copy, or one pruning
+    sub-step), not seconds: the same command gives the same answer on a busy machine."""
 
+    def __init__(self, max_trials: Optional[int]):
+        self.max_trials = max_trials
+        self.spent = 0
 
-@contextlib.contextmanager
-def time_box(deadline: Deadline, doing: str):
-    """Interrupt the enclosed work when the deadline passes (SIGALRM, main thread only: elsewhere
-    the deadline is checked after the work). An enclosing alarm (e.g. a caller's own time box)
-    is honoured and re-armed afterwards."""
-    seconds = deadline.remaining()
-    armed = threading.current_thread() is threading.main_thread() and seconds != float("inf")
-    if armed:
-        outer_left, _ = signal.getitimer(signal.ITIMER_REAL)
-        started = time.monotonic()
-
-        def expire(signum, frame):
-            raise _Expired()
-        previous = signal.signal(signal.SIGALRM, expire)
-        signal.setitimer(signal.ITIMER_REAL, max(min(seconds, outer_left or seconds), 0.01))
-    try:
-        yield
-    except _Expired:
-        raise EdgeShrinkError(f"pruning ran past its {deadline.seconds:.0f} s budget while {doing}; "
-                              f"raise time_budget_s, use a smaller input, or {_UNTRACEABLE_HINT}") from None
-    finally:
-        if armed:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
-            if outer_left:
-                signal.setitimer(signal.ITIMER_REAL, max(outer_left - (time.monotonic() - started), 0.001))
-    deadline.check(doing)
+    def spend(self, doing: str, trials: int = 1) -> None:
+        """Count `trials`; raise PruningRefused once more than `max_trials` were needed."""
+        self.spent += trials
+        if self.max_trials is not None and self.spent > self.max_trials:
+            raise PruningRefused(f"pruning needed more than {self.max_trials} trials while {doing}; raise "
+                                 f"pruning.max_trials (card or profile pruning block, CLI --prune-max-trials, "
+                                 f"API max_trials=...) or {_UNTRACEABLE_HINT}")
 
 
 def flat_outputs(output) -> list:
@@ -148,7 +105,7 @@ def refuse_foreign_attention(model) -> None:
     _, foreign = attention_layers(model)
     if foreign:
         name, cls = foreign[0]
-        raise EdgeShrinkError(
+        raise PruningRefused(
             f"pruning refused: {type(model).__name__} has {len(foreign)} attention block(s) ({cls} at {name!r}) "
             f"whose token reshapes Torch-Pruning cannot trace safely; {_UNTRACEABLE_HINT}")
 
@@ -171,25 +128,26 @@ def check_forward(model, example_input, expected: list[tuple[int, ...]]) -> Opti
 
 
 def find_breaking_roots(trial: Callable[[list[str]], Optional[str]], roots: list[str],
-                        deadline: Deadline) -> list[dict]:
+                        budget: WorkBudget) -> list[dict]:
     """Bisect `roots` (the groups' root layer names) for those whose pruning makes `trial` fail.
     `trial(allowed)` prunes only the groups rooted at `allowed` on a copy and returns a failure
     reason or None. Returns [{"layer", "reason"}] to exclude."""
-    deadline.check("searching for layer groups that break the forward")
+    budget.spend("searching for layer groups that break the forward")
     reason = trial(roots)
     if reason is None:
         return []
     if len(roots) == 1:
         return [{"layer": roots[0], "reason": reason}]
     half = len(roots) // 2
-    bad = find_breaking_roots(trial, roots[:half], deadline) + find_breaking_roots(trial, roots[half:], deadline)
+    bad = find_breaking_roots(trial, roots[:half], budget) + find_breaking_roots(trial, roots[half:], budget)
     bad_names = {b["layer"] for b in bad}
     allowed = [r for r in roots if r not in bad_names]
+    budget.spend("searching for layer groups that break the forward")
     if trial(allowed) is None:
         return bad
     kept: list[str] = []
     for root in allowed:  # each half passes alone but not together: add groups one at a time
-        deadline.check("searching for layer groups that break the forward")
+        budget.spend("searching for layer groups that break the forward")
         reason = trial(kept + [root])
         if reason is None:
             kept.append(root)

@@ -30,7 +30,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from toolkit.core.errors import EdgeShrinkError
-from toolkit.core.paths import REPO_ROOT, side_venv_python
+from toolkit.core.paths import child_pythonpath, side_venv_python
 
 SETUP = "make setup-quant"
 RUNTIME_REFUSED = "the target runtime cannot run it"  # the start of a Trial's reason when the runtime cannot load a file
@@ -49,7 +49,7 @@ def _child(spec: dict, *, timeout_s: float = 1800) -> dict:
     with tempfile.TemporaryDirectory(prefix="aeq-") as work:
         spec_path, record = Path(work) / "spec.json", Path(work) / "record.json"
         spec_path.write_text(json.dumps(spec))
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+        env = {**os.environ, "PYTHONPATH": str(child_pythonpath()), "OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
         try:
             done = subprocess.run([str(python), "-m", "toolkit.quantize.aeq_child", "--spec", str(spec_path),
                                    "--record", str(record)], env=env, cwd=work, capture_output=True, text=True,

@@ -9,14 +9,14 @@ from __future__ import annotations
 import importlib.util
 from functools import lru_cache
 
-from toolkit.core.paths import REPO_ROOT
+from toolkit.core.paths import DEPLOY_DIR
 
-COMMON_FILE = REPO_ROOT / "deploy" / "common" / "edgeshrink_common.py"
+COMMON_FILE = DEPLOY_DIR / "common" / "edgeshrink_common.py"  # <repo>/deploy, or the installed package data
 
 
 @lru_cache(maxsize=1)
 def device_common():
-    """The edgeshrink_common module, loaded from deploy/common once per process."""
+    """The edgeshrink_common module, loaded from deploy/common (shipped with the package) once per process."""
     spec = importlib.util.spec_from_file_location("edgeshrink_common", COMMON_FILE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

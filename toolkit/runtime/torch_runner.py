@@ -1,4 +1,4 @@
-"""torch runner over a portable EdgeShrink checkpoint."""
+"""torch runner over a portable EdgeShrink checkpoint, or a torch.export program (.pt2)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ class TorchRunner:
 
         torch.set_num_threads(threads)
         self.torch = torch
-        self.model, _ = load_checkpoint(path)
+        if str(path).endswith(".pt2"):  # a torch.export program: runs without rebuilding the architecture
+            self.model = torch.export.load(str(path)).module()
+        else:
+            self.model, _ = load_checkpoint(path)
 
     def prepare(self, x_nchw: np.ndarray):
         return self.torch.from_numpy(np.ascontiguousarray(x_nchw, dtype=np.float32))

@@ -41,6 +41,8 @@ class Subject:
     inputs: np.ndarray      # held-out inputs, normalised NCHW
     metric: Optional[Callable[[np.ndarray], float]]
     metric_name: str
+    architecture: Optional[str] = None  # what the checkpoint's child process may build (never taken from the file)
+    base_dir: Optional[str] = None
 
 
 def _decoded(split_dir: Path, count: int, *, seed: int, size: tuple[int, int], interpolation: str = "bilinear"):
@@ -77,6 +79,7 @@ def card_subject(name: str, *, images: int, calibration: int, work: Path) -> Sub
     """A model card's checkpoint with a seeded subset of its held-out data."""
     from toolkit.config.cards import load_card
     from toolkit.models.checkpoint import load_checkpoint
+    from toolkit.models.weights import ModelSource
     from toolkit.data.datasets import dataset_root
     from toolkit.tasks.registry import DataRef, card_input_spec, load_task
 
@@ -85,7 +88,9 @@ def card_subject(name: str, *, images: int, calibration: int, work: Path) -> Sub
     checkpoint = card.checkpoint_path()
     if checkpoint is None:
         raise EdgeShrinkError(f"model card {name!r} has no checkpoint; train one with `edgeshrink train --model {name}`")
-    model, _ = load_checkpoint(checkpoint, card.checkpoint.sha256)
+    model, _ = load_checkpoint(checkpoint, card.checkpoint.sha256,
+                               source=ModelSource(card.architecture, dict(card.arguments), str(card.base_dir)))
+    where = {"architecture": card.architecture, "base_dir": str(card.base_dir)}
     shape = (1, spec.channels, spec.height, spec.width)
     if card.task == "classification":
         root, splits = dataset_root(card, None), card.data_spec()
@@ -93,7 +98,7 @@ def card_subject(name: str, *, images: int, calibration: int, work: Path) -> Sub
         train_u8, _ = _decoded(root / splits.train, calibration, seed=0, **decode)
         val_u8, labels = _decoded(root / splits.val, images, seed=1, **decode)
         return Subject(name, model, checkpoint, shape, tuple(spec.mean), tuple(spec.std), train_u8.astype(np.float32) / 255.0,
-                       _normalise(val_u8, spec.mean, spec.std), _top1(labels), "top1")
+                       _normalise(val_u8, spec.mean, spec.std), _top1(labels), "top1", **where)
     from toolkit.data.nifti import slices_of
 
     task = load_task(card, spec, DataRef(), progress=False)
@@ -101,7 +106,7 @@ def card_subject(name: str, *, images: int, calibration: int, work: Path) -> Sub
     inputs = np.concatenate([p[0] for p in pairs])[:images]
     labels = np.concatenate([p[1] for p in pairs])[:images]
     return Subject(name, model, checkpoint, shape, tuple(spec.mean), tuple(spec.std), task.calibration_nhwc(calibration, 0),
-                   inputs, _fg_dice(labels, len(card.labels)), "fg_dice")
+                   inputs, _fg_dice(labels, len(card.labels)), "fg_dice", **where)
 
 
 def zoo_subject(name: str, *, size: int, images: int, calibration: int, work: Path) -> Subject:
@@ -116,13 +121,15 @@ def zoo_subject(name: str, *, size: int, images: int, calibration: int, work: Pa
     torch.manual_seed(0)
     model, arguments = build_zoo_model(name, size)
     checkpoint = work / f"{name}.pt"
-    save_checkpoint(checkpoint, model, f"torchvision.models:{name}", {"weights": None, **arguments})
+    architecture = f"torchvision.models:{name}"
+    save_checkpoint(checkpoint, model, architecture, {"weights": None, **arguments})
     card = load_card("mobilenet_v3_small")  # its dataset: real images for inputs and calibration
     root, splits = dataset_root(card, None), card.data_spec()
     train_u8, _ = _decoded(root / splits.train, calibration, seed=0, size=(size, size))
     val_u8, _ = _decoded(root / splits.val, images, seed=1, size=(size, size))
     return Subject(f"{name}@{size}", model, checkpoint, (1, 3, size, size), IMAGENET_MEAN, IMAGENET_STD,
-                   train_u8.astype(np.float32) / 255.0, _normalise(val_u8, IMAGENET_MEAN, IMAGENET_STD), None, "-")
+                   train_u8.astype(np.float32) / 255.0, _normalise(val_u8, IMAGENET_MEAN, IMAGENET_STD), None, "-",
+                   architecture, str(work))
 
 
 def convert_both(subject: Subject, work: Path) -> dict:
@@ -136,8 +143,11 @@ def convert_both(subject: Subject, work: Path) -> dict:
         return onnx_to_tflite(onnx_path, work / "onnx2tf", subject.calib_nhwc, subject.mean, subject.std, int8=True)
 
     def litert():
-        return checkpoint_to_litert(subject.checkpoint, subject.shape, work / "litert", subject.calib_nhwc,
-                                    mean=subject.mean, std=subject.std)
+        from toolkit.models.architectures import card_code
+
+        with card_code(subject.architecture or "", subject.base_dir or work):  # the child builds this architecture
+            return checkpoint_to_litert(subject.checkpoint, subject.shape, work / "litert", subject.calib_nhwc,
+                                        mean=subject.mean, std=subject.std)
 
     made = {}
     for converter, run in (("onnx2tf", onnx2tf), ("litert-torch", litert)):

@@ -31,6 +31,7 @@ def study(model_name: str, checkpoint: Path, out: Path, *, calib: int = 256, thr
     from toolkit.bench.host import benchmark_file
     from toolkit.config.cards import load_card
     from toolkit.models.checkpoint import load_checkpoint
+    from toolkit.models.weights import ModelSource
     from toolkit.runtime.delegate import delegate_report
     from toolkit.convert.graph_rewrite import rewrite_for_delegates
     from toolkit.tasks.registry import DataRef, card_input_spec, load_task
@@ -40,7 +41,7 @@ def study(model_name: str, checkpoint: Path, out: Path, *, calib: int = 256, thr
     card = load_card(model_name)
     spec = card_input_spec(card)
     task = load_task(card, spec, DataRef(), progress=False)
-    model, _ = load_checkpoint(checkpoint)
+    model, _ = load_checkpoint(checkpoint, source=ModelSource(card.architecture, dict(card.arguments), str(card.base_dir)))
     shape = (1, spec.channels, spec.height, spec.width)
     calib01 = task.calibration_nhwc(calib, 0)
     rewritten, changes = rewrite_for_delegates(copy.deepcopy(model).eval())

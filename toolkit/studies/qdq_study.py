@@ -20,6 +20,7 @@ def study(model_name: str, checkpoint: Path, out: Path, *, calib: int = 256, thr
     from toolkit.bench.host import benchmark_file
     from toolkit.config.cards import load_card
     from toolkit.models.checkpoint import load_checkpoint
+    from toolkit.models.weights import ModelSource
     from toolkit.quantize.onnx_to_qdq_int8 import SCHEMES, onnx_to_qdq_int8, u8s8_saturation_rows
     from toolkit.convert.torch_to_onnx import torch_to_onnx
     from toolkit.core.cpuinfo import cpu_isa_flags
@@ -30,7 +31,7 @@ def study(model_name: str, checkpoint: Path, out: Path, *, calib: int = 256, thr
     card = load_card(model_name)
     spec = card_input_spec(card)
     task = load_task(card, spec, DataRef(), progress=False)
-    model, _ = load_checkpoint(checkpoint)
+    model, _ = load_checkpoint(checkpoint, source=ModelSource(card.architecture, dict(card.arguments), str(card.base_dir)))
     shape = (1, spec.channels, spec.height, spec.width)
     fp32 = torch_to_onnx(model, shape, out / "fp32.onnx")
     x01 = task.calibration_nhwc(calib, 0)

@@ -34,19 +34,26 @@ def run_sparsity(cfg: SparsityRun, progress: bool = True) -> dict:
     INT8 TFLite, sparse-encoded FP32 TFLite -> sparsity_report of each + XNNPACK timing.
     Writes config.json and sparsity.json in cfg.out; returns the summary."""
     from toolkit.config.cards import load_card
+    from toolkit.core.errors import EdgeShrinkError
     from toolkit.models.checkpoint import load_checkpoint, save_checkpoint
+    from toolkit.models.weights import ModelSource
     from toolkit.sparsity.magnitude import sparsify
     from toolkit.tasks.registry import DataRef, card_input_spec, load_task
     from toolkit.train.loop import seed_everything
 
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     seed_everything(cfg.seed)
     card = load_card(cfg.model)
-    model, payload = load_checkpoint(cfg.checkpoint or card.checkpoint_path())
+    source = ModelSource(card.architecture, dict(card.arguments), str(card.base_dir))
+    checkpoint = cfg.checkpoint or card.checkpoint_path()
+    if checkpoint is None:
+        raise EdgeShrinkError(f"model card '{card.name}' has no checkpoint; train one (`edgeshrink train --model "
+                              f"{card.name}`) or pass --checkpoint")
+    model, payload = load_checkpoint(checkpoint, source=source)  # the card's architecture, never the file's
     spec = card_input_spec(card)
     task = load_task(card, spec, DataRef(cfg.data, cfg.synthetic_data), progress)
+    out.mkdir(parents=True, exist_ok=True)  # only once the model and the data are known good
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     dense_top1 = task.metrics(task.torch_outputs(model), None)["top1"]
 
     def finetune(m, step):
@@ -58,7 +65,7 @@ def run_sparsity(cfg: SparsityRun, progress: bool = True) -> dict:
                              include_depthwise=cfg.include_depthwise, exclude=tuple(card.never_prune or ()))
     model.eval()
     sparse_top1 = task.metrics(task.torch_outputs(model), None)["top1"]
-    save_checkpoint(out / "sparse.pt", model, payload["architecture"], payload["arguments"],
+    save_checkpoint(out / "sparse.pt", model, source.architecture, source.arguments,
                     {"card": card.name, "sparsity": record["config"]})
     files = _export(model, task, spec, out)
     summary = {"model": card.name, "synthetic_data": task.synthetic, "dense_top1": round(dense_top1, 4),

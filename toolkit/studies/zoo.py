@@ -120,11 +120,11 @@ def _skip_rest(row: dict, reason: str) -> None:
 
 
 def zoo_one(name: str, *, size: int = 64, work_dir: Path, target_macs: float = 0.6,
-            prune_budget_s: float = 50.0, cnn_prune_budget_s: float = 600.0, max_params: int = 700_000_000) -> dict:
+            prune_trials: int = 60, cnn_prune_trials: int = 600, max_params: int = 700_000_000) -> dict:
     """Run one model through every stage; returns its row (never raises for a model's failure).
     A refused prune continues with the dense model, so export and parity are still checked.
-    Models with attention get `prune_budget_s` to be pruned or refused, CNNs `cnn_prune_budget_s`
-    (DenseNets' many concatenations make their dependency graphs slow to build)."""
+    Models with attention get `prune_trials` pruning trials (dry runs + pruning sub-steps) to be pruned or
+    refused, CNNs `cnn_prune_trials`: work counted, not seconds, so a busy machine gives the same table."""
     import torch
 
     side = input_size_for(name, size)
@@ -136,8 +136,8 @@ def zoo_one(name: str, *, size: int = 64, work_dir: Path, target_macs: float = 0
         _skip_rest(row, "model not built")
         return row
     pruned_ok = _run_stage(row, "prune", lambda: _prune(state, row, name=name, side=side, example=example,
-                                                        target_macs=target_macs, prune_budget_s=prune_budget_s,
-                                                        cnn_prune_budget_s=cnn_prune_budget_s))
+                                                        target_macs=target_macs, prune_trials=prune_trials,
+                                                        cnn_prune_trials=cnn_prune_trials))
     if not pruned_ok:  # a refused or failed prune may leave the model half-way: continue dense
         state["model"], _ = _fresh_model(name, side)
     _run_stage(row, "forward", lambda: _forward(state, row, example))
@@ -174,26 +174,26 @@ def _build(state: dict, row: dict, *, name: str, side: int, example, max_params:
     state["model"] = model
 
 
-def _prune_once(model, *, example, target: float, prune_budget_s: float, cnn_prune_budget_s: float):
-    """One uniform one-step prune of `model` to `target` of its MACs, time-boxed by its kind
+def _prune_once(model, *, example, target: float, prune_trials: int, cnn_prune_trials: int):
+    """One uniform one-step prune of `model` to `target` of its MACs, with a work budget by its kind
     (attention or CNN). Returns the PruneResult; raises UnreachableTarget / EdgeShrinkError."""
     from toolkit.config.pruning import PruneConfig
     from toolkit.prune.prune import prune
     from toolkit.prune.safety import attention_layers
 
-    cfg = PruneConfig(target_macs=target, steps=1, scope="uniform", round_to=8)
-    budget_s = prune_budget_s if any(attention_layers(model)) else cnn_prune_budget_s
-    return prune(model, example_input=example, cfg=cfg, progress=False, time_budget_s=budget_s)
+    trials = prune_trials if any(attention_layers(model)) else cnn_prune_trials
+    cfg = PruneConfig(target_macs=target, steps=1, scope="uniform", round_to=8, max_trials=trials)
+    return prune(model, example_input=example, cfg=cfg, progress=False)
 
 
 def _prune(state: dict, row: dict, *, name: str, side: int, example, target_macs: float,
-           prune_budget_s: float, cnn_prune_budget_s: float) -> Optional[str]:
+           prune_trials: int, cnn_prune_trials: int) -> Optional[str]:
     """Prune stage: to `target_macs`, or, when that is out of reach, as far as the model allows
     (from a fresh dense model) and say so. Returns the stage's note (None when there is nothing to say)."""
     from toolkit.prune.prune import UnreachableTarget
 
-    attempt = functools.partial(_prune_once, example=example, prune_budget_s=prune_budget_s,
-                                cnn_prune_budget_s=cnn_prune_budget_s)
+    attempt = functools.partial(_prune_once, example=example, prune_trials=prune_trials,
+                                cnn_prune_trials=cnn_prune_trials)
     note = ""
     try:
         result = attempt(state["model"], target=target_macs)
@@ -282,8 +282,8 @@ def format_table(rows: list[dict]) -> str:
 
 
 def run_zoo(models: Optional[list[str]] = None, *, size: int = 64, out: str | Path = "dist/zoo",
-            progress: bool = True, model_time_box_s: float = 900.0, prune_budget_s: float = 50.0,
-            cnn_prune_budget_s: float = 600.0, max_params: int = 700_000_000) -> list[dict]:
+            progress: bool = True, model_time_box_s: float = 900.0, prune_trials: int = 60,
+            cnn_prune_trials: int = 600, max_params: int = 700_000_000) -> list[dict]:
     """Run `models` (default: every torchvision classifier) through the zoo stages; each model is
     time-boxed. Writes `out`/zoo.json after every model, prints the table last, returns the rows.
     Refuses unknown model names (one line)."""
@@ -302,8 +302,8 @@ def run_zoo(models: Optional[list[str]] = None, *, size: int = 64, out: str | Pa
         with tempfile.TemporaryDirectory() as work:
             try:
                 with _model_time_box(model_time_box_s):
-                    row = zoo_one(name, size=size, work_dir=Path(work), prune_budget_s=prune_budget_s,
-                                  cnn_prune_budget_s=cnn_prune_budget_s, max_params=max_params)
+                    row = zoo_one(name, size=size, work_dir=Path(work), prune_trials=prune_trials,
+                                  cnn_prune_trials=cnn_prune_trials, max_params=max_params)
             except _ModelTimeout:
                 row = {"model": name, "size": input_size_for(name, size), "stages": {}, "excluded": []}
                 _skip_rest(row, f"model ran past the zoo's {model_time_box_s:.0f} s time box")
@@ -323,7 +323,7 @@ def _cmd_zoo(args) -> int:
     torch.set_num_threads(args.threads)
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
     rows = run_zoo(models, size=args.size, out=args.out, progress=not args.quiet, model_time_box_s=args.time_box,
-                   prune_budget_s=args.prune_budget, cnn_prune_budget_s=args.cnn_prune_budget,
+                   prune_trials=args.prune_budget, cnn_prune_trials=args.cnn_prune_budget,
                    max_params=int(args.max_params * 1e6))
     print(f"wrote {Path(args.out) / 'zoo.json'}")
     return 0 if not any(s.get("status") == "failed" for r in rows for s in r["stages"].values()) else 1
@@ -336,9 +336,9 @@ def register_cli(subparsers) -> None:
     p.add_argument("--size", type=int, default=64, help="input side in px (raised where a model needs it)")
     p.add_argument("--out", default="dist/zoo", help="folder for zoo.json")
     p.add_argument("--time-box", type=float, default=900.0, help="seconds per model before it is abandoned")
-    p.add_argument("--prune-budget", type=float, default=50.0,
-                   help="seconds a model with attention gets to be pruned or refused")
-    p.add_argument("--cnn-prune-budget", type=float, default=600.0, help="seconds a CNN gets to be pruned")
+    p.add_argument("--prune-budget", type=int, default=60,
+                   help="pruning trials (dry runs + pruning sub-steps) a model with attention gets to be pruned or refused")
+    p.add_argument("--cnn-prune-budget", type=int, default=600, help="pruning trials a CNN gets to be pruned")
     p.add_argument("--max-params", type=float, default=700.0, help="skip models over this many million parameters")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--quiet", action="store_true", help="no per-model lines, only the final table")
@@ -349,13 +349,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     """`python -m toolkit.studies.zoo ...`: the zoo subcommand on its own."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m toolkit.studies.zoo")
+    import sys
+
+    class OneLineParser(argparse.ArgumentParser):
+        def error(self, message):  # one line on stderr, exit 2, like `edgeshrink`
+            self.exit(2, f"edgeshrink: error: zoo: {message}; see `python -m toolkit.studies.zoo --help`\n")
+
+    parser = OneLineParser(prog="python -m toolkit.studies.zoo")
     register_cli(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["zoo", *(argv if argv is not None else __import__("sys").argv[1:])])
+    args = parser.parse_args(["zoo", *(argv if argv is not None else sys.argv[1:])])
     try:
         return args.func(args)
     except EdgeShrinkError as exc:
-        print(f"zoo: error: {exc}")
+        print(f"edgeshrink: error: {exc}", file=sys.stderr)
         return 2
 
 

@@ -84,6 +84,13 @@ class Task(Protocol):
     def extra_sizes(self) -> Optional[dict]: ...
 
 
+def preflight_task(card, data: DataRef) -> None:
+    """The card's task's cheap data checks at planning (a task without `preflight` has none)."""
+    check = getattr(get_task(card.task), "preflight", None)
+    if check is not None:
+        check(card, data)
+
+
 def load_task(card, spec: InputSpec, data: DataRef, progress: bool = True):
     """The card's task with its data loaded (the one place that dispatches on `card.task`)."""
     return get_task(card.task).load(card, spec, data, progress)
@@ -103,6 +110,13 @@ class ClassificationTask:
     @classmethod
     def resize_mode(cls, interpolation: str) -> str:
         return interpolation
+
+    @classmethod
+    def preflight(cls, card, data: DataRef) -> None:
+        """Planning-time data checks that read no image: the class folders are the card's labels."""
+        from toolkit.data.datasets import preflight_classification
+
+        preflight_classification(card, data)
 
     @classmethod
     def load(cls, card, spec: InputSpec, data: DataRef, progress: bool = True):

@@ -46,6 +46,10 @@ def pruning_line(pruning: dict) -> str:
     cfg, history, cache = pruning.get("config") or {}, pruning.get("history") or [], pruning.get("cache") or {}
     if not cfg:
         return ""
+    skipped = pruning.get("skipped")
+    if skipped:
+        return (f"Pruning: **skipped, the \"pruned\" files are the dense model** — {skipped['reason']} "
+                f"({skipped['switch']}).")
     kept = pruning.get("macs_fraction") or (history[-1]["macs_fraction"] if history else None)
     line = (f"Pruning: {cfg.get('importance')} importance, {cfg.get('scope')} scope, {cfg.get('steps')} step(s), "
             f"{_fmt(kept, '.1%')} of dense MACs kept, {cfg.get('finetune_epochs')} fine-tune epochs per step")
