@@ -18,8 +18,7 @@ help:
 	@echo "make test                                         the test suite (tiny real models, real converters and runtimes)"
 	@echo "make bench [MODEL=..] [TARGET=..]                 re-benchmark a bundle: table + dist/<model>-<target>/bench.json"
 	@echo "make train MODEL=mobilenet_v3_small EPOCHS=30     train a model card's architecture on its dataset"
-	@echo "make setup-litert                                 the litert-torch converter venv (.venv-litert, second TFLite converter)"
-	@echo "make setup-quant                                  the ai-edge-quantizer venv (.venv-quant, INT8 accuracy fallback; make deploy/test build it)"
+	@echo "make setup                                        every venv: .venv, .venv-litert (second TFLite converter), .venv-quant (INT8 fallback)"
 	@echo "make test-slow                                    end-to-end runs on the real data (minutes)"
 	@echo "make zoo [ZOO_MODELS=a,b] [ZOO_SIZE=64]            prune/reload/ONNX/parity over torchvision classifiers -> dist/zoo/zoo.json"
 
@@ -30,7 +29,9 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
-setup: $(STAMP)
+# Every venv the pipeline uses: the main one, both TFLite converters' (onnx2tf in .venv, litert-torch in
+# .venv-litert: the fallback when one fails or fails parity) and the INT8 fallback's quantizer.
+setup: $(STAMP) $(LITERT_STAMP) $(QUANT_STAMP)
 
 # The litert-torch converter venv (toolkit/convert/litert_child.py runs in it): torch pinned first, then
 # held by a constraint, so that resolving litert-torch cannot swap it.
@@ -59,15 +60,15 @@ $(QUANT_STAMP): requirements-quant.txt
 
 setup-quant: $(QUANT_STAMP)
 
-test: setup setup-quant
+test: setup
 	@tests/prereqs.sh --install
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest -q
 
-test-slow: setup setup-litert
+test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
 
-deploy: setup setup-quant
+deploy: setup
 	$(BIN)/edgeshrink run --model "$$MODEL" --target "$$TARGET" \
 	  $${FINETUNE_EPOCHS:+--finetune-epochs "$$FINETUNE_EPOCHS"} $${DATA:+--data "$$DATA"} \
 	  $${HOST:+--host "$$HOST"} $${REMOTE_PYTHON:+--remote-python "$$REMOTE_PYTHON"}

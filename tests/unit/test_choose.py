@@ -59,3 +59,22 @@ def test_nothing_passing_is_refused_in_every_mode():
     for target in (_target(), _target(select="fixed")):
         with pytest.raises(EdgeShrinkError, match="no tflite file passes the deploy gate"):
             _choose(files, target)
+
+
+def test_the_int8_fallback_is_skipped_when_its_float_twin_already_fails_the_gate():
+    from types import SimpleNamespace
+
+    from toolkit.config.targets import Gate
+    from toolkit.pipeline.optional_stages import _float_twin_fails
+
+    def art(name, top1, ok=True):
+        return SimpleNamespace(name=name, metrics={"top1": top1}, delegate={"partitions": 9}, parity={"ok": ok})
+
+    runner = SimpleNamespace(target=SimpleNamespace(gate=Gate(max_metric_drop=0.01, require_full_delegation=True)),
+                             artifacts=[art("pruned-tflite-fp32", 0.70)])
+    family = SimpleNamespace(stage="pruned")
+    assert "below dense" in _float_twin_fails(runner, family, metric="top1", dense=0.80)
+    runner.artifacts = [art("pruned-tflite-fp32", 0.80)]  # passes: its partitions do not matter here
+    assert _float_twin_fails(runner, family, metric="top1", dense=0.80) == ""
+    runner.artifacts = [art("pruned-tflite-fp32", 0.80, ok=False)]
+    assert _float_twin_fails(runner, family, metric="top1", dense=0.80) == "parity failed"

@@ -26,6 +26,8 @@ def gate_failures(artifact, *, dense_metric: Optional[float], metric: str, gate)
     drop = _metric_drop(artifact, dense_metric, metric)
     if drop is not None and drop > gate.max_metric_drop:
         reasons.append(f"{metric} {drop:+.4f} below dense > {gate.max_metric_drop}")
+    if dense_metric is not None and artifact.metrics.get(metric) is None:
+        reasons.append(artifact.metrics.get("metric_error") or f"no {metric} measured")
     partitions = (artifact.delegate or {}).get("partitions")
     if gate.require_full_delegation and partitions not in (None, 1):
         reasons.append(f"{partitions} delegate partitions (full delegation required)")

@@ -108,6 +108,11 @@ def int8_fallback(runner, family, edge, made: dict) -> None:
     record: dict = {"trigger": {"artifact": art.name, metric: value, "dense_fp32": dense,
                                 "max_metric_drop": runner.target.gate.max_metric_drop}}
     runner.extra.setdefault("int8_fallback", {})[family.stage] = record
+    twin_fails = _float_twin_fails(runner, family, metric=metric, dense=dense)
+    if twin_fails:
+        record["skipped"] = f"its FP32 twin already fails the gate ({twin_fails}): no INT8 file of it can pass"
+        print(f"[edgeshrink] int8 fallback skipped: {record['skipped']}", flush=True)
+        return
     try:
         quant_python()
     except EdgeShrinkError as exc:
@@ -135,6 +140,17 @@ def int8_fallback(runner, family, edge, made: dict) -> None:
     _require_integer_io(made["tflite-int8"], q.io_dtype, full_integer=not _has_float(result))
     runner._verify_and_record(edge, family, made["tflite-int8"],
                               converter=f"{family.tflite_converter} FP32 + ai-edge-quantizer ({result['chosen']})")
+
+
+def _float_twin_fails(runner, family, *, metric: str, dense: float) -> str:
+    """Why the family's FP32 TFLite file fails the gate ('' when it passes or is not there)."""
+    from toolkit.pipeline.choose import gate_failures
+
+    twin = next((a for a in runner.artifacts if a.name == f"{family.stage}-tflite-fp32"), None)
+    if twin is None:
+        return ""
+    gate = runner.target.gate.model_copy(update={"require_full_delegation": False})
+    return "; ".join(gate_failures(twin, dense_metric=dense, metric=metric, gate=gate))
 
 
 def _dense_metric(runner, metric: str):

@@ -53,6 +53,12 @@ def pruning_line(pruning: dict) -> str:
     kept = pruning.get("macs_fraction") or (history[-1]["macs_fraction"] if history else None)
     line = (f"Pruning: {cfg.get('importance')} importance, {cfg.get('scope')} scope, {cfg.get('steps')} step(s), "
             f"{_fmt(kept, '.1%')} of dense MACs kept, {cfg.get('finetune_epochs')} fine-tune epochs per step")
+    target = (history[-1].get("target") if history else None) or {}
+    if target and not target.get("met", True):
+        line += f" — **{target['why']}**"
+    if target.get("round_to_lowered"):
+        steps = target["round_to_lowered"]
+        line += f" (round_to lowered {steps[0]['from']} → {steps[-1]['to']} to meet the {target['target_macs']:.0%} MAC target)"
     if cache.get("published"):
         line += f" (fine-tuned model loaded from the published `{cache['published']}`, same settings)"
     elif cache.get("hit"):
