@@ -69,22 +69,35 @@ def shrink(model, *, target: str, data: str, task: str = "classification", input
     the CLI (finetune_epochs=0, target_macs=0.5, calibration_size=64, bench=False, ...). `labels`
     name the outputs; the class folders under `data` must be those labels, or `class_folders` (the
     folder of each label, in label order). Returns the Bundle; `Bundle.path` is the bundle folder."""
-    import tempfile
-
     import torch
 
     from toolkit.config.cards import card_from_dict
-    from toolkit.models.checkpoint import save_checkpoint
 
     if not isinstance(model, torch.nn.Module):
         raise EdgeShrinkError(f"shrink() needs a torch nn.Module, got {type(model).__name__}")
     name = name or re.sub(r"[^A-Za-z0-9_.-]", "_", type(model).__name__.lower())[:64]
     card_data = _card_for_module(model, name=name, task=task, data=data, input_size=input_size, mean=mean, std=std,
                                  never_prune=never_prune, labels=labels, class_folders=class_folders)
-    with tempfile.TemporaryDirectory(prefix="edgeshrink-weights-") as tmp:
-        weights = Path(tmp) / f"{name}.pt"
-        save_checkpoint(weights, model.eval(), card_data["architecture"], card_data["arguments"])
-        card_data["checkpoint"] = {"path": str(weights)}
-        card = card_from_dict(card_data, Path.cwd(), "shrink()")
-        run_plan = plan(card, target=target, out=out, **overrides)
-        return run(run_plan, model=model)
+    card_data["checkpoint"] = {"path": str(_kept_weights(model, name=name, card_data=card_data))}
+    card = card_from_dict(card_data, Path.cwd(), "shrink()")
+    run_plan = plan(card, target=target, out=out, **overrides)
+    return run(run_plan, model=model)
+
+
+def _kept_weights(model, *, name: str, card_data: dict) -> Path:
+    """The module's weights as a portable checkpoint in the cache, named by content, so that the
+    bundle's config.json (which names this file and its sha256) replays after shrink() returns."""
+    import os
+    import tempfile
+
+    from toolkit.core.paths import cache_dir
+    from toolkit.models.checkpoint import save_checkpoint, sha256_file
+
+    folder = cache_dir() / "shrink-weights"
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="edgeshrink-weights-", dir=folder) as tmp:
+        staged = Path(tmp) / f"{name}.pt"
+        save_checkpoint(staged, model.eval(), card_data["architecture"], card_data["arguments"])
+        kept = folder / f"{name}-{sha256_file(staged)[:16]}.pt"
+        os.replace(staged, kept)
+    return kept

@@ -212,45 +212,16 @@ def mac_target_note(cfg: PruneConfig, *, reached: float) -> dict:
     met = abs(reached - cfg.target_macs) <= MAC_TARGET_TOLERANCE
     note = {"target_macs": cfg.target_macs, "reached": round(reached, 4), "tolerance": MAC_TARGET_TOLERANCE, "met": met}
     if not met:
+        finer = f"round_to: {max(1, cfg.round_to // 4)} or " if cfg.round_to > 1 else ""
         other = "global" if cfg.scope == "uniform" else "uniform"
         note["why"] = (f"MAC target {cfg.target_macs:.0%} not met within {MAC_TARGET_TOLERANCE:.0%}: {reached:.1%} of "
-                       f"dense MACs kept; the smallest pruning step of this model's layer groups (round_to="
-                       f"{cfg.round_to}, {cfg.scope} scope) jumps past it (try scope: {other}, or more steps)")
+                       f"dense MACs kept; one pruning step of whole round_to={cfg.round_to} channel groups under the "
+                       f"{cfg.scope} scope jumps past it for this model's widths (pruning settings: try {finer}"
+                       f"scope: {other})")
     return note
 
 
-class _Overshoot(Exception):
-    """A pruning step removed more MACs than the target's tolerance allows (channel rounding)."""
-
-    def __init__(self, reached: float):
-        super().__init__(f"{reached:.1%}")
-        self.reached = reached
-
-
 def prune(model, *, example_input, cfg: PruneConfig, never_prune: Iterable[str] = (),
-          finetune: Optional[Callable[[object, int], dict]] = None, grad_batches: Optional[Callable[[], Iterable]] = None,
-          progress: bool = True) -> PruneResult:
-    """Prune `model` over `cfg.steps` steps (see `_prune_once`). A MAC target is met within
-    MAC_TARGET_TOLERANCE: when one step of whole `round_to` channel groups jumps past it, pruning
-    starts again from the dense model with `round_to` halved (down to 1), before any fine-tuning of
-    that step, and the history says so; else the report says the fraction reached and why."""
-    original = copy.deepcopy(model) if cfg.target_macs is not None and cfg.round_to > 1 else None
-    try:
-        return _prune_once(model, example_input=example_input, cfg=cfg, never_prune=never_prune, finetune=finetune,
-                           grad_batches=grad_batches, progress=progress)
-    except _Overshoot as exc:
-        finer = cfg.model_copy(update={"round_to": max(1, cfg.round_to // 2)})
-        if progress:
-            print(f"[edgeshrink] round_to={cfg.round_to} jumps past the MAC target ({exc.reached:.1%} of dense MACs for "
-                  f"{cfg.target_macs:.0%}): pruning again with round_to={finer.round_to}", flush=True)
-    result = prune(original, example_input=example_input, cfg=finer, never_prune=never_prune, finetune=finetune,
-                   grad_batches=grad_batches, progress=progress)
-    lowered = result.history[-1]["target"].setdefault("round_to_lowered", [])
-    lowered.insert(0, {"from": cfg.round_to, "to": finer.round_to})
-    return result
-
-
-def _prune_once(model, *, example_input, cfg: PruneConfig, never_prune: Iterable[str] = (),
           finetune: Optional[Callable[[object, int], dict]] = None, grad_batches: Optional[Callable[[], Iterable]] = None,
           progress: bool = True) -> PruneResult:
     """Prune `model` in place over `cfg.steps` steps; `finetune(model, step)` runs after each step
@@ -286,8 +257,6 @@ def _prune_once(model, *, example_input, cfg: PruneConfig, never_prune: Iterable
         with tqdm(desc=f"prune step {step}/{cfg.steps}", disable=not progress, leave=False) as bar:
             macs = _prune_one_step(model, pruner, example_input, cfg, goal=goal, dense_macs=dense_macs,
                                    grad_batches=grad_batches, budget=budget, bar=bar)
-        if goal is not None and cfg.round_to > 1 and macs / dense_macs < goal - MAC_TARGET_TOLERANCE:
-            raise _Overshoot(macs / dense_macs)
         reason = check_forward(model, example_input, expected)
         if reason is not None:
             raise PruningRefused(f"pruning step {step} broke the model ({reason}); list the layer in never_prune "

@@ -19,16 +19,19 @@ from typing import Optional
 
 import numpy as np
 
+OTHER_CONVERTER = ("convert with the other TFLite converter: `edgeshrink run --tflite-converter litert-torch` "
+                   "(card `tflite_converter: litert-torch`; it reads the torch model, no ONNX layout guessing)")
 _ONNX_HINTS = {
-    "Resize": "torch_to_onnx with another opset, or align_corners/antialias settings the ONNX Resize supports",
-    "BatchNormalization": "export in eval mode (model.eval()) so BatchNorm folds with running statistics",
+    "Resize": "the torch->ONNX export changes this interpolation: use size/scale_factor with align_corners=False "
+              "(or mode='nearest') in the module's forward",
+    "BatchNormalization": "the model was exported in training mode: call model.eval() before giving it to EdgeShrink",
 }
-_TFLITE_HINTS = {
-    "Resize": "onnx2tf -kat (keep NCHW input) or -rtpo; check half_pixel/align_corners",
-    "Transpose": "onnx2tf -kat/-kt to keep the layout of that input, or a param replacement file (-prf)",
-    "Reshape": "onnx2tf -prf to fix the axis permutation of this Reshape, or -kat for the input",
-    "Softmax": "onnx2tf -prf to set the softmax axis",
-}
+_ONNX_DEFAULT = ("the torch->ONNX export changes this module: rewrite its forward with export-friendly ops "
+                 "(no in-place slicing assignments, no data-dependent shapes), or list it in the card's never_prune "
+                 "if pruning made it so; the TFLite files can still come from litert-torch (`--tflite-converter "
+                 "litert-torch`)")
+_TFLITE_HINTS = {op: OTHER_CONVERTER for op in ("Resize", "Transpose", "Reshape", "Softmax", "Pad", "Slice", "Concat")}
+_TFLITE_DEFAULT = OTHER_CONVERTER + "; for INT8 files compare the FP32 file first"
 
 
 def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
@@ -115,8 +118,7 @@ def _torch_vs_onnx(nodes, values: dict, torch_model, sample, rtol: float) -> Opt
         if err > rtol:
             return {"stage": "torch->onnx", "module": name, "node": node.name, "op_type": node.op_type,
                     "tensor": node.output[0], "rel_error": err, "compared": compared,
-                    "suggestion": _ONNX_HINTS.get(node.op_type, "re-export with simplify=False (onnxsim) or another "
-                                                  "opset; check this module's forward for export-unfriendly ops")}
+                    "suggestion": _ONNX_HINTS.get(node.op_type, _ONNX_DEFAULT)}
     return None
 
 
@@ -181,8 +183,7 @@ def _onnx_vs_tflite(nodes, values: dict, tflite_path, sample, rtol: float) -> Op
     best = min((_rel_err(c, v) for c in by_shape.get(tuple(v.shape), [])), default=float("inf"))
     return {"stage": "onnx->tflite", "node": node.name, "op_type": node.op_type, "tensor": node.output[0],
             "rel_error": best, "compared": len(matched),
-            "suggestion": _TFLITE_HINTS.get(node.op_type, "run onnx2tf with -cotof to see its op-by-op check "
-                                            "for this node; for INT8 files compare the FP32 file first")}
+            "suggestion": _TFLITE_HINTS.get(node.op_type, _TFLITE_DEFAULT)}
 
 
 def first_divergence(onnx_path: str | Path, tflite_path: Optional[str | Path], torch_model, sample: np.ndarray, *,

@@ -56,9 +56,6 @@ def pruning_line(pruning: dict) -> str:
     target = (history[-1].get("target") if history else None) or {}
     if target and not target.get("met", True):
         line += f" — **{target['why']}**"
-    if target.get("round_to_lowered"):
-        steps = target["round_to_lowered"]
-        line += f" (round_to lowered {steps[0]['from']} → {steps[-1]['to']} to meet the {target['target_macs']:.0%} MAC target)"
     if cache.get("published"):
         line += f" (fine-tuned model loaded from the published `{cache['published']}`, same settings)"
     elif cache.get("hit"):
