@@ -65,6 +65,9 @@ def checkpoint_to_litert(checkpoint: str | Path, input_shape: tuple[int, ...], o
                 raise EdgeShrinkError("INT8 conversion needs calibration data and the calibration set is empty; pass real images")
             np.save(Path(work) / "calib.npy", np.ascontiguousarray(calibration_nhwc, dtype=np.float32))
             cmd += ["--calibration", str(Path(work) / "calib.npy")]
+        program = _exported_program(checkpoint, input_shape, Path(work))
+        if program is not None:  # the child then needs neither the model's library nor its code
+            cmd += ["--program", str(program)]
         try:
             done = subprocess.run(cmd, env=env, cwd=work, capture_output=True, text=True, timeout=timeout_s, check=False)
         except subprocess.TimeoutExpired:
@@ -77,3 +80,24 @@ def checkpoint_to_litert(checkpoint: str | Path, input_shape: tuple[int, ...], o
     record = json.loads((out_dir / "litert.json").read_text())
     q8 = out_dir / record["int8"] if record.get("int8") else None
     return LiteRTOutputs(out_dir / record["float32"], q8, record)
+
+
+def _exported_program(checkpoint: str | Path, input_shape: tuple[int, ...], work: Path) -> Optional[Path]:
+    """The checkpoint's model as a torch.export program (`.pt2`), or None when it does not export
+    here (the child then rebuilds it from the checkpoint and says what failed). The litert venv
+    holds torch and the converter only: a model from timm, MONAI or a file beside the card reaches
+    it as a program, never as code to import."""
+    import torch
+
+    from toolkit.convert.transposed_conv import crop_transposed_convs
+    from toolkit.models.checkpoint import load_checkpoint
+
+    try:
+        model, _ = crop_transposed_convs(load_checkpoint(checkpoint)[0])
+        with torch.no_grad():
+            program = torch.export.export(model.eval(), (torch.zeros(*input_shape),))
+        path = work / "model.pt2"
+        torch.export.save(program, str(path))
+        return path
+    except Exception:  # noqa: BLE001 - the child's own attempt reports the reason in one line
+        return None

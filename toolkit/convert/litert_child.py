@@ -36,16 +36,37 @@ def package_versions() -> dict[str, str]:
     return found
 
 
+def _program_module(path: Path):
+    """A torch.export program as an eval-mode nn.Module (the program's own module refuses .eval();
+    it is held, not registered, so that train/eval calls do not reach it)."""
+    import torch
+
+    graph = torch.export.load(str(path)).module()
+
+    class Program(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            object.__setattr__(self, "graph", graph)
+
+        def forward(self, x):
+            return self.graph(x)
+
+    return Program().eval()
+
+
 def convert(args) -> dict:
     """Run the conversion; returns what litert.json records."""
     import numpy as np
     import torch
 
-    from toolkit.models.checkpoint import load_checkpoint
+    from toolkit.models.checkpoint import load_checkpoint, read_checkpoint
     from toolkit.convert.torch_to_litert import torch_to_litert
 
     torch.set_num_threads(args.threads)
-    model, payload = load_checkpoint(args.checkpoint)
+    if args.program is not None:  # exported by the parent: no model code imported here
+        model, payload = _program_module(args.program), read_checkpoint(args.checkpoint)
+    else:
+        model, payload = load_checkpoint(args.checkpoint)
     calib = np.load(args.calibration) if args.calibration else None
     start = time.perf_counter()
     out = torch_to_litert(model, args.input_shape, args.out, calib, mean=args.mean, std=args.std,
@@ -58,6 +79,7 @@ def convert(args) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m toolkit.convert.litert_child", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", type=Path, required=True, help="an EdgeShrink portable checkpoint")
+    p.add_argument("--program", type=Path, default=None, help="the same model as a torch.export .pt2 (preferred)")
     p.add_argument("--out", type=Path, required=True, help="folder for the .tflite files and litert.json")
     p.add_argument("--input-shape", type=lambda s: tuple(int(v) for v in s.split(",")), required=True, help="N,C,H,W")
     p.add_argument("--calibration", type=Path, default=None, help=".npy of NHWC images in [0, 1]; gives the INT8 file")
