@@ -1,0 +1,46 @@
+"""A MONAI 2-D UNet (the library medical-imaging users bring: InstanceNorm, PReLU, padded transposed
+convolutions, skip concatenations onnx2tf mis-lays) through a card to a verified rpi4 bundle: every
+float file passes parity (litert-torch takes over when onnx2tf's file fails it), a file is deployed,
+and pruning is done or skipped with a true reason. Random weights, synthetic volumes, tiny size."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import yaml
+
+from toolkit.core.paths import REPO_ROOT
+
+ARGUMENTS = {"spatial_dims": 2, "in_channels": 1, "out_channels": 3, "channels": [8, 16, 32], "strides": [2, 2],
+             "num_res_units": 1}
+CARD = {"name": "monai_unet_tiny", "architecture": "monai.networks.nets:UNet", "arguments": ARGUMENTS,
+        "task": "segmentation", "dataset": "hippocampus", "metric": "dice",
+        "input": {"size": [64, 64], "channels": 1, "mean": [0.0], "std": [1.0], "scaling": "zscore_volume"},
+        "labels": ["background", "anterior hippocampus", "posterior hippocampus"],
+        "checkpoint": {"path": "unet.pt"}}
+
+
+def test_monai_unet_card_bundles_for_rpi4(tmp_path):
+    import torch
+    from monai.networks.nets import UNet
+
+    torch.manual_seed(0)
+    torch.save(UNet(**ARGUMENTS).state_dict(), tmp_path / "unet.pt")
+    (tmp_path / "card.yaml").write_text(yaml.safe_dump(CARD))
+    proc = subprocess.run([sys.executable, "-m", "toolkit", "run", "--model", str(tmp_path / "card.yaml"), "--target",
+                           "rpi4", "--synthetic-data", "--finetune-epochs", "0", "--no-bench", "--out",
+                           str(tmp_path / "out")], capture_output=True, text=True, env=dict(os.environ), cwd=REPO_ROOT,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    bundle = tmp_path / "out" / "monai_unet_tiny-rpi4"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    floats = [a for a in manifest["artifacts"] if a["precision"] == "fp32" and a["format"] != "torch"]
+    assert floats and all(a["parity"]["ok"] for a in floats), [(a["name"], a["parity"]) for a in floats]
+    made = {a["name"]: a for a in manifest["artifacts"]}
+    assert all("dice" in made[n]["metrics"] for n in ("dense-tflite-fp32", "pruned-tflite-int8"))
+    assert (bundle / made[manifest["deploy"]["artifact"]]["file"]).is_file()
+    skipped = manifest["pruning"].get("skipped")
+    assert skipped is None or "attention" not in skipped["reason"]  # a true reason: no attention here
