@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from toolkit.core.errors import EdgeShrinkError
+from toolkit.core.errors import EdgeShrinkError, os_error_line
 
 
 class _Parser(argparse.ArgumentParser):
@@ -463,3 +463,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgeshrink: interrupted; partial outputs removed", file=sys.stderr)
         return 130
+    except OSError as exc:  # a full disk, a read-only place, a quota: the system said no, in one line
+        print(f"edgeshrink: error: {os_error_line(exc)}", file=sys.stderr)
+        return 2

@@ -166,3 +166,25 @@ def staged_folder(final: Path):
     except BaseException:
         _remove_if_empty(created)
         raise
+
+
+def save_torch(payload, path: Path) -> None:
+    """torch.save to a temporary name, then moved into place. A write the disk refused (torch says
+    only "iostream error") is the OSError it was, and the temporary file is removed."""
+    import errno
+
+    import torch
+
+    path = Path(path)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    try:
+        torch.save(payload, tmp)
+    except RuntimeError as exc:
+        tmp.unlink(missing_ok=True)
+        if shutil.disk_usage(path.parent).free < 1 << 20:  # under 1 MiB left: the disk was full
+            raise OSError(errno.ENOSPC, "No space left on device", str(path)) from None
+        raise OSError(errno.EIO, f"could not write ({str(exc)[:80]})", str(path)) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)

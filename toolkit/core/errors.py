@@ -25,3 +25,17 @@ def unknown_name(kind: str, name: str, choices: Iterable[str]) -> EdgeShrinkErro
     return EdgeShrinkError(
         f'unknown {kind} "{name}"{did_you_mean(name, choices)}; choose one of: {", ".join(choices)}'
     )
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an error the operating system raised while EdgeShrink wrote or read a file."""
+    import errno
+
+    where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"no space left on the disk{where}; nothing partial was kept: free space there, or write "
+                "elsewhere (--out DIR for bundles, EDGESHRINK_CACHE_DIR for caches)")
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return (f"cannot write{where}: {exc.strerror}; choose a writable place (--out DIR for bundles, "
+                "EDGESHRINK_CACHE_DIR for caches)")
+    return f"{exc.strerror or type(exc).__name__}{where}; check the path and its disk"

@@ -8,7 +8,6 @@ reloads bit-exactly. Files load with `torch.load(weights_only=True)`.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 from toolkit.core.errors import EdgeShrinkError
@@ -85,8 +84,6 @@ def with_metadata(state_dict: dict, metadata: dict | None):
 
 def save_checkpoint(path: str | Path, model, architecture: str, arguments: dict, meta: dict | None = None) -> str:
     """Write the checkpoint atomically; returns its sha256."""
-    import torch
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = model.state_dict()
@@ -99,9 +96,9 @@ def save_checkpoint(path: str | Path, model, architecture: str, arguments: dict,
         "state_dict_metadata": _plain_metadata(state),
         "meta": dict(meta or {}),
     }
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    from toolkit.core.atomic import save_torch
+
+    save_torch(payload, path)
     return sha256_file(path)
 
 

@@ -282,7 +282,7 @@ class TrainState:
     def _write_outputs(self, model, opt, record: dict, *, better: bool, rngs: list) -> None:
         import os
 
-        import torch
+        from toolkit.core.atomic import save_torch
 
         out = Path(self.policy.out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -297,9 +297,7 @@ class TrainState:
             payload = {"format": STATE_FORMAT, "key": self.key, "epoch": record["epoch"], "step": self.step,
                        "model": model.state_dict(), "optimizer": opt.state_dict(), "history": self.history,
                        "best_score": self.best_score, "best_state": self.best_state, "rng": rngs}
-            tmp = self.path.with_name(f"{STATE_FILE}.tmp{os.getpid()}")
-            torch.save(payload, tmp)
-            os.replace(tmp, self.path)
+            save_torch(payload, self.path)
 
     def finish(self, model, score_key: str) -> dict:
         if self.policy and self.policy.keep_best and self.best_state is not None:
