@@ -29,9 +29,6 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
-# Every venv the pipeline uses: the main one, both TFLite converters' (onnx2tf in .venv, litert-torch in
-# .venv-litert: the fallback when one fails or fails parity) and the INT8 fallback's quantizer.
-setup: $(STAMP) $(LITERT_STAMP) $(QUANT_STAMP)
 
 # The litert-torch converter venv (toolkit/convert/litert_child.py runs in it): torch pinned first, then
 # held by a constraint, so that resolving litert-torch cannot swap it.
@@ -59,6 +56,11 @@ $(QUANT_STAMP): requirements-quant.txt
 	@touch $(QUANT_STAMP)
 
 setup-quant: $(QUANT_STAMP)
+
+# Every venv the pipeline uses: the main one, both TFLite converters' (onnx2tf in .venv, litert-torch in
+# .venv-litert: the fallback when one fails or fails parity) and the INT8 fallback's quantizer.
+# (After the stamp variables: make expands a rule's prerequisites when it reads the rule.)
+setup: $(STAMP) $(LITERT_STAMP) $(QUANT_STAMP)
 
 test: setup
 	@tests/prereqs.sh --install
