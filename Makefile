@@ -9,7 +9,7 @@ REMOTE_PYTHON ?=
 TARGET ?= host
 EPOCHS ?= 30
 # Values reach recipes through the environment and are used as "$$VAR": never pasted into a shell line.
-export MODEL TARGET HOST REMOTE_PYTHON FINETUNE_EPOCHS DATA MACS SCOPES EPOCHS FPS ZOO_MODELS ZOO_SIZE
+export MODEL TARGET HOST REMOTE_PYTHON FINETUNE_EPOCHS DATA MACS SCOPES EPOCHS FPS ZOO_MODELS ZOO_SIZE SOURCE
 
 .PHONY: setup setup-litert setup-quant test test-slow deploy bench sweep train zoo clean help
 
@@ -21,6 +21,8 @@ help:
 	@echo "make setup                                        every venv: .venv, .venv-litert (second TFLite converter), .venv-quant (INT8 fallback)"
 	@echo "make test-slow                                    end-to-end runs on the real data (minutes)"
 	@echo "make zoo [ZOO_MODELS=a,b] [ZOO_SIZE=64]            prune/reload/ONNX/parity over torchvision classifiers -> dist/zoo/zoo.json"
+	@echo "make zoo SOURCE=timm [ZOO_MODELS=a,b]              every timm family + MONAI 2-D segmentation nets through the deploy"
+	@echo "                                                  chain (resumable) -> dist/zoo/zoo_timm.json (SOURCE=monai: MONAI only)"
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -87,7 +89,7 @@ train: setup
 	$(BIN)/edgeshrink train --model "$$MODEL" --epochs "$$EPOCHS"
 
 zoo: setup
-	$(BIN)/python -m toolkit.studies.zoo --threads 1 $${ZOO_MODELS:+--models "$$ZOO_MODELS"} \
+	$(BIN)/python -m toolkit.studies.zoo --threads 1 $${SOURCE:+--source "$$SOURCE"} $${ZOO_MODELS:+--models "$$ZOO_MODELS"} \
 	  $${ZOO_SIZE:+--size "$$ZOO_SIZE"} --out dist/zoo
 
 clean:

@@ -19,7 +19,9 @@ from toolkit.core.errors import EdgeShrinkError
 
 def plan(card, *, target: str = "host", **overrides):
     """Resolve and check a run of `card` (a card name, a card .yaml path or a ModelCard) for
-    `target`, with CLI-style overrides (finetune_epochs=0, data=..., out=..., target_macs=0.5, ...).
+    `target`, with CLI-style overrides: the run options (finetune_epochs=0, data=..., out=...,
+    bench=False, ...: toolkit.pipeline.options.RunOptions, the same as `edgeshrink run`'s flags)
+    and the keys of a card's `pruning:` block (target_macs=0.5, steps=2, ...).
     Returns a frozen RunPlan; refuses anything wrong in one line before any work."""
     from toolkit.pipeline.plan import make_plan
 

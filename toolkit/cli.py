@@ -37,11 +37,6 @@ def _number(kind, low=None, high=None, *, low_open=False):
 SEED = _number(int, 0, 2**32 - 1)
 
 
-def _fps(text: str):
-    """--fps 60, --fps target (the profile's budget.target_fps), or --fps 2x (twice the dense FP32 FPS measured in the run)."""
-    if text == "target" or (text.endswith("x") and text[:-1].replace(".", "", 1).isdigit()):
-        return text
-    return _number(float, 0, low_open=True)(text)
 def _user_path(text: str) -> str:
     """A path argument with a leading ~ / ~user expanded (a quoted '~/x' must not create a folder named ~)."""
     import os
@@ -54,7 +49,7 @@ def _user_path(text: str) -> str:
 
 COUNT = _number(int, 0)          # epochs, ...
 POSITIVE = _number(int, 1)       # sizes, runs
-THREADS = _number(int, 1, 256)   # more only crashes the OpenMP runtime (toolkit.pipeline.plan.MAX_THREADS)
+THREADS = _number(int, 1, 256)   # more only crashes the OpenMP runtime (toolkit.pipeline.options.MAX_THREADS)
 
 
 def _cmd_train(args) -> int:
@@ -89,24 +84,11 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def _run_overrides(args) -> dict:
-    """CLI flags that were given, as plan overrides (unset flags leave the card's/profile's value)."""
-    given = {"finetune_epochs": args.finetune_epochs, "calibration_size": args.calibration_size, "data": args.data,
-             "checkpoint": args.checkpoint, "train_threads": args.train_threads, "out": args.out,
-             "sparsity": args.sparsity, "sparsity_schedule": args.sparsity_schedule, "sparsity_steps": args.sparsity_steps,
-             "sparsity_finetune_epochs": args.sparsity_finetune_epochs, "fps": args.fps,
-             "max_metric_drop": args.max_metric_drop, "tflite_converter": args.tflite_converter,
-             "max_trials": args.max_trials}
-    overrides = {k: v for k, v in given.items() if v is not None}
-    overrides.update(seed=args.seed, synthetic_data=args.synthetic_data, bench=not args.no_bench,
-                     progress=not args.quiet, cache=not args.no_cache, structured=not args.no_structured)
-    return overrides
-
-
 def _cmd_run(args) -> int:
     import time
 
     from toolkit.api import plan, run
+    from toolkit.pipeline.options import given_options
 
     if args.host:
         from toolkit.delivery.remote import parse_host
@@ -116,15 +98,11 @@ def _cmd_run(args) -> int:
         parse_host(args.host)  # a malformed HOST or unusable --known-hosts fails before any work
         check_known_hosts(args.known_hosts)
     if args.plan:
-        from toolkit.pipeline.plan import load_plan_file, with_options
-
         if args.model:
             raise EdgeShrinkError("give --plan or --model, not both (a plan already names its model)")
-        run_plan = load_plan_file(args.plan)
-        if args.out:
-            run_plan = with_options(run_plan, out_root=args.out)
+        run_plan = _replay(args)
     elif args.model:
-        run_plan = plan(args.model, target=args.target, **_run_overrides(args))
+        run_plan = plan(args.model, target=args.target, **given_options(args))
     else:
         raise EdgeShrinkError("edgeshrink run needs --model NAME_OR_CARD.yaml (or --plan config.json)")
     t0 = time.perf_counter()
@@ -138,6 +116,21 @@ def _cmd_run(args) -> int:
         deliver_and_benchmark(bundle, args.host, args.remote_python, args.ssh_key, args.known_hosts)
         print(format_rows(collect_rows([bundle])))
     return 0
+
+
+def _replay(args):
+    """The plan of `--plan config.json`, with the options a replay may change (--out, --no-bench,
+    --quiet, --no-cache, --train-threads); any other run flag is refused, not ignored."""
+    from toolkit.pipeline.options import changeable_on_replay, flag_of, given_options
+    from toolkit.pipeline.plan import load_plan_file, with_options
+
+    given = given_options(args)
+    fixed = [name for name in given if name not in changeable_on_replay()]
+    if fixed:
+        allowed = ", ".join(flag_of(name) for name in changeable_on_replay())
+        raise EdgeShrinkError(f"{flag_of(fixed[0])} cannot change a replayed plan (with --plan only {allowed}); "
+                              "make a new plan with --model")
+    return with_options(load_plan_file(args.plan), **given)
 
 
 def _csv(text: str, kind, what: str) -> tuple:
@@ -317,38 +310,13 @@ def _add_train(sub) -> None:
 
 
 def _add_run(sub) -> None:
+    from toolkit.pipeline.options import add_run_flags
+
     p = sub.add_parser("run", help="prune, quantize, convert, verify and benchmark a model for a target")
     p.add_argument("--model", help="a card name (models/<name>.yaml) or the path of a card .yaml file")
     p.add_argument("--plan", help="replay a run: a bundle's config.json")
     p.add_argument("--target", default="host")
-    p.add_argument("--out", default=None, type=_user_path, help="output root (default: dist/)")
-    p.add_argument("--data", help="dataset folder (default: $EDGESHRINK_DATA_DIR/<card dataset>)")
-    p.add_argument("--synthetic-data", action="store_true", help="generated data (labelled synthetic in every output)")
-    p.add_argument("--checkpoint", help="dense checkpoint (default: the model card's)")
-    p.add_argument("--finetune-epochs", type=COUNT, help="override the profile's fine-tuning epochs (0 = none)")
-    p.add_argument("--calibration-size", type=POSITIVE, help="override the profile's calibration image count")
-    p.add_argument("--seed", type=SEED, default=0)
-    p.add_argument("--no-bench", action="store_true", help="skip latency benchmarks")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--train-threads", type=THREADS, help="torch threads for pruning and fine-tuning")
-    p.add_argument("--no-cache", action="store_true", help="redo pruning/fine-tuning and conversions even if cached")
-    p.add_argument("--sparsity", type=_number(float, 0, 1, low_open=True),
-                   help="unstructured magnitude sparsity after channel pruning, e.g. 0.8 (zeros in conv/linear weights)")
-    p.add_argument("--sparsity-schedule", choices=["gradual", "oneshot"], help="gradual: cubic schedule (default)")
-    p.add_argument("--sparsity-steps", type=POSITIVE, help="gradual steps (default 4)")
-    p.add_argument("--sparsity-finetune-epochs", type=COUNT, help="fine-tune epochs after each sparsity step (default 2)")
-    p.add_argument("--no-structured", action="store_true", help="skip channel pruning (sparsity only, or the dense model)")
-    p.add_argument("--prune-max-trials", type=POSITIVE, dest="max_trials",
-                   help="pruning work budget: dry-run trials + pruning sub-steps (default: the card's/profile's, 600); "
-                        "past it the run goes on with the dense model")
-    p.add_argument("--fps", type=_fps,
-                   help="latency budget: prune as little as needed for the deployed file to reach this FPS on this host "
-                        "('target': the profile's budget.target_fps; '2x': twice the dense FP32 FPS measured in this run)")
-    p.add_argument("--max-metric-drop", type=_number(float, 0, 1),
-                   help="deploy gate: primary metric at most this far below dense FP32 (default: the profile's, 0.015)")
-    p.add_argument("--tflite-converter", choices=["onnx2tf", "litert-torch"],
-                   help="TFLite converter (default: the card's, else the profile's conversion.tflite, onnx2tf); the other "
-                        "one is tried when it fails or fails parity")
+    add_run_flags(p)  # one flag per run option (toolkit.pipeline.options.RunOptions)
     _ssh_args(p)
     p.set_defaults(func=_cmd_run)
 

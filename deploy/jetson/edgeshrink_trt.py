@@ -20,18 +20,19 @@ HERE = os.path.dirname(os.path.realpath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != HERE]
 
 
-def _load_common():
-    """edgeshrink_common from beside this script (or ../common in the source tree); inside a bundle
-    only when its bytes match the sha256 manifest.json lists, and those same bytes are what runs."""
+def _load_common(name: str = "edgeshrink_common"):
+    """A deploy/common module (edgeshrink_common, edgeshrink_detect) from beside this script (or ../common
+    in the source tree); inside a bundle only when its bytes match the sha256 manifest.json lists, and
+    those same bytes are what runs."""
     import hashlib
     import json
     import types
 
-    for path in (os.path.join(HERE, "edgeshrink_common.py"), os.path.join(HERE, "..", "common", "edgeshrink_common.py")):
+    for path in (os.path.join(HERE, f"{name}.py"), os.path.join(HERE, "..", "common", f"{name}.py")):
         if os.path.isfile(path):
             break
     else:
-        raise SystemExit("error: edgeshrink_common.py is not beside this script; copy it from deploy/common/")
+        raise SystemExit(f"error: {name}.py is not beside this script; copy it from deploy/common/")
     with open(path, "rb") as f:
         code = f.read()
     manifest = os.path.join(HERE, "manifest.json")
@@ -42,11 +43,11 @@ def _load_common():
         except (ValueError, KeyError, TypeError, AttributeError, OSError):
             raise SystemExit(f"error: {manifest} is malformed or lists no device_files; copy the bundle again") from None
         if listed.get(os.path.basename(path)) != hashlib.sha256(code).hexdigest():
-            raise SystemExit("error: edgeshrink_common.py: sha256 mismatch or not listed in manifest.json; "
+            raise SystemExit(f"error: {name}.py: sha256 mismatch or not listed in manifest.json; "
                              "copy the bundle again")
-    module = types.ModuleType("edgeshrink_common")
+    module = types.ModuleType(name)
     module.__file__ = path
-    sys.modules["edgeshrink_common"] = module
+    sys.modules[name] = module
     exec(compile(code, path, "exec"), module.__dict__)
     return module
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Run a TFLite model on a Raspberry Pi (or any Linux box): an EdgeShrink bundle's classifier or
-segmentation model, or any .tflite classifier on its own.
+"""Run a TFLite model on a Raspberry Pi (or any Linux box): an EdgeShrink bundle's classifier,
+segmentation or detection model, or any .tflite classifier on its own.
 
 Needs numpy and ai-edge-litert (or tflite-runtime with numpy<2). Pillow or OpenCV decode images
 (OpenCV also video and webcams; picamera2 the Pi camera; nibabel NIfTI volumes); every decoder's
@@ -16,6 +16,9 @@ sha256 is checked first):
 Segmentation bundles write label masks (PNG with the label values + a colour overlay; NIfTI masks
 with the input's affine and header for volumes) under --out:
   python3 edgeshrink_run.py --input slice.png case.nii.gz scans/ --out masks/
+Detection bundles print one JSON line of boxes per input (label, score, [x1, y1, x2, y2] in the
+image's own pixels) and draw them with --out; end-to-end time includes decoding the boxes and NMS:
+  python3 edgeshrink_run.py --input street.jpg photos/ clip.mp4 --out boxes/ --json detections.json
 
 Any .tflite file (input size, layout, dtype and quantization are read from the model):
   python3 edgeshrink_run.py --model m.tflite --labels labels.txt --mean 0.485 0.456 0.406 \\
@@ -32,18 +35,19 @@ HERE = os.path.dirname(os.path.realpath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != HERE]
 
 
-def _load_common():
-    """edgeshrink_common from beside this script (or ../common in the source tree); inside a bundle
-    only when its bytes match the sha256 manifest.json lists, and those same bytes are what runs."""
+def _load_common(name: str = "edgeshrink_common"):
+    """A deploy/common module (edgeshrink_common, edgeshrink_detect) from beside this script (or ../common
+    in the source tree); inside a bundle only when its bytes match the sha256 manifest.json lists, and
+    those same bytes are what runs."""
     import hashlib
     import json
     import types
 
-    for path in (os.path.join(HERE, "edgeshrink_common.py"), os.path.join(HERE, "..", "common", "edgeshrink_common.py")):
+    for path in (os.path.join(HERE, f"{name}.py"), os.path.join(HERE, "..", "common", f"{name}.py")):
         if os.path.isfile(path):
             break
     else:
-        raise SystemExit("error: edgeshrink_common.py is not beside this script; copy it from deploy/common/")
+        raise SystemExit(f"error: {name}.py is not beside this script; copy it from deploy/common/")
     with open(path, "rb") as f:
         code = f.read()
     manifest = os.path.join(HERE, "manifest.json")
@@ -54,21 +58,22 @@ def _load_common():
         except (ValueError, KeyError, TypeError, AttributeError, OSError):
             raise SystemExit(f"error: {manifest} is malformed or lists no device_files; copy the bundle again") from None
         if listed.get(os.path.basename(path)) != hashlib.sha256(code).hexdigest():
-            raise SystemExit("error: edgeshrink_common.py: sha256 mismatch or not listed in manifest.json; "
+            raise SystemExit(f"error: {name}.py: sha256 mismatch or not listed in manifest.json; "
                              "copy the bundle again")
-    module = types.ModuleType("edgeshrink_common")
+    module = types.ModuleType(name)
     module.__file__ = path
-    sys.modules["edgeshrink_common"] = module
+    sys.modules[name] = module
     exec(compile(code, path, "exec"), module.__dict__)
     return module
 
 
 C = _load_common()
+_load_common("edgeshrink_detect")  # box decoding + NMS + mAP, shared with the host verifier
 
 # The runner's own modules, in load order (each may import the ones before it); every one is
 # listed, with its sha256, in a bundle's manifest.json.
 RUNNER_MODULES = ("edgeshrink_run_model", "edgeshrink_run_images", "edgeshrink_run_inputs", "edgeshrink_run_eval",
-                  "edgeshrink_run_segment", "edgeshrink_run_bench")
+                  "edgeshrink_run_segment", "edgeshrink_run_detect", "edgeshrink_run_bench")
 
 
 def _load_runner_modules(names) -> None:
@@ -108,6 +113,9 @@ import argparse  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from edgeshrink_run_bench import benchmark  # noqa: E402
+from edgeshrink_run_detect import detect  # noqa: E402
+from edgeshrink_run_detect import eval_pack as detection_eval_pack  # noqa: E402
+from edgeshrink_run_detect import open_pack as open_detection_pack  # noqa: E402
 from edgeshrink_run_eval import classify, eval_pack, open_pack  # noqa: E402
 from edgeshrink_run_images import MAX_MEGAPIXELS  # noqa: E402
 from edgeshrink_run_inputs import truth_inputs  # noqa: E402
@@ -146,7 +154,8 @@ def parse_args(argv):
                     help=f"refuse larger images before decoding them (default {MAX_MEGAPIXELS:g}; JPEGs are decoded reduced)")
     io.add_argument("--top-k", "--topk", dest="top_k", type=int, help="classifiers: how many classes to show (default 3)")
     io.add_argument("--save-images", help="classifiers: folder for the inputs with their prediction drawn (Pillow)")
-    io.add_argument("--out", help="segmentation: folder for the masks and overlays (default: masks/)")
+    io.add_argument("--out", help="segmentation: folder for the masks and overlays (default: masks/); detection: "
+                    "folder for the inputs with their boxes drawn")
     io.add_argument("--eval-pack", help="bundle mode: held-out .npz from `edgeshrink eval-pack`")
     io.add_argument("--json", help="write the results JSON here")
     run = p.add_argument_group("runtime")
@@ -198,12 +207,12 @@ def main(argv=None) -> int:
         raise SystemExit("error: --eval-pack needs a bundle (its manifest says the preprocessing); use --truth with --model")
     if task != "classification":
         if args.truth:
-            raise SystemExit("error: --truth folders are for classifiers; score a segmentation bundle with --eval-pack")
+            raise SystemExit(f"error: --truth folders are for classifiers; score a {task} bundle with --eval-pack")
         for flag, value in (("--top-k", args.top_k), ("--save-images", args.save_images)):
             if value is not None:
-                print(f"note: {flag} is for classifiers; ignored (masks and overlays go to --out)")
+                print(f"note: {flag} is for classifiers; ignored (masks, overlays or drawn boxes go to --out)")
     args.top_k = args.top_k or 3
-    pack = open_pack(args.eval_pack) if args.eval_pack else None
+    pack = (open_detection_pack if task == "detection" else open_pack)(args.eval_pack) if args.eval_pack else None
     truth_pairs = truth_inputs(args.truth, names) if args.truth else []
     artifact = dict(artifact, loaded_sha256=model.sha256)
     extra = {"task": task, "input": model.input_record(), "labels_note": note}
@@ -212,9 +221,11 @@ def main(argv=None) -> int:
         extra["timing_note"] = bench.pop("note")
     if pack is not None:
         extra["accuracy"] = (eval_pack(model, pack, artifact) if task == "classification"
+                             else detection_eval_pack(model, pack, manifest, artifact) if task == "detection"
                              else segmentation_eval_pack(model, pack, manifest, artifact))
     if truth_pairs or args.input or args.camera is not None:
-        result = classify(model, args, names, truth_pairs) if task == "classification" else segment(model, args, manifest)
+        run_task = {"classification": lambda: classify(model, args, names, truth_pairs), "detection": lambda: detect(model, args, manifest)}
+        result = run_task.get(task, lambda: segment(model, args, manifest))()
         if "accuracy" in result and "accuracy" in extra:
             result["truth_accuracy"] = result.pop("accuracy")
         extra.update(result)

@@ -2,7 +2,7 @@
 grey or colour), .npy arrays, NIfTI volumes (.nii/.nii.gz, sliced along the manifest's axis), video
 and camera frames; label masks written (PNG with the label values + a colour overlay PNG; a NIfTI
 mask with the input's affine and header for volumes); and the held-out eval pack scored with the
-host's Dice (3-D Dice per class per case, averaged over cases, then over classes).
+host's Dice and HD95 (3-D, per class per case, averaged over cases, then over classes).
 
 Preprocessing is the host's (toolkit/data/nifti.py): each volume (or image, or frame) is z-scored
 on its own (input.scaling 'zscore_volume'), then every slice is centre-padded into the model's
@@ -317,9 +317,88 @@ def dice_per_class(pred, truth, classes) -> dict:
     return out
 
 
+def _boundary(mask):
+    """Voxels of a boolean mask with a face neighbour outside it (the array border counts as outside)."""
+    padded = np.pad(mask, 1, constant_values=False)
+    interior = padded.copy()
+    for axis in range(mask.ndim):
+        interior &= np.roll(padded, 1, axis) & np.roll(padded, -1, axis)
+    inner = tuple(slice(1, -1) for _ in range(mask.ndim))
+    return padded[inner] & ~interior[inner]
+
+
+def _nearest(points, targets):
+    out = np.empty(len(points))
+    step = max(1, (1 << 22) // max(1, len(targets)))
+    for s in range(0, len(points), step):
+        diff = points[s:s + step, None, :] - targets[None, :, :]
+        out[s:s + step] = np.sqrt((diff * diff).sum(-1).min(1))
+    return out
+
+
+def surface_distances(pred, truth, spacing):
+    """The host's boundary distances (toolkit/tasks/segmentation_metrics.py), numpy only: (pred ->
+    truth, truth -> pred) in the spacing's units; empty arrays when both are empty, None when one is."""
+    keep = [a for a in range(pred.ndim) if pred.shape[a] > 1]
+    pred, truth, spacing = np.squeeze(pred), np.squeeze(truth), np.asarray(spacing, np.float64)[keep]
+    if not pred.any() and not truth.any():
+        return np.zeros(0), np.zeros(0)
+    if not pred.any() or not truth.any():
+        return None
+    pe, te = np.argwhere(_boundary(pred)) * spacing, np.argwhere(_boundary(truth)) * spacing
+    return _nearest(pe, te), _nearest(te, pe)
+
+
+def case_scores(units, names) -> dict:
+    """Dice and HD95 per class of one case from its (pred, truth, spacing) units, as the host scores them."""
+    out = {}
+    for c, name in names.items():
+        inter = total = 0
+        ab, ba, one_sided = [], [], False
+        for pred, truth, spacing in units:
+            p, t = pred == c, truth == c
+            inter, total = inter + int(np.logical_and(p, t).sum()), total + int(p.sum() + t.sum())
+            d = surface_distances(p, t, spacing) if spacing is not None else None
+            one_sided |= d is None
+            if d is not None:
+                ab.append(d[0]), ba.append(d[1])
+        out[f"dice_{name}"] = 1.0 if total == 0 else float(2.0 * inter / total)
+        if spacing is not None:
+            a, b = (np.concatenate(ab), np.concatenate(ba)) if ab else (np.zeros(0), np.zeros(0))
+            hd = None if one_sided and not len(a) else (0.0 if not len(a) else float(max(np.percentile(a, 95), np.percentile(b, 95))))
+            out[f"hd95_{name}"] = hd
+    out["dice"] = float(np.mean([out[f"dice_{n}"] for n in names.values()]))
+    return out
+
+
+def _pack_cases(pack, pred, truth, H, W) -> dict:
+    """{case key: [(pred, truth, spacing) of each of its volumes, cropped back to the volume's size]}."""
+    keys = pack["case_keys"] if "case_keys" in pack else pack["cases"]
+    spacing = pack["case_spacing"] if "case_spacing" in pack else [None] * len(keys)
+    cases, start = {}, 0
+    for key, n, shape, sp in zip(keys, pack["case_slices"], pack["case_shapes"], spacing):
+        y, z = int(shape[1]), int(shape[2])
+        oy, oz = (H - y) // 2, (W - z) // 2
+        crop = (slice(start, start + int(n)), slice(oy, oy + y), slice(oz, oz + z))
+        cases.setdefault(str(key), []).append((pred[crop], truth[crop], sp))
+        start += int(n)
+    return cases
+
+
+def _means(per_case, names) -> dict:
+    result = {f"dice_{n}": float(np.mean([r[f"dice_{n}"] for r in per_case])) for n in names.values()}
+    result["dice"] = float(np.mean([result[f"dice_{n}"] for n in names.values()]))
+    for n in names.values():
+        hd = [r[f"hd95_{n}"] for r in per_case if r.get(f"hd95_{n}") is not None]
+        if any(f"hd95_{n}" in r for r in per_case):
+            result[f"hd95_{n}"] = float(np.mean(hd)) if hd else None
+    return result
+
+
 def eval_pack(model, pack: dict, manifest: dict, artifact: dict) -> dict:
-    """Mean and per-class Dice per held-out case, as the manifest's figure was computed: slices run at
-    batch 1 (the host's shape), masks cropped back to each case's size, 3-D Dice per class per case."""
+    """Mean and per-class Dice (and HD95 where the pack has voxel spacings) per held-out case, as the
+    manifest's figures were computed: slices run at batch 1 (the host's shape), masks cropped back to
+    each volume's size, 3-D scores per class per case (the volumes of one case key pooled)."""
     seg = Segmenter(model, manifest)
     images, truth = pack["images"], pack["labels"]
     if images.ndim == 4 and images.shape[1] == model.channels and images.shape[3] != model.channels:
@@ -336,20 +415,13 @@ def eval_pack(model, pack: dict, manifest: dict, artifact: dict) -> dict:
         print("note: this eval pack has no case ids (an older `edgeshrink eval-pack`): Dice pooled over all slices, "
               "not comparable with the manifest's per-case figure", file=sys.stderr)
         return {"pooled_slice_dice": {names[c]: v for c, v in pooled.items()}, "slices": int(len(images))}
-    per_case, start, H, W = [], 0, model.height, model.width
-    for case, n, shape in zip(pack["cases"], pack["case_slices"], pack["case_shapes"]):
-        y, z = int(shape[1]), int(shape[2])
-        oy, oz = (H - y) // 2, (W - z) // 2
-        crop = (slice(start, start + int(n)), slice(oy, oy + y), slice(oz, oz + z))
-        d = dice_per_class(pred[crop], truth[crop], list(names))
-        per_case.append({"case": str(case), "dice": float(np.mean(list(d.values()))),
-                         **{f"dice_{names[c]}": v for c, v in d.items()}})
-        start += int(n)
-    result = {f"dice_{n}": float(np.mean([r[f"dice_{n}"] for r in per_case])) for n in names.values()}
-    result["dice"] = float(np.mean([result[f"dice_{n}"] for n in names.values()]))
+    cases = _pack_cases(pack, pred, truth, model.height, model.width)
+    per_case = [{"case": key, **case_scores(units, names)} for key, units in cases.items()]
+    result = _means(per_case, names)
     result.update(cases=len(per_case), slices=int(len(images)), per_case=per_case, manifest_dice=expected.get("dice"),
-                  manifest_per_class={k: v for k, v in expected.items() if k.startswith("dice_")})
-    classes = ", ".join(f"{n} {result[f'dice_{n}']:.4f}" for n in names.values())
+                  manifest_per_class={k: v for k, v in expected.items() if k.startswith(("dice_", "hd95_"))})
+    classes = ", ".join(f"{n} {result[f'dice_{n}']:.4f}" + (f" HD95 {result[f'hd95_{n}']:.2f}" if result.get(f"hd95_{n}") is not None else "")
+                        for n in names.values())
     print(f"held-out Dice {result['dice']:.4f} ({classes}) over {len(per_case)} cases, {len(images)} slices"
           + (f" (manifest: {expected['dice']:.4f})" if expected.get("dice") is not None else ""))
     return result

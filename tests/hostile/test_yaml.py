@@ -117,7 +117,7 @@ BAD_CARDS = [
     ("name", "../../x", "not allowed"),
     ("name", "a;rm -rf ~", "not allowed"),
     ("architecure", "mobilenet_v3_small", "did you mean"),
-    ("task", "detection", "unknown task"),
+    ("task", "detektion", "unknown task"),
     ("arguments", [1, 2], "arguments"),
     ("labels", "abcd", "labels"),
     ("checkpoint", {"path": "w.pt", "sha265": "x"}, "did you mean"),

@@ -70,7 +70,10 @@ def test_search_meets_a_budget_with_a_measured_file(searched, tiny, tmp_path):
     assert "**chosen**" in table and f"{chosen.target_macs:g}" in table
     png = plot_frontier(result, tmp_path / "frontier.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
-    json.dumps(result.to_json())  # goes into the manifest as is
+    json.dumps(result.to_json())  # goes into the manifest as is, as its declared section
+    from toolkit.pipeline.records import LatencyBudget
+
+    assert LatencyBudget.model_validate(result.to_json()).to_json() == result.to_json()
 
 
 def test_chosen_config_reproduces_the_measured_model(searched, tiny):

@@ -254,8 +254,9 @@ def test_planted_code_in_the_bundle_never_runs(planted, script, profile_bundles,
     assert proc.returncode != 0 and "not listed in manifest.json" in line and planted.split("/")[0] in line
 
 
-HELPERS = ["edgeshrink_common.py", "edgeshrink_run_model.py", "edgeshrink_run_images.py", "edgeshrink_run_inputs.py",
-           "edgeshrink_run_eval.py", "edgeshrink_run_segment.py", "edgeshrink_run_bench.py"]
+HELPERS = ["edgeshrink_common.py", "edgeshrink_detect.py", "edgeshrink_run_model.py", "edgeshrink_run_images.py",
+           "edgeshrink_run_inputs.py", "edgeshrink_run_eval.py", "edgeshrink_run_segment.py", "edgeshrink_run_detect.py",
+           "edgeshrink_run_bench.py"]
 
 
 @pytest.mark.parametrize("helper", HELPERS)

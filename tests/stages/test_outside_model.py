@@ -170,7 +170,7 @@ def test_weights_that_do_not_fit_fail_in_one_line_before_data(elsewhere, workspa
     ({"checkpoint": {"path": "weights.th", "key": "model"}}, "no key 'model'"),
     ({"checkpoint": {"path": "weights.th", "key": "state_dict", "strip_prefix": "net."}}, "strip_prefix: 'module.'"),
     ({"dataset": {"root": "data", "train": "train", "val": "val"}}, "does not exist"),
-    ({"task": "detection"}, "unknown task"),
+    ({"task": "detektion"}, "unknown task"),
     ({"name": "../../x"}, "not allowed"),
 ])
 def test_bad_outside_cards_fail_in_one_line(elsewhere, workspace, tmp_path, change, message):

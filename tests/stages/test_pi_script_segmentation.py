@@ -221,8 +221,8 @@ def test_eval_pack_dice_equals_the_manifest(seg, seg_python, tmp_path):
     acc = json.loads(out.read_text())["accuracy"]
     metrics = deployed(bundle)["metrics"]
     assert metrics["dice"] > 0.5  # a trained model: the figure means something
-    for key in ("dice", "dice_anterior", "dice_posterior"):
-        assert acc[key] == pytest.approx(metrics[key], abs=1e-4), key
+    for key in ("dice", "dice_anterior", "dice_posterior", "hd95_anterior", "hd95_posterior"):
+        assert acc[key] == pytest.approx(metrics[key], abs=1e-4), key  # HD95: the same numpy boundary distances
     m = manifest_of(bundle)
     assert [c["case"] for c in acc["per_case"]] == m["data"]["held_out_cases"] and acc["cases"] == 6
     assert all({"dice", "dice_anterior", "dice_posterior"} <= set(c) for c in acc["per_case"])

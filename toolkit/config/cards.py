@@ -16,6 +16,7 @@ from toolkit.core.errors import EdgeShrinkError, unknown_name
 from toolkit.core.paths import models_dir
 from toolkit.data.preprocess import InputSpec
 from toolkit.core.schema import Strict, load_yaml, validate_data
+from toolkit.config.targets import TfliteConverter
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -46,8 +47,8 @@ class CardInput(Strict):
     @field_validator("channels")
     @classmethod
     def _channels(cls, v):
-        if v not in (1, 3):
-            raise ValueError(f"must be 1 (grey) or 3 (RGB), got {v}")
+        if not 1 <= v <= 16:
+            raise ValueError("must be 1 (grey) or 3 (RGB), or for a segmentation card the number of modalities (1 to 16)")
         return v
 
     @field_validator("mean", "std")
@@ -71,13 +72,56 @@ class CardCheckpoint(Strict):
     strip_prefix: Optional[str] = None
 
 
+class CardInit(Strict):
+    """Weights a fresh model starts from in `edgeshrink train` (e.g. a backbone trained here on another
+    task): every tensor whose name (after renaming the `rename` prefixes, checkpoint -> model) and
+    shape match is copied; the others keep their fresh initialisation."""
+
+    path: str
+    sha256: Optional[str] = None
+    rename: dict[str, str] = {}
+
+
 class CardDataset(Strict):
     """Where the data is: `root` (relative to the card, or a dataset name under the data folder)
-    and the names of the training and evaluation split folders."""
+    and the names of the training and evaluation split folders. Segmentation data also has a
+    layout (detected when not given), label values and a case-level held-out split
+    (docs/own-models-and-data.md)."""
 
     root: str
     train: str = "train"
     val: str = "val"
+    format: Optional[Literal["coco", "yolo", "voc"]] = None  # detection annotations; detected from the files when not given
+    layout: Optional[Literal["nifti", "msd", "nnunet", "pairs"]] = None
+    list_file: Optional[str] = None  # 2-D pairs: `image mask [case]` lines, relative to root
+    case_pattern: Optional[str] = None  # 2-D pairs: regex on the file name; group `case` (or 1) is the case key
+    label_values: Optional[list[int]] = None  # the value of each label in the mask files, in label order
+    held_out: Union[int, float, list[str], None] = None  # fraction, count or case names; None: 0.2 of the cases
+
+    @field_validator("held_out", mode="before")  # before: `true` would otherwise arrive as the count 1
+    @classmethod
+    def _held_out(cls, v):
+        if isinstance(v, bool) or (isinstance(v, float) and not 0 < v < 1) or (isinstance(v, int) and v < 1) \
+                or (isinstance(v, list) and (not v or len(set(v)) != len(v))):
+            raise ValueError(f"must be a fraction of the cases (0 < f < 1), a count of cases (>= 1) or a list of "
+                             f"distinct case names, got {v!r}")
+        return v
+
+    @field_validator("label_values")
+    @classmethod
+    def _label_values(cls, v):
+        if v is not None and (not v or len(set(v)) != len(v) or min(v) < 0):
+            raise ValueError(f"must list distinct values >= 0, one per label in label order, got {v}")
+        return v
+
+    @field_validator("case_pattern")
+    @classmethod
+    def _case_pattern(cls, v):
+        try:
+            re.compile(v or "")
+        except re.error as exc:
+            raise ValueError(f"is not a regular expression ({exc})") from None
+        return v
 
 
 class CardPruned(Strict):
@@ -102,8 +146,10 @@ class ModelCard(Strict):
     class_folders: list[str] = []  # the dataset's class folders in label order, where they differ from labels (e.g. WordNet IDs)
     never_prune: list[str] = []
     pruning: dict = {}  # overrides of the target profile's pruning settings for this model
-    tflite_converter: Optional[Literal["onnx2tf", "litert-torch"]] = None  # overrides the profile's conversion.tflite
+    detection: dict = {}  # detection cards: how raw head outputs decode (deploy/common/edgeshrink_detect.py, checked by the task)
+    tflite_converter: Optional[TfliteConverter] = None  # overrides the profile's conversion.tflite
     checkpoint: Optional[CardCheckpoint] = None
+    train_init: Optional[CardInit] = None  # `edgeshrink train` starts from these weights (where names and shapes match)
     provenance: dict = {}
     pruned: list[CardPruned] = []
     _base_dir: Optional[Path] = PrivateAttr(default=None)
@@ -124,6 +170,14 @@ class ModelCard(Strict):
         numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (epochs, lr, distill))
         if not numbers or not isinstance(epochs, int) or epochs < 0 or not lr > 0 or not 0.0 <= distill <= 1.0:
             raise ValueError(f"needs finetune_epochs >= 0 (an integer), finetune_lr > 0 and distill in [0, 1], got {v}")
+        return v
+
+    @field_validator("input")
+    @classmethod
+    def _input_channels(cls, v, info):
+        if v.channels not in (1, 3) and info.data.get("task") != "segmentation":
+            raise ValueError(f"has input.channels {v.channels}, but input.channels must be 1 (grey) or 3 (RGB) for a "
+                             f"{info.data.get('task')} card (other channel counts are for segmentation modalities)")
         return v
 
     @field_validator("class_folders")

@@ -51,11 +51,15 @@ class Quantization(Strict):
         return v
 
 
+# The TFLite converters by name: a profile's conversion.tflite, a card's and a run's tflite_converter
+TfliteConverter = Literal["onnx2tf", "litert-torch"]
+
+
 class Conversion(Strict):
     """Which converter makes the TFLite files (toolkit.pipeline.tflite_converters), and whether the other
     one is tried when it fails or its FP32 file fails parity."""
 
-    tflite: Literal["onnx2tf", "litert-torch"] = "onnx2tf"
+    tflite: TfliteConverter = "onnx2tf"
     fallback: bool = True
 
 

@@ -5,7 +5,7 @@ adds the names of tasks registered with `@register_task`."""
 
 from __future__ import annotations
 
-BUILTIN_TASK_NAMES = ("classification", "segmentation")
+BUILTIN_TASK_NAMES = ("classification", "segmentation", "detection")
 _registered: set[str] = set()
 
 

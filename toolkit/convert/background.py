@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 from toolkit.core.atomic import remove_dead_job_folders
 from toolkit.core.errors import EdgeShrinkError
@@ -37,7 +38,8 @@ def _die_with_parent() -> None:
 class BackgroundConversion:
     """One ONNX -> TFLite conversion in a child process; `result()` waits for its TFLiteOutputs."""
 
-    def __init__(self, onnx_path: Path, out_dir: Path, *, calib01, mean, std, int8: bool, io_dtype: str, cache: bool):
+    def __init__(self, onnx_path: Path, out_dir: Path, *, calib01, mean, std, int8: bool, io_dtype: str, cache: bool,
+                 rewrite_ops=None):
         import numpy as np
 
         remove_dead_job_folders(Path(tempfile.gettempdir()), JOB_PREFIX)
@@ -46,7 +48,8 @@ class BackgroundConversion:
         if calib01 is not None:
             np.save(job / "calib.npy", calib01)
         spec = {"onnx": str(onnx_path), "out": str(out_dir), "calib": str(job / "calib.npy") if calib01 is not None else None,
-                "mean": list(mean), "std": list(std), "int8": int8, "io_dtype": io_dtype, "cache": cache}
+                "mean": list(mean), "std": list(std), "int8": int8, "io_dtype": io_dtype, "cache": cache,
+                "rewrite_ops": None if rewrite_ops is None else list(rewrite_ops)}
         (job / "job.json").write_text(json.dumps(spec))
         self._log = open(job / "stderr.log", "w+")
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -54,11 +57,16 @@ class BackgroundConversion:
                                       stdout=subprocess.PIPE, stderr=self._log, text=True, env=env,
                                       preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
 
-    def result(self):
-        """(TFLiteOutputs, seconds); the child's failure is a one-line EdgeShrinkError."""
+    def result(self, timeout: Optional[float] = None):
+        """(TFLiteOutputs, seconds); the child's failure, or its running past `timeout` seconds (it is
+        then killed), is a one-line EdgeShrinkError."""
         from toolkit.convert.onnx_to_tflite import TFLiteOutputs
 
-        out, _ = self._proc.communicate()
+        try:
+            out, _ = self._proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise EdgeShrinkError(f"TFLite conversion (onnx2tf) ran past {timeout:.0f} s and was stopped") from None
         self._log.seek(0)
         tail = [line for line in self._log.read().splitlines() if line.strip()]
         self.close()
@@ -66,7 +74,8 @@ class BackgroundConversion:
         if self._proc.returncode != 0 or not lines:
             raise EdgeShrinkError(f"TFLite conversion failed: {tail[-1] if tail else f'exit {self._proc.returncode}'}")
         data = json.loads(lines[-1])
-        return TFLiteOutputs(Path(data["float32"]), Path(data["int8"]) if data["int8"] else None), data["seconds"]
+        return TFLiteOutputs(Path(data["float32"]), Path(data["int8"]) if data["int8"] else None,
+                             tuple(data.get("onnx2tf_options", ())), tuple(data.get("rewrites", ()))), data["seconds"]
 
     def kill(self) -> None:
         if self._proc.poll() is None:
@@ -92,11 +101,12 @@ def _main(job_file: str) -> int:
     t0 = time.perf_counter()
     try:
         out = convert(spec["onnx"], spec["out"], calib, tuple(spec["mean"]), tuple(spec["std"]), int8=spec["int8"],
-                      io_dtype=spec["io_dtype"])
+                      io_dtype=spec["io_dtype"], rewrite_ops=spec.get("rewrite_ops"))
     except EdgeShrinkError as exc:
         print(str(exc), file=sys.stderr)
         return 2
     print(json.dumps({"float32": str(out.float32), "int8": str(out.int8) if out.int8 else None,
+                      "onnx2tf_options": list(out.onnx2tf_options), "rewrites": list(out.rewrites),
                       "seconds": time.perf_counter() - t0}), flush=True)
     return 0
 

@@ -20,13 +20,17 @@ from toolkit.convert.onnx_to_tflite import TFLiteOutputs, onnx_to_tflite
 from toolkit.core.paths import cache_dir
 
 
-def _key(onnx_path: Path, calib: Optional[np.ndarray], mean, std, *, int8: bool, io_dtype: str) -> str:
+def _key(onnx_path: Path, calib: Optional[np.ndarray], mean, std, *, int8: bool, io_dtype: str,
+         rewrite_ops: Optional[tuple] = None) -> str:
+    from toolkit.convert.onnx_rewrite import REWRITE_VERSION
+
     h = hashlib.sha256(Path(onnx_path).read_bytes())
     if calib is not None:
         h.update(np.ascontiguousarray(calib, np.float32).tobytes())
         h.update(str(calib.shape).encode())
     versions = [metadata.version(n) for n in ("onnx2tf", "tensorflow")]
-    h.update(repr((tuple(mean), tuple(std), int8, io_dtype, versions)).encode())
+    rewrites = (REWRITE_VERSION, None if rewrite_ops is None else tuple(rewrite_ops))
+    h.update(repr((tuple(mean), tuple(std), int8, io_dtype, versions, rewrites)).encode())
     return h.hexdigest()[:32]
 
 
@@ -50,24 +54,27 @@ def _entry_ok(entry: Path, int8: bool) -> bool:
 
 
 def cached_onnx_to_tflite(onnx_path: Path, out_dir: Path, calibration_nhwc: Optional[np.ndarray], mean, std, *,
-                          int8: bool = True, io_dtype: str = "int8") -> TFLiteOutputs:
+                          int8: bool = True, io_dtype: str = "int8", rewrite_ops: Optional[tuple] = None) -> TFLiteOutputs:
     """onnx_to_tflite, reusing an earlier identical conversion when there is one. Every entry is
     stored with the sha256 of its files and checked on each hit; a bad entry is rebuilt."""
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
-    entry = cache_dir() / "tflite" / _key(onnx_path, calibration_nhwc, mean, std, int8=int8, io_dtype=io_dtype)
+    entry = cache_dir() / "tflite" / _key(onnx_path, calibration_nhwc, mean, std, int8=int8, io_dtype=io_dtype,
+                                          rewrite_ops=rewrite_ops)
     stem = onnx_path.stem
     fp32, q = out_dir / f"{stem}_float32.tflite", (out_dir / f"{stem}_int8.tflite") if int8 else None
     if entry.exists() and not _entry_ok(entry, int8):
         print(f"[edgeshrink] warning: cached TFLite conversion {entry.name} failed its sha256 check; converting again")
         shutil.rmtree(entry, ignore_errors=True)
     if not entry.exists():
-        fresh = onnx_to_tflite(onnx_path, out_dir, calibration_nhwc, mean, std, int8=int8, io_dtype=io_dtype)
+        fresh = onnx_to_tflite(onnx_path, out_dir, calibration_nhwc, mean, std, int8=int8, io_dtype=io_dtype,
+                               rewrite_ops=rewrite_ops)
         tmp = entry.with_name(entry.name + f".tmp{os.getpid()}")
         tmp.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(fresh.float32, tmp / "float32.tflite")
         if fresh.int8:
             shutil.copyfile(fresh.int8, tmp / "int8.tflite")
         (tmp / "onnx2tf_options.txt").write_text(" ".join(fresh.onnx2tf_options))
+        (tmp / "rewrites.txt").write_text("\n".join(fresh.rewrites))
         _write_digests(tmp)
         if not entry.exists():
             os.replace(tmp, entry)
@@ -79,4 +86,6 @@ def cached_onnx_to_tflite(onnx_path: Path, out_dir: Path, calibration_nhwc: Opti
     if q:
         shutil.copyfile(entry / "int8.tflite", q)
     options = entry / "onnx2tf_options.txt"
-    return TFLiteOutputs(fp32, q, tuple(options.read_text().split()) if options.is_file() else ())
+    rewrites = entry / "rewrites.txt"
+    return TFLiteOutputs(fp32, q, tuple(options.read_text().split()) if options.is_file() else (),
+                         tuple(rewrites.read_text().splitlines()) if rewrites.is_file() else ())

@@ -15,6 +15,7 @@ from typing import Optional
 import numpy as np
 
 from toolkit.core.errors import EdgeShrinkError
+from toolkit.runtime.tflite_check import require_builtin_ops
 
 ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 
@@ -24,6 +25,7 @@ class TFLiteOutputs:
     float32: Path
     int8: Optional[Path]
     onnx2tf_options: tuple[str, ...] = ()  # options onnx2tf's own errors asked for and the retry used
+    rewrites: tuple[str, ...] = ()  # "Op xN": ONNX ops rewritten in delegate-friendly forms (convert.onnx_rewrite)
 
 
 def onnx2tf_flags() -> dict[str, tuple[str, bool]]:
@@ -102,7 +104,7 @@ def _run_onnx2tf(source: Path, out: Path, *, int8: bool, io_dtype: str, **option
 
 
 def _convert_with_advice(source: Path, out: Path, onnx_path: Path, *, int8: bool, io_dtype: str,
-                         **kwargs) -> tuple[str, ...]:
+                         shown: Optional[Path] = None, **kwargs) -> tuple[str, ...]:
     """Run onnx2tf; when it fails and its output asks for an on/off option it was not given
     (e.g. `-osd` for layer names TensorFlow refuses), retry with it. Returns the options the
     successful run needed. Raises with onnx2tf's advice when no retry helps."""
@@ -122,8 +124,9 @@ def _convert_with_advice(source: Path, out: Path, onnx_path: Path, *, int8: bool
     asked = ", ".join(a[0] for a in advice) if advice else "no option"
     last = next((l.strip() for l in reversed(log.splitlines()) if "ERROR" in l or "Error" in l), "no error line")
     tried = f" (already retried with {' '.join(used)})" if used else ""
-    raise EdgeShrinkError(f"onnx2tf could not convert {onnx_path.name}{tried}: {_plain(last)[:300]}; onnx2tf asks for "
-                          f"{asked}; run onnx2tf -i {onnx_path} to see the full log")
+    shown = shown or onnx_path
+    raise EdgeShrinkError(f"onnx2tf could not convert {shown.name}{tried}: {_plain(last)[:300]}; onnx2tf asks for "
+                          f"{asked}; run onnx2tf -i {shown} to see the full log")
 
 
 def _plain(text: str) -> str:
@@ -133,11 +136,15 @@ def _plain(text: str) -> str:
 
 def onnx_to_tflite(onnx_path: str | Path, out_dir: str | Path, calibration_nhwc: Optional[np.ndarray] = None,
                    mean: tuple = (0.0,), std: tuple = (1.0,), *, int8: bool = True,
-                   io_dtype: str = "int8", input_name: str = "input") -> TFLiteOutputs:
+                   io_dtype: str = "int8", input_name: str = "input",
+                   rewrite_ops: Optional[tuple] = None) -> TFLiteOutputs:
     """Convert to `<stem>_float32.tflite` and, with `int8`, `<stem>_int8.tflite` (full-integer,
     per-channel, int8 or uint8 input/output). When onnx2tf fails and names an on/off option of its
     own (e.g. `-osd`), the conversion is retried with it and `onnx2tf_options` records it. `calibration_nhwc` holds real model inputs as NHWC
-    float32 before mean/std (images in [0, 1]); onnx2tf normalises them with mean/std. Refuses INT8 without calibration data."""
+    float32 before mean/std (images in [0, 1]); onnx2tf normalises them with mean/std. Refuses INT8 without calibration data.
+    onnx2tf converts a copy of the graph with `rewrite_ops` (default: the forms every runtime takes,
+    `onnx_rewrite.FULL_INTEGER_REWRITES`; `rewrites_for(delegate)` for a target) in delegate-friendly
+    forms; a produced file holding Flex ops is refused (one line), never returned."""
     onnx_path, out_dir = Path(onnx_path).resolve(), Path(out_dir).resolve()
     if int8 and (calibration_nhwc is None or len(calibration_nhwc) == 0):
         raise EdgeShrinkError("INT8 conversion needs calibration data and the calibration set is empty; pass real images (calibration.size >= 1)")
@@ -163,12 +170,31 @@ def onnx_to_tflite(onnx_path: str | Path, out_dir: str | Path, calibration_nhwc:
             # uniform noise in [0, 1] serves that check and keeps the conversion offline.
             noise = np.random.default_rng(0).random((20, 128, 128, 3), dtype=np.float32)
             np.save(work / ONNX2TF_SAMPLE, noise)
-        used = _convert_with_advice(source, work / "tf", onnx_path, int8=int8, io_dtype=io_dtype, **kwargs)
+        graph, rewrites = _rewritten(onnx_path, work, rewrite_ops)
+        used = _convert_with_advice(source, work / "tf", graph, int8=int8, io_dtype=io_dtype, shown=onnx_path, **kwargs)
         produced = work / "tf"
+        for name in [f"{stem}_float32.tflite"] + ([f"{stem}_full_integer_quant.tflite"] if int8 else []):
+            require_builtin_ops(produced / name)
         fp32 = out_dir / f"{stem}_float32.tflite"
         shutil.copyfile(produced / f"{stem}_float32.tflite", fp32)
         q = None
         if int8:
             q = out_dir / f"{stem}_int8.tflite"
             shutil.copyfile(produced / f"{stem}_full_integer_quant.tflite", q)
-    return TFLiteOutputs(fp32, q, used)
+    from toolkit.convert.tflite_signature import ensure_signatures
+
+    ensure_signatures(onnx_path, (fp32, q))  # onnx2tf may write none; the INT8 fallback's quantizer needs one
+    return TFLiteOutputs(fp32, q, used, rewrites)
+
+
+def _rewritten(onnx_path: Path, work: Path, rewrite_ops: Optional[tuple]) -> tuple[Path, tuple[str, ...]]:
+    """(the graph onnx2tf converts, ["Op xN", ...]): `onnx_path` with `rewrite_ops` rewritten, in `work`."""
+    from toolkit.convert.onnx_rewrite import FULL_INTEGER_REWRITES, rewrite_onnx_file
+
+    folder = work / "rewritten"
+    folder.mkdir()
+    done = rewrite_onnx_file(onnx_path, folder / onnx_path.name,
+                             ops=FULL_INTEGER_REWRITES if rewrite_ops is None else tuple(rewrite_ops))
+    if not done:
+        return onnx_path, ()
+    return folder / onnx_path.name, tuple(f"{op} x{n}" for op, n in sorted(done.items()))

@@ -56,7 +56,8 @@ def publish_checkpoint(model: str, run: Path) -> Path:
     shutil.copyfile(best, dest)
     checkpoint = {"path": str(dest.relative_to(card.base_dir)), "sha256": sha256_file(dest)}
     last = history["epochs"][-1]
-    metric = "dice" if card.task == "segmentation" else next(k for k in ("top1", "val_top1") if k in last)
+    metric = {"segmentation": "dice", "detection": "map50"}.get(card.task) or next(k for k in ("top1", "val_top1") if k in last)
+    held_out = {f"held_out_{name}": round(float(last[name]), 4) for name in ("map", "map75") if card.task == "detection"}
     card_provenance = {
         "command": provenance.get("command"),
         "data": provenance.get("data"),
@@ -64,7 +65,9 @@ def publish_checkpoint(model: str, run: Path) -> Path:
         "epochs": len(history["epochs"]),
         "train_config": history.get("config"),
         "published_weights": "final epoch (last.pt); no epoch selection on the held-out data",
-        f"held_out_{'dice' if card.task == 'segmentation' else 'top1'}": round(float(last[metric]), 4),
+        f"held_out_{metric.removeprefix('val_')}": round(float(last[metric]), 4),
+        **held_out,
+        **({"train_init": provenance["train_init"]} if provenance.get("train_init") else {}),
         "train_seconds": round(sum(e["seconds"] for e in history["epochs"]), 1),
         "sha256": sha256_file(dest),
         "versions": provenance.get("versions"),
@@ -111,7 +114,8 @@ def publish_pruned(bundle: Path) -> Path:
             "bundle": manifest["model"] + "-" + manifest["target"],
             "pruning": manifest["pruning"]["config"],
             "macs_fraction": round(history[-1]["macs_fraction"], 4),
-            "held_out_metrics": {name: arts[name]["metrics"] for name in ("pruned-torch-fp32", "pruned-tflite-int8") if name in arts},
+            "held_out_metrics": {name: {k: v for k, v in arts[name]["metrics"].items() if not isinstance(v, (list, dict))}
+                                 for name in ("pruned-torch-fp32", "pruned-tflite-int8") if name in arts},  # per-case detail stays in the manifest
             "fine_tune_seconds": round(sum(e["seconds"] for h in history for e in (h.get("finetune") or {}).get("per_epoch", [])), 1),
             "data": {k: manifest["data"].get(k) for k in ("source", "train_images", "eval_images")},
             "versions": manifest.get("versions"),

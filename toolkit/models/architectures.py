@@ -353,3 +353,13 @@ def unet(*, in_channels: int = 1, num_classes: int = 3, base: int = 16, depth: i
     from toolkit.models.unet import UNet
 
     return UNet(in_channels, num_classes, base=base, depth=depth, norm=norm, upsample=upsample)
+
+
+@register("mobilenet_v3_detector")
+def mobilenet_v3_detector(*, num_classes: int = 1, variant: str = "small", width_mult: float = 1.0,
+                          strides: tuple = (8, 16, 32), neck_channels: int = 64):
+    """Anchor-free grid detector (raw (N, A, 4 + C) output; toolkit.models.detector)."""
+    from toolkit.models.detector import mobilenet_v3_detector as build
+
+    return build(num_classes=num_classes, variant=variant, width_mult=width_mult, strides=tuple(strides),
+                 neck_channels=neck_channels)

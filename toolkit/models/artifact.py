@@ -15,6 +15,8 @@ from toolkit.models.checkpoint import sha256_file
 class Artifact:
     """One produced model file and everything measured about it."""
 
+    __pydantic_config__ = {"extra": "forbid"}  # a manifest's artifact with an unknown key is refused when read
+
     name: str               # e.g. "pruned-tflite-int8"
     stage: str              # dense | pruned
     format: str             # torch | onnx | tflite

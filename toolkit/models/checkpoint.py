@@ -84,6 +84,9 @@ def with_metadata(state_dict: dict, metadata: dict | None):
 
 def save_checkpoint(path: str | Path, model, architecture: str, arguments: dict, meta: dict | None = None) -> str:
     """Write the checkpoint atomically; returns its sha256."""
+
+    from toolkit.models.reparameterize import is_reparameterized
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = model.state_dict()
@@ -91,6 +94,7 @@ def save_checkpoint(path: str | Path, model, architecture: str, arguments: dict,
         "format": FORMAT,
         "architecture": architecture,
         "arguments": dict(arguments),
+        "reparameterized": is_reparameterized(model),  # loading fuses the fresh model before the state_dict
         "channel_spec": channel_spec(model),
         "state_dict": {k: v.detach().clone() for k, v in state.items()},
         "state_dict_metadata": _plain_metadata(state),
@@ -145,6 +149,10 @@ def load_checkpoint(path: str | Path, expect_sha256: str | None = None, *, facto
         model = factory(**payload["arguments"])
     else:
         model = build_stored(payload, path)
+    if payload.get("reparameterized"):
+        from toolkit.models.reparameterize import rebuild_fused
+
+        model = rebuild_fused(model)
     apply_channel_spec(model, payload["channel_spec"], payload["state_dict"])
     model.load_state_dict(with_metadata(payload["state_dict"], payload.get("state_dict_metadata")), strict=True)
     return model.eval(), payload

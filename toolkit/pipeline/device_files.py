@@ -1,5 +1,5 @@
 """Make a pipeline output self-contained for its target: device scripts, requirements, README,
-and the deploy section + device file hashes in the manifest."""
+and (returned) the manifest's deploy section + device file hashes."""
 
 from __future__ import annotations
 
@@ -26,13 +26,13 @@ REQUIREMENTS = {
 
 # The TFLite runner: the script and the modules it loads from beside itself (each hash-checked before it runs).
 RPI_RUNNER = ("edgeshrink_run.py", "edgeshrink_run_model.py", "edgeshrink_run_images.py", "edgeshrink_run_inputs.py",
-              "edgeshrink_run_eval.py", "edgeshrink_run_segment.py", "edgeshrink_run_bench.py")
+              "edgeshrink_run_eval.py", "edgeshrink_run_segment.py", "edgeshrink_run_detect.py", "edgeshrink_run_bench.py")
 
 
 def device_scripts(engine: str, transport: str) -> list[Path]:
     """The device files copied into a bundle for this engine and transport (each gets its sha256
     in the manifest's device_files)."""
-    files = [DEPLOY / "common" / "edgeshrink_common.py"]
+    files = [DEPLOY / "common" / "edgeshrink_common.py", DEPLOY / "common" / "edgeshrink_detect.py"]
     if engine == "tflite":
         files += [DEPLOY / "rpi" / name for name in RPI_RUNNER]
     if engine in ("tensorrt", "onnxruntime"):
@@ -90,19 +90,20 @@ def device_readme(manifest: dict, target, artifact: dict) -> str:
     return "\n".join(lines)
 
 
-def add_device_files(work: Path, target, manifest: dict) -> None:
-    """Copy the device scripts and write requirements/README; records their sha256 in the manifest."""
+def add_device_files(work: Path, target, manifest: dict) -> tuple[dict, list]:
+    """Copy the device scripts and write requirements/README into `work`; returns the manifest's
+    deploy section and its device files (each with its sha256). `manifest` is only read."""
     from toolkit.models.checkpoint import sha256_file
 
     artifact = next(a for a in manifest["artifacts"] if a["name"] == target.deploy.artifact)
-    manifest["deploy"] = {"artifact": target.deploy.artifact, "engine": target.runtime.engine,
-                          "delegate": target.runtime.delegate, "delegate_variants": list(target.runtime.delegate_variants),
-                          "threads": target.runtime.threads, "fp16": target.runtime.fp16,
-                          "transport": target.deploy.transport, "remote_dir": target.deploy.remote_dir,
-                          "select": target.deploy.select, "python": target.runtime.python,
-                          "benchmark": {"warmup": target.benchmark.warmup, "min_runs": target.benchmark.min_runs,
-                                        "min_seconds": target.benchmark.min_seconds},
-                          "budget": target.budget.model_dump(), "device": target.device.model_dump()}
+    deploy = {"artifact": target.deploy.artifact, "engine": target.runtime.engine,
+              "delegate": target.runtime.delegate, "delegate_variants": list(target.runtime.delegate_variants),
+              "threads": target.runtime.threads, "fp16": target.runtime.fp16,
+              "transport": target.deploy.transport, "remote_dir": target.deploy.remote_dir,
+              "select": target.deploy.select, "python": target.runtime.python,
+              "benchmark": {"warmup": target.benchmark.warmup, "min_runs": target.benchmark.min_runs,
+                            "min_seconds": target.benchmark.min_seconds},
+              "budget": target.budget.model_dump(), "device": target.device.model_dump()}
     written = []
     for src in device_scripts(target.runtime.engine, target.deploy.transport):
         shutil.copyfile(src, work / src.name)
@@ -110,7 +111,7 @@ def add_device_files(work: Path, target, manifest: dict) -> None:
     (work / "requirements-device.txt").write_text(REQUIREMENTS[target.runtime.engine])
     (work / "README.md").write_text(device_readme(manifest, target, artifact))
     written += [work / "requirements-device.txt", work / "README.md"]
-    manifest["device_files"] = [{"file": p.name, "sha256": sha256_file(p)} for p in written]
+    return deploy, [{"file": p.name, "sha256": sha256_file(p)} for p in written]
 
 
 def write_eval_pack(task, path: Path) -> Path:
@@ -121,16 +122,32 @@ def write_eval_pack(task, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if task.primary_metric == "top1":
         np.savez_compressed(path, images=task.val.images, labels=task.val.labels)
+    elif task.primary_metric == "map50":
+        _write_detection_pack(task, path)
     else:
         from toolkit.data.nifti import slices_of
 
         held = task.volumes.held_out
         pairs = [slices_of(v, (task.spec.height, task.spec.width)) for v in held]
-        # case ids, slice counts and volume shapes: the device crops each case back and scores 3-D Dice
-        # per case, exactly as SegmentationTask.metrics does
+        # case ids, slice counts, volume shapes and voxel spacings: the device crops each case back and
+        # scores 3-D Dice and HD95 per case, exactly as SegmentationTask.metrics does
         np.savez_compressed(path, images=np.concatenate([p[0] for p in pairs]),
                             labels=np.concatenate([p[1] for p in pairs]).astype(np.uint8),
                             cases=np.array([v.name for v in held], dtype=str),
-                            case_slices=np.array([v.image.shape[0] for v in held], np.int64),
-                            case_shapes=np.array([v.image.shape for v in held], np.int64).reshape(-1, 3))
+                            case_keys=np.array([v.case for v in held], dtype=str),  # 2-D images of one patient pool
+                            case_slices=np.array([v.shape[0] for v in held], np.int64),
+                            case_shapes=np.array([v.shape for v in held], np.int64).reshape(-1, 3),
+                            case_spacing=np.array([v.spacing for v in held], np.float64).reshape(-1, 3))
     return path
+
+
+def _write_detection_pack(task, path: Path) -> None:
+    """Detection: the held-out images as the model sees them, each image's original size, and every
+    box (image index, label, ignore flag, [x1, y1, x2, y2] in original pixels)."""
+    samples = task.val.samples
+    index = np.concatenate([np.full(len(s.boxes), i, np.int64) for i, s in enumerate(samples)] or [np.zeros(0, np.int64)])
+    np.savez_compressed(path, images=task.eval_images, image_sizes=np.array([(s.height, s.width) for s in samples], np.int64),
+                        box_image=index, boxes=np.concatenate([s.boxes.reshape(-1, 4) for s in samples]).astype(np.float32),
+                        box_labels=np.concatenate([s.labels for s in samples]).astype(np.int64),
+                        box_ignore=np.concatenate([s.ignore for s in samples]).astype(bool),
+                        classes=np.array(task.labels, dtype=str))

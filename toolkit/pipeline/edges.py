@@ -1,7 +1,8 @@
 """The file matrix as data: one row per conversion edge (source -> format/precision).
 
-The runner walks these rows for each model family (dense, pruned); adding a format is adding a
-row and a converter, not another branch in the runner."""
+The runner walks these rows for each model family (dense, pruned). A row names its steps by keys
+of the tables in toolkit.pipeline.edge_steps (converter, check, after, background job), so adding
+a format is adding a row and its converter there, not another branch in the runner."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ from typing import Optional
 class Edge:
     """Produces `<stage>-<format>-<precision>` from `source` with `converter`.
 
-    job: edges with the same job come out of one converter call (onnx2tf writes FP32 and INT8 at
-    once); background: that call runs in a worker process while the parent verifies and prunes;
-    check: an extra structural check of the produced file; stages: families that get this file."""
+    converter: key of edge_steps.CONVERTERS; job: edges with the same job come out of one converter
+    call (onnx2tf writes FP32 and INT8 at once); background: that job starts in a worker process at
+    export (edge_steps.BACKGROUND) while the parent verifies and prunes; check: key of
+    edge_steps.CHECKS, a structural check of the produced file; after: key of edge_steps.AFTER, a
+    step run once the kept file is verified that may replace it (a fallback); stages: families
+    that get this file."""
 
     format: str
     precision: str
@@ -24,6 +28,7 @@ class Edge:
     job: str
     background: bool = False
     check: Optional[str] = None
+    after: Optional[str] = None
     stages: tuple[str, ...] = ("dense", "pruned")
 
     @property
@@ -34,9 +39,10 @@ class Edge:
 EDGES: tuple[Edge, ...] = (
     Edge("onnx", "fp32", source="torch-fp32", converter="torch_to_onnx", job="export"),
     Edge("onnx", "int8", source="onnx-fp32", converter="onnx_to_qdq_int8", job="qdq", stages=("pruned",)),
-    Edge("tflite", "fp32", source="onnx-fp32", converter="onnx_to_tflite", job="onnx2tf", background=True),
+    Edge("tflite", "fp32", source="onnx-fp32", converter="onnx_to_tflite", job="onnx2tf", background=True,
+         check="builtin_ops", after="parity_retry"),
     Edge("tflite", "int8", source="onnx-fp32", converter="onnx_to_tflite", job="onnx2tf", background=True,
-         check="full_integer", stages=("pruned",)),
+         check="full_integer", after="int8_fallback", stages=("pruned",)),
 )
 
 

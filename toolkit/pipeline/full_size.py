@@ -26,8 +26,11 @@ def full_size_benchmarks(runner, task, declared: dict) -> dict:
     from toolkit.bench.host import benchmark_file
     from toolkit.convert.cache import cached_onnx_to_tflite
     from toolkit.convert.onnx_to_tflite import onnx_to_tflite as uncached
-    from toolkit.runtime.tflite_check import require_full_integer
+    from toolkit.runtime.tflite_check import XNNPACK_FLOAT_ISLAND_OPS, require_full_integer
     from toolkit.convert.torch_to_onnx import torch_to_onnx
+    from toolkit.convert.onnx_rewrite import rewrites_for
+
+    xnnpack = target.runtime.delegate == "xnnpack"  # the same delegate-friendly forms as the bundle's files
 
     shape = (1, task.spec.channels, full_size, full_size)
     calib = _pad_to(calib_nchw, full_size).transpose(0, 2, 3, 1)
@@ -40,11 +43,11 @@ def full_size_benchmarks(runner, task, declared: dict) -> dict:
             onnx_path = torch_to_onnx(model, shape, work / f"{name}_{stage}_fp32_{full_size}.onnx")
             convert = cached_onnx_to_tflite if runner.plan.cache else uncached
             out = convert(onnx_path, work, calib, task.spec.mean, task.spec.std, int8=int8,
-                                 io_dtype=target.quantization.io_dtype)
+                          io_dtype=target.quantization.io_dtype, rewrite_ops=rewrites_for(target.runtime.delegate))
             files = [("fp32", out.float32.rename(work / f"{name}_{stage}_fp32_{full_size}.tflite"))]
             if out.int8:
                 q = out.int8.rename(work / f"{name}_{stage}_int8_{full_size}.tflite")
-                require_full_integer(q, target.quantization.io_dtype)
+                require_full_integer(q, target.quantization.io_dtype, float_ops=XNNPACK_FLOAT_ISLAND_OPS if xnnpack else ())
                 files.append(("int8", q))
             onnx_path.unlink()
         for precision, path in files:

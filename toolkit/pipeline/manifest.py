@@ -4,36 +4,45 @@ the handle the Python API returns."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from toolkit.models.artifact import write_json
 from toolkit.core.errors import EdgeShrinkError
+from toolkit.pipeline.records import MANIFEST_SCHEMA, PER_FAMILY, FailedManifest, Manifest
 
-MANIFEST_SCHEMA = "edgeshrink-manifest/1"
+__all__ = ["MANIFEST_SCHEMA", "Bundle", "Manifest", "build_manifest", "write_bundle_files"]
 
 
 @dataclass(frozen=True)
 class Bundle:
-    """A finished bundle folder. `path` is the folder, `manifest` its manifest.json."""
+    """A finished bundle folder. `path` is the folder, `manifest` its manifest.json as a `Manifest`
+    (typed; also read like the JSON: `bundle.manifest["artifacts"]`)."""
 
     path: Path
-    manifest: dict
+    manifest: Manifest
 
     @classmethod
     def open(cls, path) -> "Bundle":
+        """The bundle at `path`; a missing, unreadable or undeclared manifest is a one-line error."""
+        from pydantic import ValidationError
+
         path = Path(path)
         try:
-            manifest = json.loads((path / "manifest.json").read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+            manifest = Manifest.model_validate_json((path / "manifest.json").read_bytes())
+        except OSError as exc:
             raise EdgeShrinkError(f"{path} holds no readable manifest.json ({type(exc).__name__}); "
+                                  "point at a finished `edgeshrink run` output") from None
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            raise EdgeShrinkError(f"{path}/manifest.json is not an EdgeShrink manifest ({where}: {err['msg']}); "
                                   "point at a finished `edgeshrink run` output") from None
         return cls(path, manifest)
 
     def artifact(self, name: str) -> dict:
         """The manifest record of one produced file, e.g. "pruned-tflite-int8"."""
-        for a in self.manifest.get("artifacts", []):
+        for a in self.manifest["artifacts"]:
             if a["name"] == name:
                 return a
         raise EdgeShrinkError(f"{self.path} has no artifact {name!r}")
@@ -41,7 +50,7 @@ class Bundle:
     @property
     def deployed(self) -> Path:
         """The file the target runs."""
-        return self.path / self.artifact(self.manifest["deploy"]["artifact"])["file"]
+        return self.path / self.artifact(self.manifest.deploy.artifact)["file"]
 
 
 def _portable(path: str, plan) -> str:
@@ -55,47 +64,61 @@ def _portable(path: str, plan) -> str:
     return p.name
 
 
-def build_manifest(runner) -> dict:
-    """The manifest as data (device files and deploy section are added by toolkit.pipeline.device_files)."""
+def _baseline(arts) -> dict:
+    """The dense FP32 TFLite file (else the first dense converted file): what speed-ups are against."""
+    b = next((a for a in arts if a.stage == "dense" and a.format == "tflite" and a.precision == "fp32"),
+             next(a for a in arts if a.stage == "dense" and a.format != "torch"))
+    return {"file": b.file, "format": b.format, "precision": b.precision, "macs": int(b.macs), "params": int(b.params),
+            "size_bytes": b.size_bytes, "metrics": b.metrics, "latency_ms": b.latency_ms, "fps": b.fps}
+
+
+def _pruning(runner) -> dict:
+    r = runner.records
+    return {"config": runner.pruning_config(), "history": r.prune_history, "macs_fraction": r.macs_fraction,
+            "cache": r.prune_cache, "excluded": list(r.prune_excluded), "protected_outputs": list(r.prune_protected_outputs),
+            "skipped": r.pruning_skipped}
+
+
+def manifest_fields(runner) -> dict:
+    """The manifest's sections from the plan, the task and the records the runner kept (the deploy
+    section and device files are added by write_bundle_files)."""
     from toolkit.core.provenance import library_versions, machine_description
 
-    plan, task, arts = runner.plan, runner.task, runner.artifacts
-    baseline = next((a for a in arts if a.stage == "dense" and a.format == "tflite" and a.precision == "fp32"),
-                    next(a for a in arts if a.stage == "dense" and a.format != "torch"))
-    return {
-        "schema": MANIFEST_SCHEMA, "model": plan.card.name, "architecture": plan.source.architecture,
-        "task": plan.card.task, "target": plan.target.name, "labels": list(getattr(task, "labels", None) or plan.card.labels),
-        "input": plan.input.to_dict(), "data": task.data_description(), "primary_metric": task.primary_metric,
-        "baseline": {"file": baseline.file, "format": baseline.format, "precision": baseline.precision,
-                     "macs": baseline.macs, "params": baseline.params, "size_bytes": baseline.size_bytes,
-                     "metrics": baseline.metrics, "latency_ms": baseline.latency_ms, "fps": baseline.fps},
-        "artifacts": [a.to_dict() for a in arts],
-        "pruning": {"config": (runner.extra.get("latency_budget") or {}).get("chosen") or plan.pruning.model_dump(),
-                    "history": runner.extra.get("prune_history", []),
-                    "macs_fraction": runner.extra.get("macs_fraction"),
-                    "cache": runner.extra.get("prune_cache"),
-                    "excluded": runner.extra.get("prune_excluded", []),
-                    "protected_outputs": runner.extra.get("prune_protected_outputs", []),
-                    "skipped": runner.extra.get("pruning_skipped")},
-        **{k: v for k, v in runner.extra.items() if k not in ("prune_history", "prune_cache", "prune_excluded", "macs_fraction",
-                                                             "prune_protected_outputs", "pruning_skipped")},
-        "source_checkpoint": {"path": _portable(plan.checkpoint, plan), "sha256": plan.checkpoint_sha256},
-        "stage_seconds": runner.clock.seconds,
-        "device": {"kind": "host", **machine_description(), "isa": _isa()},
-        "versions": library_versions(),
-    }
+    plan, task, r = runner.plan, runner.task, runner.records
+    made = {name: dict(r.per_family[name]) or None for name in PER_FAMILY}
+    return {"model": plan.card.name, "architecture": plan.source.architecture, "task": plan.card.task,
+            "target": plan.target.name, "labels": list(getattr(task, "labels", None) or plan.card.labels),
+            "input": plan.input.to_dict(), "data": task.data_description(), "primary_metric": task.primary_metric,
+            "baseline": _baseline(runner.artifacts), "artifacts": list(runner.artifacts), "pruning": _pruning(runner),
+            "reparameterization": r.reparameterization, "latency_budget": r.latency_budget, "sparsify": r.sparsify,
+            "sparsity": r.sparsity, "full_slice_benchmarks": r.full_slice_benchmarks, "task_extras": r.task_extras or None,
+            **made,
+            "source_checkpoint": {"path": _portable(plan.checkpoint, plan), "sha256": plan.checkpoint_sha256},
+            "stage_seconds": dict(runner.clock.seconds), "device": {"kind": "host", **machine_description(), "isa": _isa()},
+            "versions": library_versions()}
 
 
-def _budget_check(manifest: dict, deployed: str) -> dict:
+def build_manifest(runner, **sections) -> Manifest:
+    """The manifest (validated: an undeclared or mistyped section fails here, naming it)."""
+    from pydantic import ValidationError
+
+    try:
+        return Manifest.model_validate({**manifest_fields(runner), **sections})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise EdgeShrinkError(f"manifest section {where!r}: {err['msg']} (declare it in toolkit.pipeline.records)") from None
+
+
+def _budget_check(artifacts, budget: dict, deployed: str) -> dict:
     """Whether the deployed file meets the FPS budget, measured in this run. A speed-up request
     ("2x") must also hold against the dense FP32 file benchmarked in the same pass as the deployed
     one: the budget was fixed from a measurement made minutes earlier, under other load."""
-    p50s = {a["name"]: (a.get("latency_ms") or {}).get("p50") for a in manifest["artifacts"]}
+    p50s = {a.name: (a.latency_ms or {}).get("p50") for a in artifacts}
     p50 = p50s.get(deployed)
-    budget = manifest["latency_budget"]["budget_ms"]
     check = {"artifact": deployed, "p50_ms": p50, "fps": (1000.0 / p50) if p50 else None,
-             "met": None if p50 is None else bool(p50 <= budget)}
-    speedup = (manifest["latency_budget"].get("request") or {}).get("speedup")
+             "met": None if p50 is None else bool(p50 <= budget["budget_ms"])}
+    speedup = (budget.get("request") or {}).get("speedup")
     dense = p50s.get("dense-tflite-fp32")
     if speedup and p50 and dense:
         check["dense_fp32_p50_ms_same_pass"] = dense
@@ -111,7 +134,7 @@ def _isa() -> dict:
     return cpu_isa_flags()
 
 
-def write_bundle_files(runner) -> dict:
+def write_bundle_files(runner) -> Manifest:
     """Write manifest.json, config.json, report.md, tradeoffs.png and the device files into the
     staged folder. Returns the manifest."""
     from toolkit.pipeline.device_files import add_device_files
@@ -119,22 +142,21 @@ def write_bundle_files(runner) -> dict:
     from toolkit.pipeline.report.plot import plot_tradeoffs
 
     plan, work = runner.plan, runner.work
-    manifest = build_manifest(runner)
     selection = _select(runner)
     target = plan.target.model_copy(update={"deploy": plan.target.deploy.model_copy(update={"artifact": selection["artifact"]})})
-    add_device_files(work, target, manifest)
-    manifest["deploy"]["selection"] = selection
-    if "latency_budget_request" in manifest:
-        manifest["latency_budget"]["request"] = manifest.pop("latency_budget_request")
-    if "latency_budget" in manifest:
-        manifest["latency_budget"]["deployed"] = _budget_check(manifest, selection["artifact"])
+    deploy, device_files = add_device_files(work, target, build_manifest(runner).to_json())
+    sections = {"deploy": {**deploy, "selection": selection}, "device_files": device_files}
+    if runner.records.latency_budget is not None:
+        budget = runner.records.latency_budget
+        sections["latency_budget"] = {**budget, "deployed": _budget_check(runner.artifacts, budget, selection["artifact"])}
     with runner.clock("report"):
         plot_tradeoffs(runner.artifacts, runner.task.primary_metric, work / "tradeoffs.png",
                        f"{plan.card.name} on {plan.target.name}")
-        write_report(work / "report.md", manifest, runner.artifacts, runner.task.primary_metric)
-    manifest["stage_seconds"] = runner.clock.seconds
-    write_json(work / "config.json", {**plan.to_json(), "versions": manifest["versions"]})
-    write_json(work / "manifest.json", manifest)
+        write_report(work / "report.md", build_manifest(runner, **sections).to_json(), runner.artifacts,
+                     runner.task.primary_metric)
+    manifest = build_manifest(runner, **sections)  # stage_seconds now with the report's time
+    write_json(work / "config.json", {**plan.to_json(), "versions": manifest.versions})
+    write_json(work / "manifest.json", manifest.to_json())
     return manifest
 
 
@@ -165,9 +187,8 @@ def write_failure_report(runner, message: str) -> None:
         lines += ["", f"## {name}", "", f"First diverging layer: {d.get('layer', 'unknown')}",
                   f"Suggestion: {d.get('suggestion', 'try the other converter or report the model')}"]
     (runner.work / "report.md").write_text("\n".join(lines) + "\n")
-    write_json(runner.work / "manifest.json", {"schema": MANIFEST_SCHEMA, "failed": message,
-                                               "artifacts": [a.to_dict() for a in runner.artifacts],
-                                               "diagnoses": diagnoses})
+    failed = FailedManifest(failed=message, artifacts=list(runner.artifacts), diagnoses=diagnoses)
+    write_json(runner.work / "manifest.json", failed.to_json())
 
 
 def _diagnose(runner, artifact) -> dict:

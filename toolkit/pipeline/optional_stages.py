@@ -1,31 +1,33 @@
-"""Optional stages of a run, called by the runner: the latency-budget search (`--fps`) and
-unstructured sparsity (`--sparsity`) with its honest report."""
+"""Optional stages of a run, called by the runner: the latency-budget search (`--fps`),
+unstructured sparsity (`--sparsity`) with its honest report, and the INT8 accuracy fallback.
+Each returns what it made with its record; the runner keeps them (nothing here writes its state)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 
-def budget_config(runner, dense_model):
-    """The least pruning whose FP32 TFLite file meets the FPS budget on this host: per-layer
-    latencies measured on LiteRT/XNNPACK (a lookup table), calibrated and confirmed by converting
-    and benchmarking real files. Fine-tuning happens after the search. None: dense meets it."""
+def budget_config(runner, dense_model) -> tuple:
+    """(pruning settings, `latency_budget` record): the least pruning whose FP32 TFLite file meets
+    the FPS budget on this host: per-layer latencies measured on LiteRT/XNNPACK (a lookup table),
+    calibrated and confirmed by converting and benchmarking real files. Fine-tuning happens after
+    the search. Settings None: the dense model meets it."""
     from toolkit.pipeline.budget import plot_frontier, search_for_latency
 
     plan = runner.plan
     with runner.clock("latency budget search"):
-        budget_ms = budget_ms_for(runner, dense_model)
+        budget_ms, request = budget_ms_for(runner, dense_model)
         result = search_for_latency(dense_model, input_shape=runner.shape, cfg=plan.pruning,
                                     budget_ms=budget_ms, threads=runner.threads,
                                     never_prune=plan.card.never_prune, progress=plan.progress)
-    runner.extra["latency_budget"] = result.to_json()
     plot_frontier(result, runner.work / "frontier.png")
-    return result.chosen
+    return result.chosen, {**result.to_json(), **({"request": request} if request else {})}
 
 
-def budget_ms_for(runner, dense_model) -> float:
-    """The p50 budget: 1000 / fps, or for a speed-up ("2x") the dense FP32 TFLite p50 measured
-    now on this host divided by the factor."""
+def budget_ms_for(runner, dense_model) -> tuple[float, Optional[dict]]:
+    """(p50 budget, speed-up request): 1000 / fps, or for a speed-up ("2x") the dense FP32 TFLite
+    p50 measured now on this host divided by the factor (the request records both)."""
     fps = runner.plan.fps
     if isinstance(fps, str) and fps.endswith("x"):
         import tempfile
@@ -34,14 +36,14 @@ def budget_ms_for(runner, dense_model) -> float:
 
         with tempfile.TemporaryDirectory() as tmp:  # the lowest of 3 p50s: a transient load must not loosen the budget
             dense_ms = measure_model(dense_model, runner.shape, runner.threads, Path(tmp), name="dense", bench=BENCH)
-        runner.extra["latency_budget_request"] = {"speedup": float(fps[:-1]), "dense_fp32_p50_ms": dense_ms}
-        return dense_ms / float(fps[:-1])
-    return 1000.0 / fps
+        return dense_ms / float(fps[:-1]), {"speedup": float(fps[:-1]), "dense_fp32_p50_ms": dense_ms}
+    return 1000.0 / fps, None
 
 
-def sparsify_or_reuse(runner, model, dense_model, history: list):
-    """Unstructured magnitude sparsity on top of the (channel-pruned) model, fine-tuned between
-    steps; cached under the structured key + the sparsity settings."""
+def sparsify_or_reuse(runner, model, *, base_key: Optional[str], finetune) -> tuple:
+    """(model, `sparsify` record): unstructured magnitude sparsity on top of the (channel-pruned)
+    model, fine-tuned between steps by `finetune(model, step)`; cached under the structured key
+    (`base_key`) + the sparsity settings."""
     import hashlib
     import json
 
@@ -51,7 +53,7 @@ def sparsify_or_reuse(runner, model, dense_model, history: list):
     plan = runner.plan
     settings = {"sparsity": plan.sparsity, "schedule": plan.sparsity_schedule, "steps": plan.sparsity_steps,
                 "epochs": plan.sparsity_finetune_epochs, "lr": plan.pruning.finetune_lr, "seed": plan.seed,
-                "base": runner.extra["prune_cache"]["key"] or plan.checkpoint_sha256, "never_prune": plan.card.never_prune}
+                "base": base_key or plan.checkpoint_sha256, "never_prune": plan.card.never_prune}
     key = hashlib.sha256(repr(sorted(settings.items())).encode()).hexdigest()[:32]
     found = find_pruned(plan.card, key, source=plan.source) if plan.cache else None
     with runner.clock("sparsify"):
@@ -61,16 +63,15 @@ def sparsify_or_reuse(runner, model, dense_model, history: list):
         else:
             steps = plan.sparsity_steps if plan.sparsity_schedule == "gradual" else 1
             model, record = sparsify(model, sparsity=plan.sparsity, scope="global", schedule=plan.sparsity_schedule,
-                                     steps=steps, finetune=runner._finetuner(dense_model, plan.sparsity_finetune_epochs),
+                                     steps=steps, finetune=finetune,
                                      exclude=tuple(plan.card.never_prune))
             record = json.loads(json.dumps(record, default=float))  # plain data: checkpoints load weights-only
             if plan.cache:
                 store_pruned(key, model, plan.source, [record])
-    runner.extra["sparsify"] = {"key": key, "hit": found is not None, "record": record}
-    return model.eval()
+    return model.eval(), {"key": key, "hit": found is not None, "record": record}
 
 
-def sparsity_report(runner) -> dict:
+def sparsity_report(runner, sparsify: dict) -> dict:
     """Zeros really present in each pruned file, raw vs gzip size, and whether any kernel uses
     them (XNNPACK's FP32 sparse path, measured on a sparse-encoded twin of the FP32 TFLite)."""
     import tempfile
@@ -87,38 +88,61 @@ def sparsity_report(runner) -> dict:
         with runner.clock("sparse kernels"), tempfile.TemporaryDirectory() as tmp:
             twin = sparse_tflite(onnx, Path(tmp) / "sparse_float32.tflite")
             timing = measure_sparse_speedup(runner.work / fp32.file, twin, threads=runner.threads)
-    return bundle_sparsity_fields(runner.extra["sparsify"]["record"], files, sparse_timing=timing)
+    return bundle_sparsity_fields(sparsify["record"], files, sparse_timing=timing)
 
 
-def int8_fallback(runner, family, edge, made: dict) -> None:
+def int8_fallback(runner, family, *, edge, made: dict):
     """When the family's INT8 TFLite file is further below the dense FP32 file than the gate
-    allows, run the protection ladder (toolkit.quantize.int8_fallback) on its FP32 twin; the first file that
-    passes replaces it and is verified and recorded again. Recorded in `int8_fallback`."""
-    import shutil
+    allows, run the protection ladder (toolkit.quantize.int8_fallback) on its FP32 twin. Returns
+    None (not triggered) or an Outcome: the `int8_fallback` record, and the first file that
+    passes (in place of the INT8 file, its integer I/O checked) for the runner to verify again."""
+    from toolkit.pipeline.edge_steps import Outcome
 
-    from toolkit.core.errors import EdgeShrinkError
-    from toolkit.quantize.int8_fallback import protect_until_gate, quant_python
-
-    q, art, metric = runner.target.quantization, runner.artifacts[-1], runner.task.primary_metric
-    dense = _dense_metric(runner, metric)
-    value = art.metrics.get(metric)
+    q, metric = runner.target.quantization, runner.task.primary_metric
+    art = runner.artifact(f"{family.stage}-{edge.key}")
+    dense, value = _dense_metric(runner, metric), art.metrics.get(metric)
     if not q.fallback or dense is None or value is None or dense - value <= runner.target.gate.max_metric_drop \
             or "tflite-fp32" not in made:
-        return
+        return None
     record: dict = {"trigger": {"artifact": art.name, metric: value, "dense_fp32": dense,
                                 "max_metric_drop": runner.target.gate.max_metric_drop}}
-    runner.extra.setdefault("int8_fallback", {})[family.stage] = record
+    skipped = _why_skipped(runner, family, metric=metric, dense=dense)
+    if skipped:
+        print(f"[edgeshrink] int8 fallback skipped: {skipped}", flush=True)
+        return Outcome(records={"int8_fallback": {**record, "skipped": skipped}})
+    result = _ladder(runner, family, made, metric=metric, dense=dense)
+    found = result.pop("file")
+    record.update(result)
+    if found is None:
+        return Outcome(records={"int8_fallback": record})
+    _require_integer_io(made["tflite-int8"], q.io_dtype, full_integer=not _has_float(result),
+                        xnnpack=runner.target.runtime.delegate == "xnnpack")
+    return Outcome(records={"int8_fallback": record}, files={"tflite-int8": made["tflite-int8"]}, checked=True,
+                   converter=f"{family.made_by.get('tflite-fp32')} FP32 + ai-edge-quantizer ({result['chosen']})")
+
+
+def _why_skipped(runner, family, *, metric: str, dense: float) -> str:
+    """Why the ladder cannot help ('' when it may): its FP32 twin fails the gate, or no quantizer."""
+    from toolkit.core.errors import EdgeShrinkError
+    from toolkit.quantize.int8_fallback import quant_python
+
     twin_fails = _float_twin_fails(runner, family, metric=metric, dense=dense)
     if twin_fails:
-        record["skipped"] = f"its FP32 twin already fails the gate ({twin_fails}): no INT8 file of it can pass"
-        print(f"[edgeshrink] int8 fallback skipped: {record['skipped']}", flush=True)
-        return
+        return f"its FP32 twin already fails the gate ({twin_fails}): no INT8 file of it can pass"
     try:
         quant_python()
     except EdgeShrinkError as exc:
-        record["skipped"] = str(exc)
-        print(f"[edgeshrink] int8 fallback skipped: {exc}", flush=True)
-        return
+        return str(exc)
+    return ""
+
+
+def _ladder(runner, family, made: dict, *, metric: str, dense: float) -> dict:
+    """The protection ladder's result; a file that passes is moved over the family's INT8 file."""
+    import shutil
+
+    from toolkit.quantize.int8_fallback import protect_until_gate
+
+    q = runner.target.quantization
     calibration = _normalised(runner, runner.calib01)
     work = runner.work / f".int8-fallback-{family.stage}"
     with runner.clock("int8 fallback"):
@@ -128,18 +152,10 @@ def int8_fallback(runner, family, edge, made: dict) -> None:
                                     evaluate=lambda path: _trial(runner, path, metric=metric, dense=dense),
                                     allow_float=q.fallback_float, max_layers=q.fallback_max_layers,
                                     progress=runner.plan.progress)
-    found = result.pop("file")
-    record.update(result)
-    if found is not None:
-        found.replace(made["tflite-int8"])
+    if result.get("file") is not None:
+        result["file"].replace(made["tflite-int8"])
     shutil.rmtree(work, ignore_errors=True)
-    if found is None:
-        return
-    runner.artifacts.pop()
-    runner.outputs.pop(art.name, None)
-    _require_integer_io(made["tflite-int8"], q.io_dtype, full_integer=not _has_float(result))
-    runner._verify_and_record(edge, family, made["tflite-int8"],
-                              converter=f"{family.tflite_converter} FP32 + ai-edge-quantizer ({result['chosen']})")
+    return result
 
 
 def _float_twin_fails(runner, family, *, metric: str, dense: float) -> str:
@@ -177,10 +193,15 @@ def _has_float(result: dict) -> bool:
     return "float" in (chosen.get("protect") or {}).values()
 
 
-def _require_integer_io(path, io_dtype: str, *, full_integer: bool) -> None:
-    from toolkit.runtime.tflite_check import require_full_integer, require_io_dtype
+def _require_integer_io(path, io_dtype: str, *, full_integer: bool, xnnpack: bool) -> None:
+    """Integer I/O and no Flex op; with `full_integer`, integer ops too (XNNPACK's float islands excepted)."""
+    from toolkit.runtime.tflite_check import XNNPACK_FLOAT_ISLAND_OPS, require_builtin_ops, require_full_integer, require_io_dtype
 
-    (require_full_integer if full_integer else require_io_dtype)(path, io_dtype)
+    if full_integer:
+        require_full_integer(path, io_dtype, float_ops=XNNPACK_FLOAT_ISLAND_OPS if xnnpack else ())
+    else:
+        require_builtin_ops(path)
+        require_io_dtype(path, io_dtype)
 
 
 def _trial(runner, path, *, metric: str, dense: float):
@@ -200,7 +221,7 @@ def _trial(runner, path, *, metric: str, dense: float):
                                desc="int8 fallback")
     except (RuntimeError, ValueError) as exc:  # the runtime cannot load or run the file
         raise EdgeShrinkError(f"{RUNTIME_REFUSED}: {str(exc).splitlines()[0][:200]}") from None
-    delegate = runner._delegate_report(path)
+    delegate = runner.delegate_report(path)
     why = gate_failures(SimpleNamespace(metrics=metrics, delegate=delegate, parity={}), dense_metric=dense,
                         metric=metric, gate=runner.target.gate)
     return Trial(not why, metrics.get(metric), delegate.get("partitions"), tuple(why), delegate.get("undelegated_ops"))

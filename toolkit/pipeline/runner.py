@@ -20,7 +20,9 @@ import numpy as np
 
 from toolkit.pipeline import optional_stages
 from toolkit.models.artifact import Artifact
+from toolkit.pipeline.edge_steps import Made, Outcome
 from toolkit.pipeline.edges import Edge, edges_for, keeps
+from toolkit.pipeline.records import RunRecords
 from toolkit.core.errors import EdgeShrinkError
 
 
@@ -57,12 +59,14 @@ class Family:
     macs: int
     params: int
     onnx: Optional[Path] = None
-    jobs: dict = field(default_factory=dict)
-    tflite_converter: Optional[str] = None  # the converter that made this family's TFLite files
+    jobs: dict = field(default_factory=dict)  # background conversions started at export, by edge job
+    made_by: dict = field(default_factory=dict)  # edge key -> the converter that made the file (when not the edge's own)
 
 
 class Runner:
-    """Builds one bundle's files in `work`; `run()` below drives it."""
+    """Builds one bundle's files in `work`; `run()` below drives it. Stages return what they made
+    (files and records); the runner alone keeps it: `artifacts`, `outputs` and `records` (from
+    which toolkit.pipeline.manifest assembles the manifest)."""
 
     def __init__(self, plan, *, task, work: Path, jobs: list, clock: StageClock):
         self.plan, self.task, self.work, self.jobs, self.clock = plan, task, work, jobs, clock
@@ -72,9 +76,13 @@ class Runner:
         self.threads = plan.target.bench_threads
         self.artifacts: list[Artifact] = []
         self.outputs: dict[str, np.ndarray] = {}
-        self.extra: dict = {}
+        self.records = RunRecords()
         self.calib01 = self.calib_nchw = None
         self.families: dict[str, Family] = {}
+
+    def artifact(self, name: str) -> Artifact:
+        """The record of one file made so far ("pruned-tflite-int8")."""
+        return next(a for a in self.artifacts if a.name == name)
 
     # ---- families -------------------------------------------------------------------------
     def load_dense(self, model=None) -> Family:
@@ -82,10 +90,14 @@ class Runner:
         from toolkit.models.checkpoint import save_checkpoint
         from toolkit.prune.prune import count_macs_params
         from toolkit.pipeline.plan import load_dense
+        from toolkit.models.reparameterize import reparameterize
+        from toolkit.prune.macs import count_macs
 
         plan = self.plan
         with self.clock("load checkpoint"):
             model = (load_dense(plan) if model is None else copy.deepcopy(model)).eval()
+            model, reparam = reparameterize(model, input_shape=self.shape, count_macs=count_macs)  # before pruning/export
+            self.records.reparameterization = reparam or None
             save_checkpoint(self.work / f"{self.name}_dense.pt", model, plan.source.architecture,
                             plan.source.arguments, {"source_sha256": plan.checkpoint_sha256})
             macs, params = count_macs_params(model, self.shape)
@@ -100,30 +112,38 @@ class Runner:
         """The pruned, fine-tuned model: from the cache or the card's published checkpoints when
         the exact settings match, else pruned and fine-tuned now."""
         from toolkit.models.checkpoint import save_checkpoint
+        from toolkit.prune.prune import count_macs_params
 
         with self.clock("prune"):
             model, history = self._prune_or_dense(dense) if self.plan.structured else self._unpruned(dense)
-        finetune_seconds = sum((h.get("finetune") or {}).get("seconds", 0.0) for h in history[1:])
-        if self.extra["prune_cache"]["hit"]:
-            finetune_seconds = 0.0  # the reused model's fine-tuning happened in an earlier run
-        self.clock.seconds["prune"] = round(self.clock.seconds["prune"] - finetune_seconds, 2)
-        self.clock.add("fine-tune", finetune_seconds)
+        self._split_finetune_time(history)
         if self.plan.sparsity:
-            model = optional_stages.sparsify_or_reuse(self, model, dense.model, history)
-        from toolkit.prune.prune import count_macs_params
-
-        self.extra["prune_history"] = history
+            finetune = self.finetuner(dense.model, self.plan.sparsity_finetune_epochs)
+            model, self.records.sparsify = optional_stages.sparsify_or_reuse(
+                self, model, base_key=self.records.prune_cache["key"], finetune=finetune)
+        self.records.prune_history = history
         macs, params = count_macs_params(model, self.shape)  # the same counter as the dense figures
-        self.extra["macs_fraction"] = macs / dense.macs
-        config = (self.extra.get("latency_budget") or {}).get("chosen") or self.plan.pruning.model_dump()
+        self.records.macs_fraction = macs / dense.macs
         save_checkpoint(self.work / f"{self.name}_pruned.pt", model, self.plan.source.architecture,
-                        self.plan.source.arguments, {"pruning": config, "history": history})
+                        self.plan.source.arguments, {"pruning": self.pruning_config(), "history": history})
         with self.clock("verify"):
             out = self.task.torch_outputs(model)
         self.outputs["pruned-torch-fp32"] = out
         self.record(self.work / f"{self.name}_pruned.pt", stage="pruned", fmt="torch", precision="fp32", macs=macs,
                     params=params, parent="dense-torch-fp32", metrics=self.task.metrics(out, dense.torch_out))
         return Family("pruned", model, out, macs, params)
+
+    def pruning_config(self) -> dict:
+        """The pruning settings that ran: the latency-budget search's choice, else the plan's."""
+        return (self.records.latency_budget or {}).get("chosen") or self.plan.pruning.model_dump()
+
+    def _split_finetune_time(self, history: list) -> None:
+        """Fine-tuning inside the pruning loop is timed as its own stage (none when the model was reused)."""
+        finetune_seconds = sum((h.get("finetune") or {}).get("seconds", 0.0) for h in history[1:])
+        if self.records.prune_cache["hit"]:
+            finetune_seconds = 0.0  # the reused model's fine-tuning happened in an earlier run
+        self.clock.seconds["prune"] = round(self.clock.seconds["prune"] - finetune_seconds, 2)
+        self.clock.add("fine-tune", finetune_seconds)
 
     def _prune_or_dense(self, dense: Family):
         """Pruning never blocks the bundle: when it is refused (unsafe, untraceable, over its work
@@ -137,8 +157,8 @@ class Runner:
         if self.plan.progress:
             print(f"[edgeshrink] pruning skipped, going on with the dense model: {reason}", flush=True)
         model, history = self._unpruned(dense)
-        self.extra["pruning_skipped"] = {"reason": reason,
-                                         "switch": "--no-structured (API structured=False) skips channel pruning"}
+        self.records.pruning_skipped = {"reason": reason,
+                                        "switch": "--no-structured (API structured=False) skips channel pruning"}
         return model, history
 
     def _prune_or_reuse(self, dense: Family):
@@ -146,38 +166,38 @@ class Runner:
         from toolkit.prune.prune import prune
 
         plan, dense_model = self.plan, dense.model
-        cfg = optional_stages.budget_config(self, dense_model) if plan.fps else plan.pruning
+        cfg = plan.pruning
+        if plan.fps:
+            cfg, self.records.latency_budget = optional_stages.budget_config(self, dense_model)
         if cfg is None:  # the dense model already meets the latency budget
             model, history = self._unpruned(dense)
-            self.extra["prune_cache"]["budget_met_by_dense"] = True
+            self.records.prune_cache = {**self.records.prune_cache, "budget_met_by_dense": True}
             return model, history
         key = prune_cache_key(plan.checkpoint_sha256, cfg, plan.input, self.task.data_description(),
                               seed=plan.seed, never_prune=plan.card.never_prune)
         found = find_pruned(plan.card, key, source=plan.source) if plan.cache else None
         if found is not None:
             model, history, published = found
-            self.extra["prune_cache"] = {"key": key, "hit": True, **({"published": published} if published else {})}
+            self.records.prune_cache = {"key": key, "hit": True, **({"published": published} if published else {})}
             return model, history
         grad = self.task.grad_batches() if cfg.importance == "taylor" else None
         import torch
 
         example = torch.from_numpy(np.ascontiguousarray(self.task.example_batch(2), dtype=np.float32))
         result = prune(copy.deepcopy(dense_model), example_input=example, cfg=cfg, never_prune=plan.card.never_prune,
-                       finetune=self._finetuner(dense_model), grad_batches=grad, progress=plan.progress)
-        model, history = result.model, result.history
-        self.extra["prune_excluded"] = result.excluded
-        self.extra["prune_protected_outputs"] = result.protected_outputs
+                       finetune=self.finetuner(dense_model), grad_batches=grad, progress=plan.progress)
+        self.records.prune_excluded, self.records.prune_protected_outputs = result.excluded, result.protected_outputs
         if plan.cache:
-            store_pruned(key, model, plan.source, history)
-        self.extra["prune_cache"] = {"key": key, "hit": False}
-        return model, history
+            store_pruned(key, result.model, plan.source, result.history)
+        self.records.prune_cache = {"key": key, "hit": False}
+        return result.model, result.history
 
     def _unpruned(self, dense: Family):
         """No channel pruning (plan.structured False, or the dense model meets the FPS budget)."""
-        self.extra["prune_cache"] = {"key": None, "hit": False, "structured": False}
+        self.records.prune_cache = {"key": None, "hit": False, "structured": False}
         return copy.deepcopy(dense.model), [{"step": 0, "macs": dense.macs, "params": dense.params, "macs_fraction": 1.0}]
 
-    def _finetuner(self, dense_model, epochs: Optional[int] = None):
+    def finetuner(self, dense_model, epochs: Optional[int] = None):
         """finetune(model, step) for the pruning loops: the task's fine-tuning with distillation."""
         cfg, teacher = self.plan.pruning, copy.deepcopy(dense_model).eval()
         epochs = cfg.finetune_epochs if epochs is None else epochs
@@ -190,7 +210,7 @@ class Runner:
 
         return finetune
 
-    # ---- conversion edges -----------------------------------------------------------------
+    # ---- conversion edges (toolkit.pipeline.edges rows, their steps in toolkit.pipeline.edge_steps) ----
     def calibration(self) -> None:
         """Real training images for INT8 calibration: NHWC in [0, 1] (onnx2tf) and normalised NCHW (ORT)."""
         with self.clock("calibration data"):
@@ -202,17 +222,19 @@ class Runner:
             self.calib01, self.calib_nchw = x01, np.ascontiguousarray(nchw, dtype=np.float32)
 
     def export(self, family: Family) -> None:
-        """ONNX export now; background edges (onnx2tf) start in a worker process."""
+        """ONNX export now; the background jobs of the family's edges (onnx2tf) start in worker processes."""
         from toolkit.convert.torch_to_onnx import torch_to_onnx
+        from toolkit.pipeline.edge_steps import BACKGROUND
 
         with self.clock("export onnx"):
             model = self._delegate_friendly(family)
             family.onnx = torch_to_onnx(model, self.shape, self.work / f"{self.name}_{family.stage}_fp32.onnx")
-        edges = [e for e in edges_for(self.target, family.stage) if e.background]
-        if edges and self.target.conversion.tflite == "onnx2tf":  # litert-torch converts when its files are needed
-            from toolkit.pipeline.tflite_converters import start_onnx2tf
-
-            family.jobs["onnx2tf"] = start_onnx2tf(self, family, int8=any(e.precision == "int8" for e in edges))
+        background = [e for e in edges_for(self.target, family.stage) if e.background]
+        for job in dict.fromkeys(e.job for e in background):
+            started = BACKGROUND[job](self, family, edges=[e for e in background if e.job == job])
+            if started is not None:
+                self.jobs.append(started)
+                family.jobs[job] = started
 
     def _delegate_friendly(self, family: Family):
         """For XNNPACK targets, a copy with hard-sigmoid/hard-swish in forms XNNPACK runs (ReLU6, ADD,
@@ -222,61 +244,59 @@ class Runner:
         from toolkit.convert.graph_rewrite import rewrite_for_delegates
 
         model, changes = rewrite_for_delegates(copy.deepcopy(family.model))
-        self.extra.setdefault("graph_rewrites", {})[family.stage] = changes
+        self.records.keep(family.stage, {"graph_rewrites": changes})
         return model
 
     def finish(self, family: Family) -> None:
-        """Produce, check and verify every remaining file of one family, in edge order. A TFLite
-        FP32 file that fails parity is made again with the other converter (when allowed)."""
-        from toolkit.pipeline.tflite_converters import retry_after_parity_failure
+        """Produce, check and verify every remaining file of one family, in edge order. An edge's
+        after-step (the parity retry with the other TFLite converter, the INT8 fallback) may
+        replace the file just verified."""
+        from toolkit.pipeline.edge_steps import AFTER, CONVERTERS
 
         made: dict[str, Path] = {}
         for edge in edges_for(self.target, family.stage):
-            if edge.key == "onnx-fp32":
-                made[edge.key] = family.onnx
-            else:
-                made.update(self._produce(edge, family, made))
+            if edge.key not in made:  # one converter call may make several edges' files
+                job = family.jobs.pop(edge.job, None)
+                self._keep(family, CONVERTERS[edge.converter](self, family, edge=edge, made=made, job=job), made)
             self._check(edge, made[edge.key])
             if keeps(self.target, edge):
                 self._verify_and_record(edge, family, made[edge.key])
-                if edge.key == "tflite-int8":
-                    optional_stages.int8_fallback(self, family, edge, made)
-                last = self.artifacts[-1]
-                if edge.key == "tflite-fp32" and not last.parity.get("ok", True) and \
-                        retry_after_parity_failure(self, family, made, failed=last):
-                    self.artifacts.pop()
-                    self.outputs.pop(last.name, None)
-                    self._check(edge, made[edge.key])
-                    self._verify_and_record(edge, family, made[edge.key])
+                if edge.after:
+                    self._after(edge, family, made, AFTER[edge.after](self, family, edge=edge, made=made))
         if "onnx" not in self.target.formats:
             family.onnx.unlink()
 
-    def _produce(self, edge: Edge, family: Family, made: dict) -> dict:
-        if edge.job == "onnx2tf":
-            if "tflite-fp32" in made:
-                return {}
-            from toolkit.pipeline.tflite_converters import tflite_with_fallback
+    def _keep(self, family: Family, result: Made, made: dict) -> None:
+        """Keep what a step made: its files, which converter made them, its records."""
+        made.update(result.files)
+        if result.converter:
+            family.made_by.update(dict.fromkeys(result.files, result.converter))
+        self.records.keep(family.stage, result.records)
 
-            wanted = {e.key for e in edges_for(self.target, family.stage)}
-            return tflite_with_fallback(self, family, int8="tflite-int8" in wanted)
-        if edge.converter == "onnx_to_qdq_int8":
-            from toolkit.quantize.onnx_to_qdq_int8 import onnx_to_qdq_int8
+    def _after(self, edge: Edge, family: Family, made: dict, outcome: Optional[Outcome]) -> None:
+        if outcome is None:
+            return
+        self._keep(family, Made(outcome.files, outcome.records, outcome.converter), made)
+        if edge.key in outcome.files:
+            self.replace(edge, family, made[edge.key], checked=outcome.checked)
 
-            q = self.target.quantization
-            with self.clock("quantize onnx int8"):
-                path = onnx_to_qdq_int8(made["onnx-fp32"], self.work / f"{self.name}_{family.stage}_int8.onnx",
-                                        self.calib_nchw, per_channel=q.per_channel, method=q.method, scheme=q.onnx_scheme)
-            self.extra.setdefault("onnx_int8_same_on_every_cpu", {})[family.stage] = _cpu_independence(path, q.onnx_scheme)
-            return {edge.key: path}
-        raise EdgeShrinkError(f"no converter {edge.converter!r} for {edge.key}")
+    def replace(self, edge: Edge, family: Family, path: Path, *, checked: bool) -> None:
+        """A file made again (a fallback): the old file's record and outputs give way to the new
+        file's, checked (unless its step did) and verified like any file."""
+        name = f"{family.stage}-{edge.key}"
+        self.artifacts = [a for a in self.artifacts if a.name != name]
+        self.outputs.pop(name, None)
+        if not checked:
+            self._check(edge, path)
+        self._verify_and_record(edge, family, path)
 
     def _check(self, edge: Edge, path: Path) -> None:
-        if edge.check == "full_integer":
-            from toolkit.runtime.tflite_check import require_full_integer
+        from toolkit.pipeline.edge_steps import CHECKS
 
-            require_full_integer(path, self.target.quantization.io_dtype)
+        if edge.check:
+            CHECKS[edge.check](self, path)
 
-    def _verify_and_record(self, edge: Edge, family: Family, path: Path, *, converter: Optional[str] = None) -> None:
+    def _verify_and_record(self, edge: Edge, family: Family, path: Path) -> None:
         from toolkit.runtime.verify import verify
 
         name = f"{family.stage}-{edge.key}"
@@ -287,13 +307,12 @@ class Runner:
                                               threads=self.threads, progress=self.plan.progress,
                                               desc=f"{family.stage} {edge.format} {edge.precision}")
         self.outputs[name] = outputs
-        delegate = self._delegate_report(path) if edge.format == "tflite" else {}
+        delegate = self.delegate_report(path) if edge.format == "tflite" else {}
         self.record(path, stage=family.stage, fmt=edge.format, precision=edge.precision, macs=family.macs,
                     params=family.params, parent=f"{family.stage}-{edge.source}", metrics=metrics, parity=parity,
-                    converter=converter or (family.tflite_converter if edge.format == "tflite" else edge.converter),
-                    delegate=delegate)
+                    converter=family.made_by.get(edge.key, edge.converter), delegate=delegate)
 
-    def _delegate_report(self, path: Path) -> dict:
+    def delegate_report(self, path: Path) -> dict:
         """Partitions and the ops left outside the target's delegate (and its variants)."""
         from toolkit.runtime.delegate import delegate_report
 
@@ -386,25 +405,13 @@ class Runner:
         if self.plan.bench:
             self.benchmark()
         if self.plan.sparsity:
-            self.extra["sparsity"] = optional_stages.sparsity_report(self)
+            self.records.sparsity = optional_stages.sparsity_report(self, self.records.sparsify)
         declared = self.task.extra_sizes()
         if declared and self.plan.bench:
             from toolkit.pipeline.full_size import full_size_benchmarks
 
-            self.extra["full_slice_benchmarks"] = full_size_benchmarks(self, self.task, declared)
-        self.extra.update(self.task.extras(self))
-
-
-def _cpu_independence(path: Path, scheme: str) -> dict:
-    """Whether the INT8 ONNX file computes the same int32 sums with and without VNNI: no weight row
-    can clamp onnxruntime's AVX2 u8s8 pair sums (checked on the file), and this host's ISA flags."""
-    from toolkit.quantize.onnx_to_qdq_int8 import u8s8_saturation_rows
-    from toolkit.core.cpuinfo import cpu_isa_flags
-
-    rows = u8s8_saturation_rows(path)
-    isa = cpu_isa_flags()
-    return {"scheme": scheme, **rows, "same_on_every_cpu": rows["rows_can_saturate"] == 0,
-            "host_vnni": isa.get("vnni"), "host_u8s8_may_saturate": isa.get("u8s8_may_saturate")}
+            self.records.full_slice_benchmarks = full_size_benchmarks(self, self.task, declared)
+        self.records.task_extras = self.task.extras(self)
 
 
 @contextlib.contextmanager

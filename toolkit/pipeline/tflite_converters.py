@@ -8,7 +8,8 @@
 
 A profile chooses with `conversion: {tflite: onnx2tf | litert-torch, fallback: true}` (a card or a
 run may override it: `tflite_converter`). When the chosen converter fails, or its FP32 file fails
-parity, the runner converts with the other one and the manifest says so (`tflite_converters`)."""
+parity, the runner converts with the other one and the manifest says so (`tflite_converters`).
+Each function returns the files it made with their records (`Made`, `Outcome`); the runner keeps them."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 from toolkit.core.errors import EdgeShrinkError
+from toolkit.pipeline.edge_steps import Made, Outcome
 
 CONVERTERS = ("onnx2tf", "litert-torch")
 
@@ -26,27 +28,33 @@ def other_converter(name: str) -> str:
 
 
 def start_onnx2tf(runner, family, *, int8: bool):
-    """Start onnx2tf on the family's ONNX file in a background child process; returns the job."""
+    """Start onnx2tf on the family's ONNX file in a background child process; returns the job (the
+    runner owns it: it kills it on any error)."""
     from toolkit.convert.background import BackgroundConversion
+    from toolkit.convert.onnx_rewrite import rewrites_for
 
     spec, q = runner.plan.input, runner.target.quantization
-    job = BackgroundConversion(family.onnx, runner.work / f".tflite-{family.stage}", calib01=runner.calib01,
-                               mean=tuple(spec.mean), std=tuple(spec.std), int8=int8, io_dtype=q.io_dtype,
-                               cache=runner.plan.cache)
-    runner.jobs.append(job)
-    return job
+    return BackgroundConversion(family.onnx, runner.work / f".tflite-{family.stage}", calib01=runner.calib01,
+                                mean=tuple(spec.mean), std=tuple(spec.std), int8=int8, io_dtype=q.io_dtype,
+                                cache=runner.plan.cache, rewrite_ops=rewrites_for(runner.target.runtime.delegate))
 
 
-def onnx2tf_files(runner, family, *, int8: bool) -> dict:
-    """{"tflite-fp32": path[, "tflite-int8": path]} from onnx2tf (the job started at export, or a new one)."""
-    job = family.jobs.pop("onnx2tf", None) or start_onnx2tf(runner, family, int8=int8)
-    with runner.clock("wait for tflite"):
-        out, seconds = job.result()
+def onnx2tf_files(runner, family, *, int8: bool, job=None) -> Made:
+    """{"tflite-fp32": path[, "tflite-int8": path]} from onnx2tf (the job started at export, or a new
+    one killed here if anything fails), with the onnx2tf options used."""
+    own = job is None
+    job = start_onnx2tf(runner, family, int8=int8) if own else job
+    try:
+        with runner.clock("wait for tflite"):
+            out, seconds = job.result()
+    finally:
+        if own:
+            job.kill()
     runner.clock.add(f"convert tflite ({family.stage}, onnx2tf)", seconds)
-    runner.extra.setdefault("onnx2tf_options", {})[family.stage] = list(getattr(out, "onnx2tf_options", ()) or ())
     files = _place(runner, family, fp32=out.float32, int8=out.int8)
     out.float32.parent.rmdir()
-    return files
+    return Made(files, records={"onnx2tf_options": list(out.onnx2tf_options), "onnx_rewrites": list(out.rewrites)},
+                converter="onnx2tf")
 
 
 def _place(runner, family, *, fp32: Path, int8) -> dict:
@@ -57,7 +65,7 @@ def _place(runner, family, *, fp32: Path, int8) -> dict:
     return files
 
 
-def litert_files(runner, family, *, int8: bool) -> dict:
+def litert_files(runner, family, *, int8: bool, job=None) -> Made:
     """The same files from litert-torch, converted from the family's portable checkpoint."""
     from toolkit.convert.checkpoint_to_litert import checkpoint_to_litert
 
@@ -71,77 +79,75 @@ def litert_files(runner, family, *, int8: bool) -> dict:
                                    runner.calib01 if int8 else None, mean=tuple(spec.mean), std=tuple(spec.std),
                                    stem=f"{runner.name}_{family.stage}", threads=runner.threads)
     files = _place(runner, family, fp32=out.float32, int8=out.int8)
-    runner.extra.setdefault("litert_torch", {})[family.stage] = {
-        **{k: v for k, v in out.record.items() if k not in ("float32", "int8")},
-        "seconds": round(time.perf_counter() - started, 2)}
+    record = {**{k: v for k, v in out.record.items() if k not in ("float32", "int8")},
+              "seconds": round(time.perf_counter() - started, 2)}
     shutil.rmtree(out_dir, ignore_errors=True)
-    return files
+    return Made(files, records={"litert_torch": record}, converter="litert-torch")
 
 
-def convert_tflite(runner, family, *, converter: str, int8: bool) -> dict:
+def convert_tflite(runner, family, *, converter: str, int8: bool, job=None) -> Made:
+    """The family's TFLite files from `converter` (a job started at export is onnx2tf's)."""
     if converter == "onnx2tf":
-        return onnx2tf_files(runner, family, int8=int8)
+        return onnx2tf_files(runner, family, int8=int8, job=job)
+    if job is not None:
+        job.kill()
     return litert_files(runner, family, int8=int8)
 
 
-def tflite_with_fallback(runner, family, *, int8: bool) -> dict:
+def tflite_with_fallback(runner, family, *, int8: bool, job=None) -> Made:
     """The family's TFLite files from the chosen converter, or from the other one when it fails
-    (and the profile allows a fallback). Records which converter made them and why."""
+    (and the profile allows a fallback), with the record of which converter made them and why."""
     conversion = runner.target.conversion
     primary = conversion.tflite
     try:
-        files = convert_tflite(runner, family, converter=primary, int8=int8)
-        record_choice(runner, family, primary=primary, used=primary)
-        return files
+        made = convert_tflite(runner, family, converter=primary, int8=int8, job=job)
+        return _with_choice(runner, family, made, choice(primary=primary, used=primary))
     except EdgeShrinkError as exc:
         if not conversion.fallback:
             raise
         reason = f"{primary} failed: {exc}"
     fallback = other_converter(primary)
     try:
-        files = convert_tflite(runner, family, converter=fallback, int8=int8)
+        made = convert_tflite(runner, family, converter=fallback, int8=int8)
     except EdgeShrinkError as exc:
         raise EdgeShrinkError(f"both TFLite converters failed for the {family.stage} model: {reason}; "
                               f"{fallback} failed: {exc}") from None
-    record_choice(runner, family, primary=primary, used=fallback, reason=reason)
-    return files
+    return _with_choice(runner, family, made, choice(primary=primary, used=fallback, reason=reason))
 
 
-def record_choice(runner, family, *, primary: str, used: str, reason: str = "") -> None:
-    family.tflite_converter = used
-    runner.extra.setdefault("tflite_converters", {})[family.stage] = {
-        "primary": primary, "used": used, **({"fallback_reason": reason[:400]} if reason else {})}
-    if reason and runner.plan.progress:
-        print(f"[edgeshrink] {family.stage}: {reason[:200]}; converting with {used} instead", flush=True)
+def choice(*, primary: str, used: str, reason: str = "") -> dict:
+    """The manifest's `tflite_converters` record of one family."""
+    return {"primary": primary, "used": used, **({"fallback_reason": reason[:400]} if reason else {})}
 
 
-def retry_after_parity_failure(runner, family, made: dict, *, failed) -> bool:
+def _with_choice(runner, family, made: Made, record: dict) -> Made:
+    if record.get("fallback_reason") and runner.plan.progress:
+        print(f"[edgeshrink] {family.stage}: {record['fallback_reason'][:200]}; converting with {record['used']} instead",
+              flush=True)
+    return Made(made.files, records={**made.records, "tflite_converters": record}, converter=made.converter)
+
+
+def retry_after_parity_failure(runner, family, made: dict, *, failed) -> Outcome:
     """After the chosen converter's FP32 file failed parity: convert with the other converter
-    (once), replacing the family's TFLite files in `made`. Returns False when not allowed."""
-    used = getattr(family, "tflite_converter", runner.target.conversion.tflite)
-    if not runner.target.conversion.fallback or runner.extra.get("tflite_converters", {}).get(family.stage, {}).get("fallback_reason"):
-        return False
+    (once). Returns the new files (replacing the family's TFLite files) or, when not allowed or
+    when it fails too, no files and the reason (the parity gate then reports the first file)."""
+    used = family.made_by.get("tflite-fp32", runner.target.conversion.tflite)
+    before = runner.records.of_family("tflite_converters", family.stage) or {}
+    if not runner.target.conversion.fallback or before.get("fallback_reason"):
+        return Outcome()
     reason = (f"{used}'s FP32 file failed parity (relative error {failed.parity['max_rel_error']:.2e} of the "
               "output scale vs torch)")
     fallback = other_converter(used)
     aside = {key: made[key].rename(made[key].with_name(f".{used}-{made[key].name}")) for key in ("tflite-fp32", "tflite-int8")
              if key in made}
     try:
-        files = convert_tflite(runner, family, converter=fallback, int8="tflite-int8" in _wanted(runner, family))
+        new = convert_tflite(runner, family, converter=fallback, int8="tflite-int8" in aside)
     except EdgeShrinkError as exc:  # keep the failing files: the parity gate reports them as before
         for key, path in aside.items():
-            made[key] = path.rename(made[key])
-        runner.extra.setdefault("tflite_converters", {}).setdefault(family.stage, {})["fallback_failed"] = \
-            f"{reason}; {fallback} failed too: {exc}"[:400]
-        return False
+            path.rename(made[key])
+        failed_too = f"{reason}; {fallback} failed too: {exc}"[:400]
+        return Outcome(records={"tflite_converters": {**before, "fallback_failed": failed_too}})
     for path in aside.values():
         path.unlink(missing_ok=True)
-    made.update(files)
-    record_choice(runner, family, primary=used, used=fallback, reason=reason)
-    return True
-
-
-def _wanted(runner, family) -> set:
-    from toolkit.pipeline.edges import edges_for
-
-    return {e.key for e in edges_for(runner.target, family.stage)}
+    new = _with_choice(runner, family, new, choice(primary=used, used=fallback, reason=reason))
+    return Outcome(records=new.records, files=new.files, converter=new.converter)

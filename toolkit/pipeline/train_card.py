@@ -35,6 +35,7 @@ def train_card(card: ModelCard, cfg: TrainConfig, out_dir: Path, *, data: Option
         task = load_task(card, card_input_spec(card), DataRef(data, synthetic), False)
     seed_everything(cfg.seed)
     model = ModelSource(card.architecture, dict(card.arguments), str(card.base_dir)).build()
+    initial = initial_weights(card, model) if card.train_init else None
     batches, steps = _task_batches(task, cfg, dist)
     metric = task.primary_metric
 
@@ -42,14 +43,20 @@ def train_card(card: ModelCard, cfg: TrainConfig, out_dir: Path, *, data: Option
         save_checkpoint(path, m, card.architecture, card.arguments, {"card": card.name, **record})
 
     history = train_loop(model, cfg, batches=batches, steps_per_epoch=steps, loss_fn=task.train_loss(cfg),
-                         evaluate=lambda m: task.metrics(task.torch_outputs(m), None), score_key=metric,
+                         evaluate=lambda m: _scalars(task.metrics(task.torch_outputs(m), None)), score_key=metric,
                          checkpoints=CheckpointPolicy(out_dir, save), progress=progress, resume=resume,
                          max_epochs_this_session=max_epochs_this_session, dist=dist,
                          state_key={"card": card.name, "architecture": card.architecture,
-                                    "arguments": card.arguments, "data": task.data_description()})
-    provenance = _provenance(task, cfg, history, out_dir, dist=dist, metric=metric) if dist.is_main else {}
+                                    "arguments": card.arguments, "data": task.data_description(),
+                                    **({"train_init": initial} if initial else {})})
+    provenance = _provenance(task, cfg, history, out_dir, dist=dist, metric=metric, initial=initial) if dist.is_main else {}
     barrier(dist)
     return provenance
+
+
+def _scalars(metrics: dict) -> dict:
+    """A task's metrics without per-case detail (lists, dicts): what each epoch's log line shows."""
+    return {k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}
 
 
 def _task_batches(task, cfg: TrainConfig, dist):
@@ -65,7 +72,37 @@ def _task_batches(task, cfg: TrainConfig, dist):
     return train_batches(task.train, task.spec, cfg.batch_size, cfg.seed, shard=dist.shard(cfg.batch_size))
 
 
-def _provenance(task, cfg: TrainConfig, history: dict, out_dir: Path, *, dist, metric: str) -> dict:
+def initial_weights(card: ModelCard, model) -> dict:
+    """Copy the card's `train_init` weights into `model` where names (after renaming) and shapes match;
+    returns what was loaded. A wrong sha256 or a file sharing no tensor with the model is an error."""
+    from toolkit.core.errors import EdgeShrinkError
+    from toolkit.models.checkpoint import read_checkpoint, sha256_file
+
+    init = card.train_init
+    path = card.resolve(init.path)
+    digest = sha256_file(path) if path.is_file() else None
+    if init.sha256 and digest != init.sha256:
+        raise EdgeShrinkError(f"train_init {path} has sha256 {str(digest)[:12]}…, the card expects {init.sha256[:12]}…; "
+                              "restore the file or update the card")
+    stored = read_checkpoint(path)["state_dict"]
+    own = model.state_dict()
+    renamed = {}
+    for name, tensor in stored.items():
+        for old, new in init.rename.items():
+            if name.startswith(old):
+                name = new + name[len(old):]
+                break
+        if name in own and tuple(own[name].shape) == tuple(tensor.shape):
+            renamed[name] = tensor
+    if not renamed:
+        raise EdgeShrinkError(f"train_init {path} shares no tensor (name and shape) with {card.architecture}; fix "
+                              "train_init.rename (checkpoint prefix: model prefix)")
+    model.load_state_dict(renamed, strict=False)
+    return {"path": init.path, "sha256": digest, "tensors_loaded": len(renamed), "tensors_in_model": len(own)}
+
+
+def _provenance(task, cfg: TrainConfig, history: dict, out_dir: Path, *, dist, metric: str,
+                initial: Optional[dict] = None) -> dict:
     from toolkit.models.checkpoint import sha256_file
     from toolkit.core.provenance import library_versions
 
@@ -87,6 +124,7 @@ def _provenance(task, cfg: TrainConfig, history: dict, out_dir: Path, *, dist, m
         "published_weights": "last.pt (final epoch; no selection on the held-out data)",
         "sha256": sha256_file(out_dir / "last.pt") if (out_dir / "last.pt").is_file() else None,
         "versions": library_versions(),
+        **({"train_init": initial} if initial else {}),
     }
     (out_dir / "provenance.json").write_text(json.dumps(provenance, indent=2))
     return provenance

@@ -81,6 +81,49 @@ def find_output_layers(model, example_input) -> list[str]:
                 if name not in found:
                     found.append(name)
                 break
+    return found + [name for name in traced_output_layers(model, example_input) if name not in found]
+
+
+_SHAPE_ONLY = {"View", "Reshape", "ReshapeAlias", "UnsafeView", "Permute", "Transpose", "Cat", "Stack", "Clone",
+               "Flatten", "Squeeze", "Unsqueeze", "Expand"}  # autograd nodes that move values, never mix channels
+
+
+def traced_output_layers(model, example_input) -> list[str]:
+    """Names of the conv/linear layers whose outputs reach a model output only through reshapes,
+    permutes and concatenations: e.g. a detector's box and class convs of every level, flattened
+    and concatenated into one (N, priors, 4 + C) output. Their output channels are what the output
+    means, so pruning must keep them whole."""
+    import torch
+    import torch.nn as nn
+
+    produced, handles = {}, []
+
+    def note(name: str):
+        def hook(module, inputs, output) -> None:  # returns None: the output is left as it is
+            if torch.is_tensor(output) and output.grad_fn is not None:
+                produced.setdefault(output.grad_fn, name)
+        return hook
+
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear)):
+            handles.append(module.register_forward_hook(note(name)))
+    try:
+        with torch.enable_grad():
+            outputs = flat_outputs(model(example_input))
+    finally:
+        for handle in handles:
+            handle.remove()
+    found, seen = [], set()
+    stack = [t.grad_fn for t in reversed(outputs) if t.grad_fn is not None]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if node in produced:
+            found.append(produced[node])
+        elif type(node).__name__.rstrip("0123456789").removesuffix("Backward") in _SHAPE_ONLY:
+            stack.extend(n for n, _ in reversed(node.next_functions) if n is not None)
     return found
 
 

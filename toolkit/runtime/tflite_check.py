@@ -8,6 +8,35 @@ from toolkit.core.errors import EdgeShrinkError
 
 _BOUNDARY_OPS = {"QUANTIZE", "DEQUANTIZE"}
 _INT_TYPES = {"int8", "uint8", "int16", "int32", "int64", "bool"}
+# ops TFLite has no delegated INT8 kernel for, which the delegate-friendly rewrites
+# (toolkit.convert.onnx_rewrite: normalisation, softmax) leave in float between DEQUANTIZE and
+# QUANTIZE; XNNPACK runs them in FP32 inside the same partition as the INT8 ops around them
+XNNPACK_FLOAT_ISLAND_OPS = ("DIV", "SQRT")
+
+
+def custom_ops(tflite_path: str | Path) -> list[str]:
+    """Names of the custom ops a .tflite file uses (Select TF ops are `Flex<Op>`), read from the
+    flatbuffer: a file with Flex ops cannot even be loaded by a runtime without the Flex delegate."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(Path(tflite_path).read_bytes(), 0)
+    names = []
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        if max(code.BuiltinCode(), code.DeprecatedBuiltinCode()) == schema.BuiltinOperator.CUSTOM:
+            names.append((code.CustomCode() or b"?").decode(errors="replace"))
+    return sorted(names)
+
+
+def require_builtin_ops(tflite_path: str | Path) -> None:
+    """Refuse a file holding Select TF ops (`Flex*`): LiteRT, tflite-runtime and the device
+    scripts load no Flex delegate, so such a file must never be deployed."""
+    flex = [name for name in custom_ops(tflite_path) if name.startswith("Flex")]
+    if flex:
+        raise EdgeShrinkError(
+            f"{Path(tflite_path).name} holds TensorFlow Select op(s) {', '.join(flex)}, which no device runtime here "
+            "loads (no Flex delegate); convert with the other converter (tflite_converter: litert-torch, "
+            "`make setup-litert`) or replace the op in the model")
 
 
 def float_compute_ops(tflite_path: str | Path) -> list[str]:
@@ -36,9 +65,11 @@ def io_dtypes(tflite_path: str | Path) -> tuple[str, str]:
     return interp.get_input_details()[0]["dtype"].__name__, interp.get_output_details()[0]["dtype"].__name__
 
 
-def require_full_integer(tflite_path: str | Path, io_dtype: str) -> None:
-    """Raise when an "INT8" file still computes in float or has the wrong input/output type."""
-    bad = float_compute_ops(tflite_path)
+def require_full_integer(tflite_path: str | Path, io_dtype: str, *, float_ops: tuple = ()) -> None:
+    """Raise when an "INT8" file still computes in float (other than ops named in `float_ops`, e.g.
+    XNNPACK_FLOAT_ISLAND_OPS for XNNPACK targets), has the wrong input/output type, or holds Flex ops."""
+    require_builtin_ops(tflite_path)
+    bad = [op for op in float_compute_ops(tflite_path) if op.split("#")[0] not in float_ops]
     if bad:
         raise EdgeShrinkError(
             f"{Path(tflite_path).name} is not full-integer: {len(bad)} float op(s) remain ({', '.join(bad[:5])}); "

@@ -322,6 +322,13 @@ def _cmd_zoo(args) -> int:
 
     torch.set_num_threads(args.threads)
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    if args.source != "torchvision":  # timm families + MONAI segmentation nets through the deploy chain
+        from toolkit.studies.deploy_zoo import run_deploy_zoo
+
+        rows = run_deploy_zoo(args.source, models, size=args.size, out=args.out, progress=not args.quiet, redo=args.redo,
+                              trials=args.prune_budget, cnn_trials=args.cnn_prune_budget, time_box_s=args.time_box)
+        print(f"wrote {Path(args.out) / f'zoo_{args.source}.json'}")
+        return 0 if not any(s.get("status") == "failed" for r in rows for s in r["stages"].values()) else 1
     rows = run_zoo(models, size=args.size, out=args.out, progress=not args.quiet, model_time_box_s=args.time_box,
                    prune_trials=args.prune_budget, cnn_prune_trials=args.cnn_prune_budget,
                    max_params=int(args.max_params * 1e6))
@@ -331,8 +338,13 @@ def _cmd_zoo(args) -> int:
 
 def register_cli(subparsers) -> None:
     """Add `edgeshrink zoo [--models a,b] [--size N] [--out DIR]` to an argparse subparsers object."""
-    p = subparsers.add_parser("zoo", help="prune/reload/export/parity check over torchvision's classifiers")
-    p.add_argument("--models", default=None, help="comma-separated torchvision names (default: all classifiers)")
+    p = subparsers.add_parser("zoo", help="prune/reload/export/parity check over torchvision's classifiers, or the "
+                              "deploy chain over timm's families and MONAI's segmentation nets (--source timm)")
+    p.add_argument("--source", default="torchvision", choices=("torchvision", "timm", "monai"),
+                   help="torchvision classifiers (prune/reload/ONNX parity), or timm families + MONAI 2-D segmentation "
+                        "nets (timm) / MONAI alone (monai) through reparameterise/prune/ONNX/TFLite/INT8/parity/partitions")
+    p.add_argument("--models", default=None, help="comma-separated model names (default: the whole zoo of the source)")
+    p.add_argument("--redo", action="store_true", help="timm/monai: run models again that zoo_<source>.json already holds")
     p.add_argument("--size", type=int, default=64, help="input side in px (raised where a model needs it)")
     p.add_argument("--out", default="dist/zoo", help="folder for zoo.json")
     p.add_argument("--time-box", type=float, default=900.0, help="seconds per model before it is abandoned")

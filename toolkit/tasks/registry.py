@@ -21,6 +21,7 @@ from toolkit.data.preprocess import InputSpec, normalize_nhwc_uint8
 _BUILTIN = {
     "classification": "toolkit.tasks.registry:ClassificationTask",
     "segmentation": "toolkit.tasks.segmentation:SegmentationTask",
+    "detection": "toolkit.tasks.detection:DetectionTask",
 }
 _TASKS: dict[str, type] = {}
 assert set(_BUILTIN) == set(BUILTIN_TASK_NAMES), "toolkit.config.task_names lists the built-in tasks"

@@ -11,8 +11,8 @@ import numpy as np
 from toolkit.config.cards import ModelCard
 from toolkit.tasks.registry import register_task
 from toolkit.data.preprocess import InputSpec
-from toolkit.tasks.segmentation_metrics import dice_per_class, mean_dice
-from toolkit.data.nifti import VolumeSet, load_msd, restack, slices_of, synthetic_volumes
+from toolkit.tasks.segmentation_metrics import case_scores, summarise
+from toolkit.data.nifti import VolumeSet, restack, slices_of, synthetic_volumes
 
 
 def seg_loss(distill_alpha: float = 0.0, temperature: float = 2.0, dice_weight: float = 1.0):
@@ -37,6 +37,11 @@ def seg_loss(distill_alpha: float = 0.0, temperature: float = 2.0, dice_weight: 
     return loss_fn
 
 
+def scalar_metrics(metrics: dict) -> dict:
+    """The metrics without their per-case detail (what a training log shows per epoch)."""
+    return {k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}
+
+
 @register_task("segmentation")
 @dataclass
 class SegmentationTask:
@@ -56,14 +61,17 @@ class SegmentationTask:
         from toolkit.data.datasets import dataset_root
         from toolkit.core.errors import EdgeShrinkError
 
+        from toolkit.data.segmentation_data import load_segmentation, source_from_card
+
         if data.synthetic:
             vols = synthetic_volumes(30, seed=1)
-            vs = VolumeSet(vols[:24], vols[24:], [], "synthetic", synthetic=True)
+            vs = VolumeSet(vols[:24], vols[24:], [], "synthetic", synthetic=True, labels=list(card.labels),
+                           split="generated: the last 6 of 30 volumes held out")
         else:
             root = dataset_root(card, data.root)
             if not root.is_dir():
                 raise EdgeShrinkError(f"data folder {root} does not exist; pass --data PATH, set EDGESHRINK_DATA_DIR, or use --synthetic-data")
-            vs = load_msd(root, len(card.labels), progress=progress)
+            vs = load_segmentation(source_from_card(card, root), progress=progress)
             if progress and vs.problems:
                 for p in vs.problems:
                     print(f"[edgeshrink] skipped bad volume: {p}")
@@ -77,15 +85,28 @@ class SegmentationTask:
     def synthetic(self) -> bool:
         return self.volumes.synthetic
 
+    @property
+    def labels(self) -> list[str]:
+        """Label names by index: the card's, else the dataset's (dataset.json)."""
+        return list(self.card.labels) or list(self.volumes.labels)
+
     def class_names(self) -> dict[int, str]:
-        return {i: n.split()[0].lower() for i, n in enumerate(self.card.labels) if i > 0}
+        """Foreground classes by index: the first word of each label, lower case (metric keys)."""
+        return {i: (n.split() or [str(i)])[0].lower() for i, n in enumerate(self.labels) if i > 0}
+
+    def held_out_cases(self) -> list[str]:
+        return sorted({v.case for v in self.volumes.held_out})
 
     def data_description(self) -> dict:
-        return {"source": Path(self.volumes.source).name, "synthetic": self.synthetic, "train_volumes": len(self.volumes.train),
-                "train_slices": int(len(self.train_images)), "eval_images": self.eval_count(),
-                "eval_unit": f"slices of {len(self.volumes.held_out)} volumes", "eval_split": "held-out cases",
-                "held_out_cases": [v.name for v in self.volumes.held_out], "problems": self.volumes.problems,
-                "split": "seeded (0) permutation of sorted case names; last 52 held out", "slice_axis": 0}
+        """The data and its case-level split, as recorded in the manifest and the card's provenance."""
+        vs, held = self.volumes, self.held_out_cases()
+        unit = "slices" if vs.layout != "pairs" else "images"
+        return {"source": Path(vs.source).name, "synthetic": self.synthetic, "layout": vs.layout,
+                "train_volumes": len(vs.train), "train_slices": int(len(self.train_images)), "eval_images": self.eval_count(),
+                "eval_unit": f"{unit} of {len(held)} cases", "eval_split": "held-out cases",
+                "cases": {"train": len({v.case for v in vs.train}), "held_out": len(held)},
+                "held_out_cases": held, "problems": vs.problems, "split": vs.split, "slice_axis": 0,
+                "modalities": vs.modalities, "hd95_unit": vs.spacing_unit}
 
     def calibration_nhwc(self, count: int, seed: int = 0) -> np.ndarray:
         """`count` real training slices (foreground slices first), NHWC, model scaling."""
@@ -103,21 +124,29 @@ class SegmentationTask:
                 yield images[s:s + 1]
 
     def eval_count(self) -> int:
-        return int(sum(v.image.shape[0] for v in self.volumes.held_out))
+        return int(sum(v.shape[0] for v in self.volumes.held_out))
+
+    def predicted_volumes(self, outputs: np.ndarray) -> list[np.ndarray]:
+        """Each held-out volume's predicted label map, on the volume's own grid."""
+        size, pred, out, start = (self.spec.height, self.spec.width), outputs.argmax(1), [], 0
+        for v in self.volumes.held_out:
+            n = v.shape[0]
+            out.append(restack(pred[start:start + n], v.shape, size))
+            start += n
+        return out
 
     def metrics(self, outputs: np.ndarray, reference: Optional[np.ndarray]) -> dict:
-        """3-D Dice per class per held-out volume (averaged), their mean, pixel agreement with dense."""
-        size = (self.spec.height, self.spec.width)
-        pred = outputs.argmax(1)
-        per_volume, start = [], 0
-        for v in self.volumes.held_out:
-            n = v.image.shape[0]
-            vol_pred = restack(pred[start:start + n], v.image.shape, size)
-            per_volume.append(dice_per_class(vol_pred, v.label, list(self.class_names())))
-            start += n
-        out = mean_dice(per_volume, self.class_names())
+        """Dice and HD95 per class per held-out case (`per_case`), their means over cases (`dice_<class>`,
+        `hd95_<class>`), `dice` and `hd95` (means of the classes), pixel agreement with dense."""
+        names = self.class_names()
+        units: dict[str, list] = {}
+        for v, pred in zip(self.volumes.held_out, self.predicted_volumes(outputs)):
+            units.setdefault(v.case, []).append((pred, v.label, v.spacing))
+        per_case = [{"case": case, **case_scores(u, names)} for case, u in units.items()]
+        out = summarise(per_case, names)
         if reference is not None:
-            out["agreement_pixels"] = float((pred == reference.argmax(1)).mean())
+            out["agreement_pixels"] = float((outputs.argmax(1) == reference.argmax(1)).mean())
+        out["per_case"] = per_case
         return out
 
     def batches(self, batch_size: int, seed: int, fg_fraction: float = 0.7):
@@ -168,7 +197,7 @@ class SegmentationTask:
         cfg = TrainConfig(epochs=epochs, batch_size=32, lr=lr, weight_decay=1e-4, warmup_epochs=0.2,
                           label_smoothing=0.0, distill_alpha=distill, seed=seed)
         gen, steps = self.batches(cfg.batch_size, seed)
-        history = fit(model, cfg, gen, steps, seg_loss(distill), lambda m: self.metrics(self.torch_outputs(m), None),
+        history = fit(model, cfg, gen, steps, seg_loss(distill), lambda m: scalar_metrics(self.metrics(self.torch_outputs(m), None)),
                       "dice", teacher=teacher if distill > 0 else None, progress=progress)
         return {"epochs": epochs, "final_dice": history["final"]["dice"],
                 "per_epoch": [{k: e[k] for k in ("epoch", "loss", "dice", "seconds")} for e in history["epochs"]]}
@@ -194,13 +223,18 @@ class SegmentationTask:
         return {"size": 256, "per_unit": self.eval_count() / max(1, len(self.volumes.held_out)), "unit": "volume"}
 
     def extras(self, runner) -> dict:
-        """A PNG grid of held-out examples."""
-        from toolkit.tasks.segmentation_extras import example_grid
+        """A PNG grid of held-out examples, and one held-out volume's predicted mask as NIfTI
+        (`held_out_mask`: which case, file and model; NIfTI data only)."""
+        from toolkit.tasks.segmentation_extras import example_grid, write_typical_mask
 
         out = {}
         int8 = runner.outputs.get("pruned-tflite-int8")
-        if int8 is not None:
-            with runner.clock("report"):
+        with runner.clock("report"):
+            if int8 is not None:
                 example_grid(runner.work / "examples.png", self, runner.outputs["dense-torch-fp32"], int8,
                              title=f"{runner.name}: held-out cases")
+            name = "pruned-tflite-int8" if int8 is not None else "dense-torch-fp32"
+            if name in runner.outputs:
+                mask = write_typical_mask(runner.work, self, runner.outputs[name], artifact=name)
+                out.update({"held_out_mask": mask} if mask else {})
         return out

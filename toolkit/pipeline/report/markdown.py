@@ -67,6 +67,14 @@ def pruning_line(pruning: dict) -> str:
     return line
 
 
+def reparameterization_lines(manifest: dict) -> list[str]:
+    """The deploy-time fusion applied before pruning and export (MACs before and after), or why not."""
+    from toolkit.models.reparameterize import summary
+
+    line = summary(manifest.get("reparameterization") or {})
+    return ["", line[0].upper() + line[1:] + "."] if line else []
+
+
 def sparsity_lines(manifest: dict) -> list[str]:
     """Zeros present in each sparse file, raw vs gzip size, and whether any kernel uses them."""
     sp = manifest.get("sparsity")
@@ -180,6 +188,8 @@ def onnx_cpu_lines(manifest: dict) -> list[str]:
 
 
 def write_report(path: Path, manifest: dict, artifacts, metric: str) -> None:
+    from toolkit.pipeline.report.segmentation import segmentation_lines
+
     data, dev = manifest["data"], manifest["device"]
     base = manifest["baseline"]
     lines = [
@@ -192,6 +202,7 @@ def write_report(path: Path, manifest: dict, artifacts, metric: str) -> None:
         f"Baseline: dense FP32 `{base['file']}` — {metric} {base['metrics'].get(metric, float('nan')):.4f}, "
         f"p50 {base['latency_ms'].get('p50', float('nan')):.2f} ms, {base['size_bytes'] / 1024:.0f} KB",
         pruning_line(manifest.get("pruning") or {}),
+        *reparameterization_lines(manifest),
         "",
         stage_table(artifacts, metric),
         "",
@@ -218,6 +229,7 @@ def write_report(path: Path, manifest: dict, artifacts, metric: str) -> None:
         lines += ["", f"({fs['note']}; {fs['slices_per_volume']:.1f} slices per held-out volume)", ""]
     if (Path(path).parent / "examples.png").exists():
         lines += ["![held-out examples](examples.png)", ""]
+    lines += segmentation_lines(manifest, artifacts)
     lines += [
         "## Stage wall times (s)",
         "",

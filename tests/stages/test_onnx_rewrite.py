@@ -1,0 +1,134 @@
+"""Delegate-friendly ONNX rewrites (toolkit.convert.onnx_rewrite): each keeps the maths (onnxruntime
+on the rewritten graph), and a tiny net using every op converts with onnx2tf into FP32 and INT8
+files that XNNPACK takes as one partition, pass parity, and hold no Flex op. Exact GELU without the
+rewrite makes onnx2tf emit FlexErf, which is refused in one line.
+
+Files are converted at 20 px: with 16 channels at 16x16 (C == H == W) onnx2tf 1.29.24 places the
+axes of GroupNorm and channel-last LayerNorm wrongly even without any rewrite (parity catches it)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from toolkit.core.errors import EdgeShrinkError
+
+C = 16
+
+
+class _LayerNorm2d(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.LayerNorm(C)
+
+    def forward(self, x):
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class _Nearest(nn.Module):
+    def forward(self, x):
+        return F.interpolate(x, scale_factor=2, mode="nearest")
+
+
+class _Softmax(nn.Module):
+    def forward(self, x):
+        return x.softmax(1) * C
+
+
+class _TokenLayerNormGelu(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.LayerNorm(C)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        t = F.gelu(self.norm(x.flatten(2).transpose(1, 2)))
+        return t.transpose(1, 2).reshape(b, c, h, w)
+
+
+OPS = {"gelu": nn.GELU, "instance_norm": lambda: nn.InstanceNorm2d(C, affine=True), "group_norm": lambda: nn.GroupNorm(4, C),
+       "layer_norm_2d": _LayerNorm2d, "layer_norm_tokens": _TokenLayerNormGelu, "prelu": lambda: nn.PReLU(C),
+       "prelu_one": nn.PReLU, "nearest": _Nearest, "softmax": _Softmax}
+
+
+def _net(*ops) -> nn.Module:
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(3, C, 3, padding=1), nn.BatchNorm2d(C)]
+    for op in ops:
+        layers += [OPS[op](), nn.Conv2d(C, C, 3, padding=1)]
+    model = nn.Sequential(*layers, nn.Conv2d(C, 8, 1)).eval()
+    with torch.no_grad():  # non-trivial affine parameters and slopes
+        for m in model.modules():
+            if isinstance(m, (nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d)):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+            if isinstance(m, nn.PReLU):
+                m.weight.uniform_(0.05, 0.4)
+    return model
+
+
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_each_rewrite_keeps_the_maths_in_onnxruntime(op, tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    from toolkit.convert.onnx_rewrite import rewrite_onnx_file
+    from toolkit.convert.torch_to_onnx import torch_to_onnx
+
+    model = _net(op)
+    path = torch_to_onnx(model, (2, 3, 16, 16), tmp_path / "m.onnx")
+    done = rewrite_onnx_file(path, tmp_path / "rw.onnx")
+    assert done, f"nothing rewritten for {op}: {sorted({n.op_type for n in onnx.load(str(path)).graph.node})}"
+    x = np.random.default_rng(0).normal(size=(2, 3, 16, 16)).astype(np.float32)
+    session = ort.InferenceSession(str(tmp_path / "rw.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    assert np.abs(got - ref).max() <= 2e-5 * np.abs(ref).max(), op
+
+
+def _tflite_outputs(path, x01: np.ndarray) -> np.ndarray:
+    from toolkit.runtime.tflite import TFLiteRunner
+
+    run = TFLiteRunner(path, threads=1)
+    return np.concatenate([run(x01[i:i + 1].transpose(0, 3, 1, 2)) for i in range(len(x01))])
+
+
+def test_every_op_converts_to_one_xnnpack_partition_fp32_and_int8(tmp_path):
+    from toolkit.convert.onnx_rewrite import rewrites_for
+    from toolkit.convert.onnx_to_tflite import onnx_to_tflite
+    from toolkit.convert.torch_to_onnx import torch_to_onnx
+    from toolkit.runtime.delegate import delegate_report
+    from toolkit.runtime.tflite_check import XNNPACK_FLOAT_ISLAND_OPS, custom_ops, require_full_integer
+
+    model = _net("gelu", "instance_norm", "prelu", "group_norm", "prelu_one", "layer_norm_2d", "nearest",
+                 "layer_norm_tokens", "softmax")
+    calib = np.random.default_rng(0).random((16, 20, 20, 3), dtype=np.float32)
+    onnx_path = torch_to_onnx(model, (1, 3, 20, 20), tmp_path / "all.onnx")
+    out = onnx_to_tflite(onnx_path, tmp_path, calib, (0.0,) * 3, (1.0,) * 3, int8=True, io_dtype="int8",
+                         rewrite_ops=rewrites_for("xnnpack"))
+    assert {r.split()[0] for r in out.rewrites} == {"Erf", "InstanceNormalization", "PRelu", "LayerNormalization",
+                                                     "Resize", "Softmax"}, out.rewrites
+    require_full_integer(out.int8, "int8", float_ops=XNNPACK_FLOAT_ISLAND_OPS)
+    for path in (out.float32, out.int8):
+        report = delegate_report(path)
+        assert (report["partitions"], report["undelegated_ops"]) == (1, {}), (path.name, report)
+        assert custom_ops(path) == []
+    with torch.no_grad():
+        ref = model(torch.from_numpy(calib[:4].transpose(0, 3, 1, 2).copy())).numpy()
+    fp32 = _tflite_outputs(out.float32, calib[:4])
+    assert np.abs(fp32 - ref).max() <= 1e-4 * np.abs(ref).max()  # the runner's parity tolerance
+    int8 = _tflite_outputs(out.int8, calib[:4])
+    assert np.abs(int8 - ref).max() <= 0.15 * np.abs(ref).max()
+
+
+def test_exact_gelu_without_the_rewrite_is_refused_as_flex(tmp_path):
+    from toolkit.convert.onnx_to_tflite import onnx_to_tflite
+    from toolkit.convert.torch_to_onnx import torch_to_onnx
+
+    onnx_path = torch_to_onnx(_net("gelu"), (1, 3, 20, 20), tmp_path / "gelu.onnx")
+    with pytest.raises(EdgeShrinkError, match="FlexErf.*litert-torch"):
+        onnx_to_tflite(onnx_path, tmp_path, None, int8=False, rewrite_ops=())

@@ -1,0 +1,291 @@
+"""ONNX-level rewrites that keep the maths and let XNNPACK take the whole TFLite file, applied to
+the copy of the graph that onnx2tf converts (the deployed ONNX file keeps the original ops).
+
+Done on the ONNX graph rather than on torch modules, so that every way a model writes these ops
+(nn.GELU, F.gelu, timm's own classes, Tensor.softmax, F.interpolate in a forward, GroupNorm's
+export as InstanceNormalization) is caught. Measured on tiny conv nets with onnx2tf 1.29.24 +
+TensorFlow 2.19 + ai-edge-litert 2.1.0 (tests/stages/test_onnx_rewrite.py; partitions FP32 / INT8):
+
+| ONNX op | onnx2tf emits | before | rewritten as | after |
+|---|---|---|---|---|
+| Erf (exact GELU) | FlexErf: no runtime here loads the file | - | tanh of an odd polynomial of x clamped by RELU6 (GELU error < 1.9e-5 of |x|) | 1 / 1 |
+| InstanceNormalization (and GroupNorm's export) | MEAN, SQUARED_DIFFERENCE, RSQRT | 1 / 3 | MEAN, SUB, MUL, MEAN, eps by a 1x1 depthwise conv's bias, SQRT, DIV | 1 / 1 |
+| LayerNormalization | the same | 1 / 3 | the same | 1 / 1 |
+| PRelu, one slope | PRELU | 1 / 2 | LeakyRelu | 1 / 1 |
+| PRelu, a slope per channel | PRELU | 1 / 2 | relu(x + x) * (1 - a) / 2 + a * x: ADD(+RELU), MUL, MUL, ADD | 1 / 1 |
+| Resize nearest, integer scale s | RESIZE_NEAREST_NEIGHBOR (not even in FP32) | 2 / 2 | s*s copies concatenated, DepthToSpace(s) | 1 / 1 |
+| Softmax | SOFTMAX | 1 / 2 | exp(y) = sigmoid(y) / sigmoid(-y) of y = x - max, over its sum | 1 / 1 |
+
+FP32 parity of every rewritten file against torch: < 1.1e-5 of the output scale. XNNPACK takes in
+INT8 SQRT, LOGISTIC, LEAKY_RELU, ADD(+RELU/RELU6), MUL, REDUCE_MAX, SUM, MEAN and DEPTH_TO_SPACE,
+but not RSQRT, SQUARED_DIFFERENCE, PRELU, SOFTMAX, EXP, MAXIMUM, MINIMUM, a lone RELU, nor an ADD of
+a constant as small as eps. TFLite has no INT8 DIV: the normalisation and softmax forms keep DIV
+(and the SQRT feeding it) in float between DEQUANTIZE and QUANTIZE, which XNNPACK runs in the same
+partition ("keep them float in the INT8 file"); so those forms are used for XNNPACK targets only
+(`rewrites_for`), and the INT8 check accepts exactly those float ops there
+(runtime.tflite_check.XNNPACK_FLOAT_ISLAND_OPS)."""
+
+from __future__ import annotations
+
+REWRITE_VERSION = "1"  # part of the conversion cache key: bump when a rewrite changes what onnx2tf gets
+# erf(z) ~= tanh(z * (C1 + z^2 * (C3 + z^2 * C5))) for |z| <= 3 (minimax fit; |error| < 3.7e-5, and
+# < 5.9e-5 beyond the clamp, where erf(3) = 1 - 2.2e-5): GELU within 1.9e-5 of |x|
+_ERF_TANH = (1.1281433855, 0.1040811810, -0.0017864676)
+_ERF_CLAMP = 3.0  # relu6(z + 3) - 3: the clamp in ops XNNPACK takes in INT8 (MINIMUM/MAXIMUM it does not)
+
+
+class _Graph:
+    """Emits replacement nodes with unique names; constants become initializers."""
+
+    def __init__(self, proto):
+        from onnx import numpy_helper, shape_inference
+
+        self.proto, self.graph, self.count = proto, proto.graph, 0
+        self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 17)
+        self.inits = {t.name: numpy_helper.to_array(t) for t in self.graph.initializer}
+        try:
+            inferred = shape_inference.infer_shapes(proto).graph
+        except Exception:  # noqa: BLE001 - shapes are only needed to match some rewrites
+            inferred = self.graph
+        self.shapes = {}
+        for v in [*inferred.value_info, *inferred.input, *inferred.output]:
+            dims = v.type.tensor_type.shape.dim
+            self.shapes[v.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
+        self.nodes: list = []
+
+    def fresh(self, base: str) -> str:
+        self.count += 1
+        return f"es_rw_{base}_{self.count}"
+
+    def const(self, value, dtype="float32") -> str:
+        import numpy as np
+        from onnx import numpy_helper
+
+        name = self.fresh("c")
+        self.graph.initializer.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+    def op(self, op_type: str, inputs: list, *, out: str = "", **attrs) -> str:
+        from onnx import helper
+
+        out = out or self.fresh(op_type.lower())
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=self.fresh(op_type), **attrs))
+        return out
+
+    def reduce(self, op_type: str, x: str, axes: list, *, out: str = "") -> str:
+        """ReduceMean/ReduceMax/ReduceSum over `axes`, keepdims, in this opset's form."""
+        as_input = op_type == "ReduceSum" and self.opset >= 13 or self.opset >= 18
+        if as_input:
+            return self.op(op_type, [x, self.const(axes, "int64")], out=out, keepdims=1)
+        return self.op(op_type, [x], out=out, axes=list(axes), keepdims=1)
+
+    def rank(self, name: str):
+        shape = self.shapes.get(name)
+        return len(shape) if shape is not None else None
+
+
+def _attr(node, name: str, default=None):
+    from onnx import helper
+
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _erf(g: _Graph, node) -> bool:
+    """erf(x) as tanh of an odd polynomial of x clamped to [-3, 3]."""
+    c1, c3, c5 = _ERF_TANH
+    z = g.op("Sub", [g.op("Clip", [g.op("Add", [node.input[0], g.const(_ERF_CLAMP)]), g.const(0.0),
+                                   g.const(2 * _ERF_CLAMP)]), g.const(_ERF_CLAMP)])
+    z2 = g.op("Mul", [z, z])
+    inner = g.op("Add", [g.const(c1), g.op("Mul", [z2, g.op("Add", [g.const(c3), g.op("Mul", [z2, g.const(c5)])])])])
+    g.op("Tanh", [g.op("Mul", [z, inner])], out=node.output[0])
+    return True
+
+
+def _plus_eps(g: _Graph, var: str, eps: float, shape) -> str:
+    """var + eps. As a depthwise 1x1 convolution with bias eps where the shape allows (rank 3-4,
+    a known axis 1): XNNPACK refuses an INT8 ADD of a constant this small (its scale ratio)."""
+    import numpy as np
+
+    if shape is None or len(shape) not in (3, 4) or not shape[1]:
+        return g.op("Add", [var, g.const(eps)])
+    c, rank = int(shape[1]), len(shape)
+    weight = g.const(np.ones((c, 1) + (1,) * (rank - 2), np.float32))
+    return g.op("Conv", [var, weight, g.const(np.full((c,), eps, np.float32))], group=c, kernel_shape=[1] * (rank - 2))
+
+
+def _normalise(g: _Graph, x: str, axes: list, eps: float) -> str:
+    """(x - mean) / sqrt(mean((x - mean)^2) + eps) over `axes`: no SQUARED_DIFFERENCE, no RSQRT (the
+    divisor is sqrt(..) * 2, then the quotient * 2: the converter turns x / sqrt(y) into x * rsqrt(y))."""
+    shape = g.shapes.get(x)
+    var_shape = tuple(1 if i in axes else n for i, n in enumerate(shape)) if shape else None
+    d = g.op("Sub", [x, g.reduce("ReduceMean", x, axes)])
+    var = g.reduce("ReduceMean", g.op("Mul", [d, d]), axes)
+    root = g.op("Mul", [g.op("Sqrt", [_plus_eps(g, var, eps, var_shape)]), g.const(2.0)])
+    return g.op("Mul", [g.op("Div", [d, root]), g.const(2.0)])
+
+
+def _affine(g: _Graph, y: str, scale: str, bias, out: str) -> None:
+    """y * scale + bias (LayerNormalization's, over the normalised trailing axes)."""
+    if bias:
+        g.op("Add", [g.op("Mul", [y, scale]), bias], out=out)
+    else:
+        g.op("Mul", [y, scale], out=out)
+
+
+def _layer_norm(g: _Graph, node) -> bool:
+    rank = g.rank(node.input[0])
+    if rank is None or len(node.output) > 1 and any(node.output[1:]):
+        return False
+    axis = _attr(node, "axis", -1) % rank
+    y = _normalise(g, node.input[0], list(range(axis, rank)), _attr(node, "epsilon", 1e-5))
+    _affine(g, y, node.input[1], node.input[2] if len(node.input) > 2 else "", node.output[0])
+    return True
+
+
+def _instance_norm(g: _Graph, node) -> bool:
+    rank = g.rank(node.input[0])
+    if rank is None or rank < 3 or node.input[1] not in g.inits or node.input[2] not in g.inits:
+        return False
+    y = _normalise(g, node.input[0], list(range(2, rank)), _attr(node, "epsilon", 1e-5))
+    _channel_scale(g, y, g.inits[node.input[1]], g.inits[node.input[2]], rank=rank, out=node.output[0])
+    return True
+
+
+def _channel_scale(g: _Graph, x: str, scale, bias=None, *, rank, out: str = "") -> str:
+    """x * scale[c] (+ bias[c]) along axis 1, as a depthwise 1x1 convolution when x is 3-D or 4-D:
+    onnx2tf places a broadcast constant by guessing its axis, wrongly when C equals H or W."""
+    import numpy as np
+
+    scale = np.asarray(scale, np.float32).reshape(-1)
+    if rank in (3, 4):
+        weight = g.const(scale.reshape((-1, 1) + (1,) * (rank - 2)))
+        inputs = [x, weight] + ([g.const(np.asarray(bias, np.float32).reshape(-1))] if bias is not None else [])
+        return g.op("Conv", inputs, out=out, group=int(scale.size), kernel_shape=[1] * (rank - 2))
+    shape = (1, -1) + (1,) * ((rank or 2) - 2)
+    if bias is None:
+        return g.op("Mul", [x, g.const(scale.reshape(shape))], out=out)
+    return g.op("Add", [g.op("Mul", [x, g.const(scale.reshape(shape))]), g.const(np.asarray(bias, np.float32).reshape(shape))],
+                out=out)
+
+
+def _prelu(g: _Graph, node) -> bool:
+    """One slope: LeakyRelu. A slope per channel: relu(x + x) * ((1 - a) / 2) + a * x."""
+    import numpy as np
+
+    slope = g.inits.get(node.input[1])
+    if slope is None:
+        return False
+    x = node.input[0]
+    if slope.size == 1:
+        g.op("LeakyRelu", [x], out=node.output[0], alpha=float(slope.reshape(-1)[0]))
+        return True
+    rank = g.rank(x)
+    if rank is None or slope.size != (g.shapes.get(x) or (0, 0))[1]:
+        return False
+    slope = slope.astype(np.float32).reshape(-1)
+    relu2 = g.op("Relu", [g.op("Add", [x, x])])
+    g.op("Add", [_channel_scale(g, relu2, (1.0 - slope) / 2.0, rank=rank), _channel_scale(g, x, slope, rank=rank)],
+         out=node.output[0])
+    return True
+
+
+def _nearest_scale(g: _Graph, node):
+    """The integer scale s of a 4-D nearest Resize scaling H and W by s (else None)."""
+    transform = _attr(node, "coordinate_transformation_mode", b"half_pixel")
+    floor = _attr(node, "nearest_mode", b"round_prefer_floor") == b"floor"
+    # source index floor(i / s) for an integer s: half-pixel forms round to it, the others only floor to it
+    if _attr(node, "mode", b"nearest") != b"nearest" or not (
+            transform in (b"half_pixel", b"pytorch_half_pixel") or floor and transform in (b"asymmetric", b"tf_half_pixel_for_nn")):
+        return None
+    shape = g.shapes.get(node.input[0])
+    scales = g.inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    sizes = g.inits.get(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+    if scales is not None and scales.size == 4:
+        factors = [float(v) for v in scales]
+    elif sizes is not None and sizes.size == 4 and shape and len(shape) == 4 and all(shape):
+        factors = [float(o) / float(i) for o, i in zip(sizes, shape)]
+    else:
+        return None
+    s = factors[2]
+    if factors[:2] != [1.0, 1.0] or factors[3] != s or s != int(s) or int(s) < 2:
+        return None
+    return int(s)
+
+
+def _resize_nearest(g: _Graph, node) -> bool:
+    """Nearest upsampling by an integer s: s*s copies along the channels, then DepthToSpace (DCR)."""
+    s = _nearest_scale(g, node)
+    if s is None:
+        return False
+    x = node.input[0]
+    g.op("DepthToSpace", [g.op("Concat", [x] * (s * s), axis=1)], out=node.output[0], blocksize=s, mode="DCR")
+    return True
+
+
+def _softmax(g: _Graph, node) -> bool:
+    """softmax over one axis with exp(y) = sigmoid(y) / sigmoid(-y), y = x - max <= 0."""
+    rank = g.rank(node.input[0])
+    if g.opset < 13 or rank is None:
+        return False
+    axis = _attr(node, "axis", -1) % rank
+    x = node.input[0]
+    top = g.reduce("ReduceMax", x, [axis])
+    e = g.op("Div", [g.op("Sigmoid", [g.op("Sub", [x, top])]), g.op("Sigmoid", [g.op("Sub", [top, x])])])
+    g.op("Div", [e, g.reduce("ReduceSum", e, [axis])], out=node.output[0])
+    return True
+
+
+REWRITES = {"Erf": _erf, "LayerNormalization": _layer_norm, "InstanceNormalization": _instance_norm,
+            "PRelu": _prelu, "Resize": _resize_nearest, "Softmax": _softmax}
+FULL_INTEGER_REWRITES = ("Erf", "PRelu", "Resize")  # INT8 files stay full-integer: for every runtime
+FLOAT_ISLAND_REWRITES = ("LayerNormalization", "InstanceNormalization", "Softmax")  # INT8: DIV/SQRT run in float
+
+
+def rewrites_for(delegate) -> tuple[str, ...]:
+    """The ONNX ops to rewrite for a target's delegate: FlexErf never loads anywhere, so Erf always;
+    the float-island forms only for XNNPACK (which runs the float DIV/SQRT inside its partition;
+    an NPU delegate wants full-integer files)."""
+    return FULL_INTEGER_REWRITES + (FLOAT_ISLAND_REWRITES if delegate == "xnnpack" else ())
+
+
+def rewrite_onnx_for_xnnpack(proto, *, ops=tuple(REWRITES)) -> tuple[object, dict]:
+    """The graph with every op of `ops` that has a rewrite (see the table above) rewritten, in
+    place. Returns (proto, {op_type: count rewritten}). Nodes a rewrite does not match (e.g. a
+    bilinear Resize, a slope that is not a constant) are kept as they are."""
+    g = _Graph(proto)
+    done: dict = {}
+    kept = []
+    for node in list(g.graph.node):
+        rewrite = REWRITES.get(node.op_type) if node.op_type in ops and node.domain in ("", "ai.onnx") else None
+        start = len(g.nodes)
+        if rewrite is not None and rewrite(g, node):
+            done[node.op_type] = done.get(node.op_type, 0) + 1
+            kept.extend(g.nodes[start:])
+        else:
+            del g.nodes[start:]
+            kept.append(node)
+    del g.graph.node[:]
+    g.graph.node.extend(kept)
+    return proto, done
+
+
+def rewrite_onnx_file(src, dst, *, ops=tuple(REWRITES)) -> dict:
+    """Write `src` with the ops `ops` rewritten (`rewrite_onnx_for_xnnpack`) to `dst`, checked with
+    onnx.checker. Returns the counts of rewritten ops ({}: `dst` is a plain copy; so is a graph
+    whose weights are stored beside it)."""
+    import shutil
+
+    import onnx
+
+    proto = onnx.load(str(src), load_external_data=False)
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+    done = {} if external or not ops else rewrite_onnx_for_xnnpack(proto, ops=tuple(ops))[1]  # weights beside the graph: left as they are
+    if not done:
+        shutil.copyfile(src, dst)
+        return {}
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(dst))
+    return done
