@@ -159,3 +159,51 @@ def test_functional_hardswish_calls_are_rewritten_too():
     assert functional_activations(model, x[:1]) and functional_activations(rewritten, x[:1]) == []
     with torch.no_grad():
         assert torch.allclose(model(x), rewritten(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 16, 16), (2, 3)])
+def test_conv_shift_form_keeps_outputs_for_modules_and_calls(shape):
+    """The litert-torch form (the `+ 3` as a 1x1 depthwise conv on 4-D inputs, an ADD otherwise)."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    from toolkit.convert.graph_rewrite import functional_activations, rewrite_for_delegates
+
+    class Mixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.act, self.gate = nn.Hardswish(), nn.Hardsigmoid()
+
+        def forward(self, x):
+            return self.act(x) * self.gate(x) + F.hardswish(x) - F.hardsigmoid(x)
+
+    x = torch.linspace(-5, 5, int(np.prod(shape))).reshape(shape)
+    rewritten, changes = rewrite_for_delegates(Mixed().eval(), shift="conv")
+    assert len(changes) == 4 and any("ConvShiftHardswish" in c for c in changes)
+    assert functional_activations(rewritten, x) == []
+    with torch.no_grad():
+        assert torch.allclose(Mixed()(x), rewritten(x), atol=1e-6)
+
+
+def test_litert_int8_mobilenetv3_stays_in_xnnpack_with_the_conv_shift(tmp_path):
+    """litert-torch + ai-edge-quantizer: INT8 HARD_SWISH (19 partitions on MobileNetV3-Small) and an
+    ADD of the constant 3 (17) are not delegated; with the conv shift only the 2-D head's ADD is left."""
+    import torch
+
+    from toolkit.convert.checkpoint_to_litert import checkpoint_to_litert
+    from toolkit.models.architectures import create_model
+    from toolkit.models.checkpoint import save_checkpoint
+    from toolkit.runtime.delegate import delegate_report
+    from toolkit.runtime.tflite_check import require_full_integer
+
+    torch.manual_seed(0)
+    model = create_model("mobilenet_v3_small", num_classes=10).eval()
+    save_checkpoint(tmp_path / "m.pt", model, "mobilenet_v3_small", {"num_classes": 10})
+    calibration = np.random.default_rng(0).random((8, 64, 64, 3), dtype=np.float32)
+    out = checkpoint_to_litert(tmp_path / "m.pt", (1, 3, 64, 64), tmp_path / "litert", calibration,
+                               mean=(0.5,) * 3, std=(0.25,) * 3, delegate_rewrites=True)
+    require_full_integer(out.int8, "int8")
+    int8 = delegate_report(out.int8)
+    assert int8["partitions"] <= 2 and set(int8["undelegated_ops"]) <= {"ADD"}, int8
+    assert delegate_report(out.float32)["partitions"] == 1

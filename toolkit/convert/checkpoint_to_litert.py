@@ -46,11 +46,15 @@ def _child_error(stderr: str, code: int) -> str:
 
 def checkpoint_to_litert(checkpoint: str | Path, input_shape: tuple[int, ...], out_dir: str | Path,
                          calibration_nhwc: Optional[np.ndarray] = None, *, mean: tuple = (0.0,), std: tuple = (1.0,),
-                         stem: str = "model", threads: int = 1, timeout_s: float = 1800) -> LiteRTOutputs:
+                         stem: str = "model", threads: int = 1, timeout_s: float = 1800,
+                         delegate_rewrites: bool = False) -> LiteRTOutputs:
     """Write `<stem>_float32.tflite` and, with `calibration_nhwc` (real NHWC images in [0, 1], before
     mean/std), the full-integer `<stem>_int8.tflite` under `out_dir`, converted by litert-torch in
-    .venv-litert. `input_shape` is the torch (N, C, H, W); the files take NHWC input. Refuses when
-    the converter venv is missing, and names the child's one-line error when conversion fails."""
+    .venv-litert. `input_shape` is the torch (N, C, H, W); the files take NHWC input.
+    `delegate_rewrites` (XNNPACK targets) converts the model with hard-swish/hard-sigmoid written as
+    a depthwise conv, ReLU6 and MUL (toolkit.convert.graph_rewrite, shift="conv"): XNNPACK takes
+    neither INT8 HARD_SWISH nor, in litert-torch's INT8 files, an ADD of a constant. Refuses when the converter venv is missing, and names the child's one-line error
+    when conversion fails."""
     python = litert_python()
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -65,7 +69,7 @@ def checkpoint_to_litert(checkpoint: str | Path, input_shape: tuple[int, ...], o
                 raise EdgeShrinkError("INT8 conversion needs calibration data and the calibration set is empty; pass real images")
             np.save(Path(work) / "calib.npy", np.ascontiguousarray(calibration_nhwc, dtype=np.float32))
             cmd += ["--calibration", str(Path(work) / "calib.npy")]
-        program = _exported_program(checkpoint, input_shape, Path(work))
+        program = _exported_program(checkpoint, input_shape, Path(work), delegate_rewrites=delegate_rewrites)
         if program is not None:  # the child then needs neither the model's library nor its code
             cmd += ["--program", str(program)]
         try:
@@ -82,18 +86,22 @@ def checkpoint_to_litert(checkpoint: str | Path, input_shape: tuple[int, ...], o
     return LiteRTOutputs(out_dir / record["float32"], q8, record)
 
 
-def _exported_program(checkpoint: str | Path, input_shape: tuple[int, ...], work: Path) -> Optional[Path]:
+def _exported_program(checkpoint: str | Path, input_shape: tuple[int, ...], work: Path, *,
+                      delegate_rewrites: bool = False) -> Optional[Path]:
     """The checkpoint's model as a torch.export program (`.pt2`), or None when it does not export
     here (the child then rebuilds it from the checkpoint and says what failed). The litert venv
     holds torch and the converter only: a model from timm, MONAI or a file beside the card reaches
     it as a program, never as code to import."""
     import torch
 
+    from toolkit.convert.graph_rewrite import rewrite_for_delegates
     from toolkit.convert.transposed_conv import crop_transposed_convs
     from toolkit.models.checkpoint import load_checkpoint
 
     try:
         model, _ = crop_transposed_convs(load_checkpoint(checkpoint)[0])
+        if delegate_rewrites:
+            model, _ = rewrite_for_delegates(model, shift="conv")
         with torch.no_grad():
             program = torch.export.export(model.eval(), (torch.zeros(*input_shape),))
         path = work / "model.pt2"

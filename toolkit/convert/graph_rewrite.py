@@ -8,6 +8,11 @@ Measured with toolkit.runtime.delegate on onnx2tf 1.29.24 + TensorFlow 2.19 + ai
 - relu6(x + 3) * (1/6) stays ADD(+RELU6) and MUL (often folded into the neighbouring conv), and
   relu6(x + 3) * (x * (1/6)) is not matched by the converter's hard-swish pattern, so it stays
   ADD(+RELU6), MUL, MUL: all delegated in FP32 and full-integer INT8.
+Measured the same way on litert-torch 0.10 + ai-edge-quantizer (the second converter): its INT8
+files keep the ADD of the constant 3 outside XNNPACK (one partition break per activation, 17 on
+MobileNetV3-Small); written as a 1x1 depthwise convolution with weight 1 and bias 3, the shift is
+delegated (2 partitions: only the 2-D classifier head's ADD is left). `rewrite_for_delegates(...,
+shift="conv")` gives that form.
 The rewritten model's outputs equal the original's to float rounding (allclose, not bitwise)."""
 
 from __future__ import annotations
@@ -34,7 +39,33 @@ class DelegateHardswish(nn.Module):
         return F.relu6(x + 3.0) * (x * _SIXTH)
 
 
+def _plus_three_by_conv(x: torch.Tensor) -> torch.Tensor:
+    """x + 3 as a 1x1 depthwise convolution (weight 1, bias 3) for N x C x H x W inputs: the form
+    litert-torch's INT8 files keep inside XNNPACK. Other ranks add the constant (litert-torch
+    lowers a 1x1 conv of an N x C x 1 x 1 view to a BATCH_MATMUL it then rejects)."""
+    if x.dim() != 4:
+        return x + 3.0
+    channels = x.shape[1]
+    return F.conv2d(x, torch.ones(channels, 1, 1, 1, dtype=x.dtype, device=x.device),
+                    torch.full((channels,), 3.0, dtype=x.dtype, device=x.device), groups=channels)
+
+
+class ConvShiftHardsigmoid(nn.Module):
+    """hardsigmoid(x) = relu6(x + 3) * (1/6) with the shift as a depthwise conv (litert-torch INT8)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu6(_plus_three_by_conv(x)) * _SIXTH
+
+
+class ConvShiftHardswish(nn.Module):
+    """hardswish(x) = relu6(x + 3) * (x * (1/6)) with the shift as a depthwise conv (litert-torch INT8)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu6(_plus_three_by_conv(x)) * (x * _SIXTH)
+
+
 _REPLACEMENTS = {nn.Hardsigmoid: DelegateHardsigmoid, nn.Hardswish: DelegateHardswish}
+_CONV_SHIFT = {DelegateHardsigmoid: ConvShiftHardsigmoid, DelegateHardswish: ConvShiftHardswish}
 
 
 def delegate_hardsigmoid(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
@@ -45,14 +76,23 @@ def delegate_hardswish(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     return F.relu6(x + 3.0) * (x * _SIXTH)
 
 
-def _rewrite_functional(model: nn.Module, hardswish: bool) -> tuple[nn.Module, list[str]]:
+def conv_shift_hardsigmoid(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    return F.relu6(_plus_three_by_conv(x)) * _SIXTH
+
+
+def conv_shift_hardswish(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    return F.relu6(_plus_three_by_conv(x)) * (x * _SIXTH)
+
+
+def _rewrite_functional(model: nn.Module, hardswish: bool, shift: str) -> tuple[nn.Module, list[str]]:
     """F.hardswish / F.hardsigmoid calls inside forwards, rewritten with torch.fx. Returns the
     model unchanged when there are none, or when it cannot be traced (changes then say so)."""
     import torch.fx
 
-    targets = {F.hardsigmoid: delegate_hardsigmoid}
+    conv = shift == "conv"
+    targets = {F.hardsigmoid: conv_shift_hardsigmoid if conv else delegate_hardsigmoid}
     if hardswish:
-        targets[F.hardswish] = delegate_hardswish
+        targets[F.hardswish] = conv_shift_hardswish if conv else delegate_hardswish
     try:
         traced = torch.fx.symbolic_trace(model)
     except Exception as exc:  # noqa: BLE001 - data-dependent control flow etc.; modules are still rewritten
@@ -68,25 +108,28 @@ def _rewrite_functional(model: nn.Module, hardswish: bool) -> tuple[nn.Module, l
     return traced, changes
 
 
-def rewrite_for_delegates(model: nn.Module, *, hardswish: bool = True) -> tuple[nn.Module, list[str]]:
+def rewrite_for_delegates(model: nn.Module, *, hardswish: bool = True, shift: str = "add") -> tuple[nn.Module, list[str]]:
     """Replace nn.Hardswish / nn.Hardsigmoid modules (in place) with delegate-friendly forms.
     `hardswish=False` keeps nn.Hardswish (FP32 HARD_SWISH is one delegated XNNPACK op, a little
-    faster than ADD+MUL+MUL) for files that will only be deployed in FP32.
+    faster than ADD+MUL+MUL) for files that will only be deployed in FP32. `shift="conv"` writes the
+    `+ 3` as a depthwise convolution (for litert-torch's INT8 files; "add" suits onnx2tf's).
     Returns (model, changes) where changes lists "name: Old -> New" for every replacement.
     F.hardswish / F.hardsigmoid calls inside a forward are rewritten with torch.fx when there are
     any (the model then comes back as an fx.GraphModule with the same state_dict keys);
     `functional_activations` checks that none are left."""
+    model, functional = _rewrite_functional(model, hardswish, shift)  # first: fx treats torch.nn's own modules as leaves
     changes: list[str] = []
     for parent_name, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):
             new = _REPLACEMENTS.get(type(child))
             if new is None or (new is DelegateHardswish and not hardswish):
                 continue
+            if shift == "conv":
+                new = _CONV_SHIFT[new]
             setattr(parent, child_name, new())
             full = f"{parent_name}.{child_name}" if parent_name else child_name
             changes.append(f"{full}: {type(child).__name__} -> {new.__name__}")
-    model, more = _rewrite_functional(model, hardswish)
-    return model, changes + more
+    return model, changes + functional
 
 
 def functional_activations(model: nn.Module, example: torch.Tensor) -> list[str]:

@@ -77,7 +77,8 @@ def litert_files(runner, family, *, int8: bool, job=None) -> Made:
     with runner.clock("convert tflite (litert-torch)"):
         out = checkpoint_to_litert(runner.work / f"{runner.name}_{family.stage}.pt", runner.shape, out_dir,
                                    runner.calib01 if int8 else None, mean=tuple(spec.mean), std=tuple(spec.std),
-                                   stem=f"{runner.name}_{family.stage}", threads=runner.threads)
+                                   stem=f"{runner.name}_{family.stage}", threads=runner.threads,
+                                   delegate_rewrites=runner.target.runtime.delegate == "xnnpack")
     files = _place(runner, family, fp32=out.float32, int8=out.int8)
     record = {**{k: v for k, v in out.record.items() if k not in ("float32", "int8")},
               "seconds": round(time.perf_counter() - started, 2)}
