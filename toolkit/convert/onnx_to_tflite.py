@@ -126,7 +126,7 @@ def _convert_with_advice(source: Path, out: Path, onnx_path: Path, *, int8: bool
     tried = f" (already retried with {' '.join(used)})" if used else ""
     shown = shown or onnx_path
     raise EdgeShrinkError(f"onnx2tf could not convert {shown.name}{tried}: {_plain(last)[:300]}; onnx2tf asks for "
-                          f"{asked}; run onnx2tf -i {shown} to see the full log")
+                          f"{asked}; run onnx2tf -i {shown.name} to see the full log")
 
 
 def _plain(text: str) -> str:
