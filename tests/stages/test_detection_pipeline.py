@@ -80,20 +80,37 @@ def test_pruning_keeps_every_head_whole_and_the_output_shape(trained):
     assert result.history[-1]["macs_fraction"] < 0.7
 
 
-def test_edgeshrink_run_verifies_every_file_by_map(trained, tmp_path):
+@pytest.fixture(scope="module")
+def detection_bundle(trained, tmp_path_factory):
+    """One `edgeshrink run` of the trained card to a bundle: (bundle, its manifest, env, work folder)."""
     from tests.conftest import TINY_TARGET
 
     root, _ = trained
-    targets = tmp_path / "targets"
+    work = tmp_path_factory.mktemp("detection-run")
+    targets = work / "targets"
     targets.mkdir()
     (targets / "tiny.yaml").write_text(yaml.safe_dump(TINY_TARGET))
     env = {**os.environ, "EDGESHRINK_TARGETS_DIR": str(targets)}
     proc = subprocess.run([sys.executable, "-m", "toolkit", "run", "--model", str(root / "card.yaml"), "--target", "tiny",
-                           "--no-bench", "--quiet", "--calibration-size", "16", "--out", str(tmp_path / "dist")],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+                           "--no-bench", "--quiet", "--calibration-size", "16", "--out", str(work / "dist")],
+                          capture_output=True, text=True, env=env, cwd=work, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    bundle = tmp_path / "dist" / "tiny_yolo-tiny"
-    manifest = json.loads((bundle / "manifest.json").read_text())
+    bundle = work / "dist" / "tiny_yolo-tiny"
+    return bundle, json.loads((bundle / "manifest.json").read_text()), env, work
+
+
+def _eval_pack(root, env, work):
+    pack = work / "heldout.npz"
+    if not pack.is_file():
+        proc = subprocess.run([sys.executable, "-m", "toolkit", "eval-pack", "--model", str(root / "card.yaml"),
+                               "--out", str(pack)], capture_output=True, text=True, env=env, cwd=work, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    return pack
+
+
+def test_edgeshrink_run_verifies_every_file_by_map(trained, detection_bundle, tmp_path):
+    root, _ = trained
+    bundle, manifest, env, work = detection_bundle
     assert manifest["task"] == "detection" and manifest["primary_metric"] == "map50"
     arts = {a["name"]: a for a in manifest["artifacts"]}
     assert {"dense-tflite-fp32", "dense-onnx-fp32", "pruned-tflite-int8", "pruned-onnx-int8"} <= set(arts)
@@ -110,7 +127,29 @@ def test_edgeshrink_run_verifies_every_file_by_map(trained, tmp_path):
     assert (bundle / "detections.png").is_file()
     assert {"edgeshrink_detect.py", "edgeshrink_run_detect.py"} <= {f["file"] for f in manifest["device_files"]}
     _every_tflite_file_has_a_signature(bundle, tmp_path)
-    _device_script_reproduces_the_manifest(root, bundle, manifest, tmp_path, env)
+    _device_script_reproduces_the_manifest(root, bundle, manifest, tmp_path, env=env, pack=_eval_pack(root, env, work))
+
+
+def test_device_script_on_emulated_aarch64_reproduces_the_map(trained, detection_bundle, aarch64_env, tmp_path):
+    """The bundle's detection script under qemu-aarch64 (Debian arm64 Python, the device pins): the eval
+    pack's mAP equals the manifest's for the deployed file, with XNNPACK applied."""
+    import shutil
+
+    root, _ = trained
+    bundle, manifest, env, work = detection_bundle
+    qemu, qemu_env = aarch64_env
+    copy = tmp_path / bundle.name
+    shutil.copytree(bundle, copy)
+    out = tmp_path / "r.json"
+    proc = subprocess.run([*qemu, str(copy / "edgeshrink_run.py"), "--eval-pack", str(_eval_pack(root, env, work)),
+                           "--json", str(out), "--threads", "1"], capture_output=True, text=True, env=qemu_env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(out.read_text())
+    deployed = next(a for a in manifest["artifacts"] if a["name"] == manifest["deploy"]["artifact"])
+    assert r["device"]["arch"] == "aarch64" and r["device"]["emulated_by"].startswith("qemu-aarch64")
+    assert r["runtime"]["xnnpack_applied"] is True
+    assert r["accuracy"]["map50"] == pytest.approx(deployed["metrics"]["map50"], abs=1e-6)
+    assert r["accuracy"]["map"] == pytest.approx(deployed["metrics"]["map"], abs=1e-6)
 
 
 def _every_tflite_file_has_a_signature(bundle, tmp_path):
@@ -135,13 +174,9 @@ def _every_tflite_file_has_a_signature(bundle, tmp_path):
     assert runner(input=np.zeros((1, 64, 64, 3), np.float32))["output"].shape == (1, 80, 6)
 
 
-def _device_script_reproduces_the_manifest(root, bundle, manifest, tmp_path, env):
+def _device_script_reproduces_the_manifest(root, bundle, manifest, tmp_path, *, env, pack):
     """The bundle's own device script: the eval pack's mAP (numpy, no pycocotools) equals the host's
     pycocotools figure for the deployed file; an image gives JSON boxes in its pixels and a drawn copy."""
-    pack = tmp_path / "heldout.npz"
-    proc = subprocess.run([sys.executable, "-m", "toolkit", "eval-pack", "--model", str(root / "card.yaml"), "--out", str(pack)],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
     script = [sys.executable, str(bundle / "edgeshrink_run.py")]
     proc = subprocess.run([*script, "--eval-pack", str(pack), "--json", str(tmp_path / "device.json"), "--threads", "1"],
                           capture_output=True, text=True, cwd=tmp_path, timeout=300)
