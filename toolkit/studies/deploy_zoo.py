@@ -121,9 +121,15 @@ def _calibration(state: dict) -> None:
 
 
 def _onnx(state: dict, work: Path) -> None:
+    """The ONNX file a run exports for an XNNPACK target: hard-swish/hard-sigmoid in delegate-friendly
+    forms first (toolkit.convert.graph_rewrite, as the runner does)."""
+    import copy
+
+    from toolkit.convert.graph_rewrite import rewrite_for_delegates
     from toolkit.convert.torch_to_onnx import torch_to_onnx
 
-    state["onnx"] = torch_to_onnx(state["model"], (1, state["channels"], state["side"], state["side"]), work / "model.onnx")
+    model, _ = rewrite_for_delegates(copy.deepcopy(state["model"]))
+    state["onnx"] = torch_to_onnx(model, (1, state["channels"], state["side"], state["side"]), work / "model.onnx")
 
 
 def _onnx2tf(state: dict, work: Path, *, time_box_s: float) -> str:
@@ -152,7 +158,7 @@ def _litert(state: dict, entry, work: Path) -> str:
     mean, std = _mean_std(state["channels"])
     with card_code(entry.architecture, work):
         out = checkpoint_to_litert(checkpoint, (1, state["channels"], state["side"], state["side"]), work / "litert",
-                                   state["x01"], mean=mean, std=std, stem="model", timeout_s=900)
+                                   state["x01"], mean=mean, std=std, stem="model", timeout_s=900, delegate_rewrites=True)
     state["files"]["litert-torch"] = (out.float32, out.int8)
     return ""
 
