@@ -14,17 +14,14 @@ Loaded by edgeshrink_run.py, which checks this file's sha256 inside a bundle; ne
 the sibling modules (Pillow to draw boxes, Pillow/OpenCV to decode images)."""
 
 import json
-import os
-import stat
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import edgeshrink_common as C
 import edgeshrink_detect as D
 import numpy as np
-from edgeshrink_run_eval import prepare
+from edgeshrink_run_eval import prepare, read_pack
 from edgeshrink_run_inputs import sources
 
 PACK_KEYS = ("images", "image_sizes", "box_image", "boxes", "box_labels", "box_ignore")
@@ -102,13 +99,7 @@ def detect(model, args, manifest: dict) -> dict:
 
 def open_pack(path) -> dict:
     """The arrays of a detection eval pack from `edgeshrink eval-pack` (a regular .npz file)."""
-    try:
-        regular = stat.S_ISREG(os.stat(path).st_mode)
-        pack = np.load(path, allow_pickle=False) if regular else None
-        arrays = {k: pack[k] for k in pack.files} if isinstance(pack, np.lib.npyio.NpzFile) else {}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise SystemExit(f"error: cannot read the eval pack {path} ({getattr(exc, 'strerror', None) or str(exc)[:80]}); "
-                         "make it on the host with `edgeshrink eval-pack --model NAME`") from None
+    arrays = read_pack(path)
     if not set(PACK_KEYS) <= set(arrays) or len(arrays["images"]) != len(arrays["image_sizes"]):
         raise SystemExit(f"error: {path} is not a detection eval pack ({', '.join(PACK_KEYS)}); make it on the host "
                          "with `edgeshrink eval-pack --model NAME`")

@@ -100,15 +100,21 @@ def save_annotated(image, model: Model, prediction: dict, folder: Path, name: st
     img.save(folder / f"{stem}_pred.png")
 
 
-def open_pack(path) -> dict:
-    """The arrays of an `edgeshrink eval-pack` .npz (a regular file holding images and labels)."""
+def read_pack(path) -> dict:
+    """Every array of an `edgeshrink eval-pack` .npz, read only from a regular file and without
+    pickles ({} when it is not an .npz); a file that cannot be read stops in one line."""
     try:
         regular = stat.S_ISREG(os.stat(path).st_mode)
         pack = np.load(path, allow_pickle=False) if regular else None
-        arrays = {k: pack[k] for k in pack.files} if isinstance(pack, np.lib.npyio.NpzFile) else {}
+        return {k: pack[k] for k in pack.files} if isinstance(pack, np.lib.npyio.NpzFile) else {}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise SystemExit(f"error: cannot read the eval pack {path} ({getattr(exc, 'strerror', None) or str(exc)[:80]}); "
                          "make it on the host with `edgeshrink eval-pack --model NAME`") from None
+
+
+def open_pack(path) -> dict:
+    """The arrays of an `edgeshrink eval-pack` .npz (a regular file holding images and labels)."""
+    arrays = read_pack(path)
     if not {"images", "labels"} <= set(arrays) or len(arrays["images"]) != len(arrays["labels"]):
         raise SystemExit(f"error: {path} is not an eval pack (images and labels of one length); make it on the host "
                          "with `edgeshrink eval-pack --model NAME`")

@@ -3,21 +3,12 @@ the same file the device scripts run (numpy only), loaded by path once per proce
 
 from __future__ import annotations
 
-import importlib.util
-from functools import lru_cache
-
-from toolkit.core.paths import DEPLOY_DIR
-
-DETECT_FILE = DEPLOY_DIR / "common" / "edgeshrink_detect.py"  # <repo>/deploy, or the installed package data
+from toolkit.runtime.timing import device_module
 
 
-@lru_cache(maxsize=1)
 def device_detect():
     """The edgeshrink_detect module (decoding, NMS), loaded from deploy/common once per process."""
-    spec = importlib.util.spec_from_file_location("edgeshrink_detect", DETECT_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return device_module("edgeshrink_detect")
 
 
 def checked_decoding(spec: dict, where: str) -> dict:

@@ -1,6 +1,6 @@
-"""The host's handle on the one device helper module, deploy/common/edgeshrink_common.py.
+"""The host's handle on the device helper modules in deploy/common (edgeshrink_common, edgeshrink_detect).
 
-That file is what bundles ship and device scripts run (stdlib + numpy only); the host loads the
+Those files are what bundles ship and device scripts run (stdlib + numpy only); the host loads the
 same file by path instead of keeping its own copy of the timing loop, hashing, memory probe,
 interpreter loading and preprocessing."""
 
@@ -11,16 +11,23 @@ from functools import lru_cache
 
 from toolkit.core.paths import DEPLOY_DIR
 
-COMMON_FILE = DEPLOY_DIR / "common" / "edgeshrink_common.py"  # <repo>/deploy, or the installed package data
+COMMON_DIR = DEPLOY_DIR / "common"  # <repo>/deploy, or the installed package data
+COMMON_FILE = COMMON_DIR / "edgeshrink_common.py"
 
 
-@lru_cache(maxsize=1)
-def device_common():
-    """The edgeshrink_common module, loaded from deploy/common (shipped with the package) once per process."""
-    spec = importlib.util.spec_from_file_location("edgeshrink_common", COMMON_FILE)
+@lru_cache(maxsize=None)
+def device_module(name: str):
+    """A deploy/common module (edgeshrink_common, edgeshrink_detect), loaded by path from the files
+    bundles ship, once per process."""
+    spec = importlib.util.spec_from_file_location(name, COMMON_DIR / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def device_common():
+    """The edgeshrink_common module (timing loop, hashing, memory probe, interpreter loading)."""
+    return device_module("edgeshrink_common")
 
 
 def time_calls(call, warmup: int = 10, min_runs: int = 50, min_seconds: float = 2.0, max_runs: int = 100_000) -> dict:
