@@ -22,7 +22,7 @@ import edgeshrink_common as C
 import edgeshrink_detect as D
 import numpy as np
 from edgeshrink_run_eval import prepare, read_pack
-from edgeshrink_run_inputs import sources
+from edgeshrink_run_inputs import OutputStems, sources
 
 PACK_KEYS = ("images", "image_sizes", "box_image", "boxes", "box_labels", "box_ignore")
 NOT_DECODING = ("input_hw", "labels", "raw_output", "examples_image")
@@ -58,16 +58,12 @@ def _draw(image, found: dict, labels: list, threshold: float, path: Path) -> Non
     img.save(path)
 
 
-def _out_name(name: str) -> str:
-    return Path(name.replace("[", "_").replace("]", "").replace(":", "_")).stem + "_boxes.png"
-
-
 def detect(model, args, manifest: dict) -> dict:
     """Detections for every input: {"detections": [{"input", "image_size", "boxes": [...]}], "skipped",
     "end_to_end_ms"}; with --out an image per input with its boxes drawn."""
     spec, labels = decoding(manifest, model)
     priors = D.make_priors(spec, model.height, model.width)
-    results, skipped, e2e = [], [], []
+    results, skipped, e2e, stems = [], [], [], OutputStems()
     for name, _, load in sources(args, [], model):
         started = time.perf_counter()
         try:
@@ -85,7 +81,7 @@ def detect(model, args, manifest: dict) -> dict:
         results.append({"input": name, "image_size": [int(image.shape[1]), int(image.shape[0])], "boxes": shown})
         print(json.dumps(results[-1]))
         if args.out:
-            _draw(image, found, labels, spec["draw_threshold"], Path(args.out) / _out_name(name))
+            _draw(image, found, labels, spec["draw_threshold"], Path(args.out) / f"{stems.stem(Path(name).name)}_boxes.png")
     if skipped and not results:
         raise SystemExit(f"error: no input could be read ({len(skipped)} skipped; {skipped[0]['input']}: "
                          f"{skipped[0]['reason']})")

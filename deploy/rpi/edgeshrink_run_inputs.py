@@ -189,3 +189,25 @@ def sources(args, truth_pairs, model):
     if args.camera is not None:
         for name, rgb in camera_frames(args.camera, args.max_frames):
             yield name, None, (lambda a=rgb: a)
+
+
+class OutputStems:
+    """File stems for what one run writes under one folder, never twice the same: `clip.mp4:frame3`
+    -> `clip_frame3`, `arrays.npy[2]` -> `arrays_2_`, `photo.jpg` -> `photo` (then `photo_2`, ...)."""
+
+    def __init__(self):
+        self.used = set()
+
+    def stem(self, name: str) -> str:
+        for ext in (".mp4:", ".avi:", ".mov:", ".mkv:"):  # video frames: clip.mp4:frame3 -> clip_frame3
+            name = name.replace(ext, "_")
+        base = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+        for ext in (".nii.gz", ".nii", ".npy", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif"):
+            if base.lower().endswith(ext):
+                base = base[: -len(ext)]
+                break
+        stem, i = base, 2
+        while stem in self.used:
+            stem, i = f"{base}_{i}", i + 1
+        self.used.add(stem)
+        return stem

@@ -20,7 +20,7 @@ from pathlib import Path
 import edgeshrink_common as C
 import edgeshrink_run_images as I
 import numpy as np
-from edgeshrink_run_inputs import camera_frames, kind_of, list_inputs, load_array, video_frames
+from edgeshrink_run_inputs import OutputStems, camera_frames, kind_of, list_inputs, load_array, video_frames
 
 BATCH = 8
 CHUNK = 64  # slices normalised and padded at a time (bounds memory for large volumes)
@@ -194,25 +194,12 @@ def write_nifti(img, mask, path, classes: int) -> None:
     _nibabel().save(out, str(path))
 
 
-class Writer:
+class Writer(OutputStems):
     """Output names under one folder: <stem>_mask.png / _overlay.png / _mask.nii.gz, never twice the same."""
 
     def __init__(self, folder):
-        self.folder, self.used = Path(folder), set()
-
-    def stem(self, name: str) -> str:
-        for ext in (".mp4:", ".avi:", ".mov:", ".mkv:"):  # video frames: clip.mp4:frame3 -> clip_frame3
-            name = name.replace(ext, "_")
-        base = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
-        for ext in (".nii.gz", ".nii", ".npy", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif"):
-            if base.lower().endswith(ext):
-                base = base[: -len(ext)]
-                break
-        stem, i = base, 2
-        while stem in self.used:
-            stem, i = f"{base}_{i}", i + 1
-        self.used.add(stem)
-        return stem
+        super().__init__()
+        self.folder = Path(folder)
 
     def pngs(self, stem: str, image, mask) -> dict:
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -114,3 +114,37 @@ def test_lut_is_reused_from_disk_and_a_tampered_entry_is_measured_again(tiny):
     values = rebuilt.lookup(specs)
     assert rebuilt.stats["measured"] == 1 and rebuilt.stats["rebuilt"] == 1
     assert values[0] < 1e3 and json.loads(entry.read_text())["ms"] == values[0]
+
+
+def test_a_run_measures_int8_files_and_falls_back_to_litert_when_onnx2tf_fails(tmp_path):
+    """`--fps` in a run measures the file a run deploys: the full-integer TFLite file, made as the run
+    makes it. A detector whose FPN onnx2tf cannot convert (resize + add, the Penn-Fudan card's case)
+    gets its files from litert-torch, and once onnx2tf has failed, the next level of the walk goes
+    to litert-torch first."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    from toolkit.config.targets import load_target
+    from toolkit.data.preprocess import InputSpec
+    from toolkit.models.detector import mobilenet_v3_detector
+    from toolkit.pipeline.optional_stages import deployed_int8_file
+
+    arguments = {"num_classes": 1, "variant": "small", "width_mult": 0.5, "neck_channels": 16}
+    torch.manual_seed(0)
+    model = mobilenet_v3_detector(**arguments).eval()
+    plan = SimpleNamespace(input=InputSpec(64, 64), source=SimpleNamespace(architecture="mobilenet_v3_detector",
+                                                                           arguments=arguments))
+    runner = SimpleNamespace(target=load_target("host"), plan=plan, threads=1,
+                             calib01=np.random.default_rng(0).random((8, 64, 64, 3), dtype=np.float32))
+    assert runner.target.conversion.tflite == "onnx2tf" and runner.target.conversion.fallback
+    make = deployed_int8_file(runner)
+    first = make(model, SHAPE, tmp_path, name="dense")
+    assert (tmp_path / "dense.onnx").is_file() and (tmp_path / "dense.pt").is_file()  # onnx2tf tried, litert made it
+    second = make(model, SHAPE, tmp_path, name="probe")
+    assert not (tmp_path / "probe.onnx").exists() and (tmp_path / "probe.pt").is_file()
+    for path in (first, second):
+        interpreter = Interpreter(model_path=str(path))
+        assert interpreter.get_input_details()[0]["dtype"] == np.int8
+        assert interpreter.get_output_details()[0]["shape"].tolist() == [1, 8 * 8 + 4 * 4 + 2 * 2, 5]

@@ -92,7 +92,7 @@ def detection_bundle(trained, tmp_path_factory):
     (targets / "tiny.yaml").write_text(yaml.safe_dump(TINY_TARGET))
     env = {**os.environ, "EDGESHRINK_TARGETS_DIR": str(targets)}
     proc = subprocess.run([sys.executable, "-m", "toolkit", "run", "--model", str(root / "card.yaml"), "--target", "tiny",
-                           "--no-bench", "--quiet", "--calibration-size", "16", "--out", str(work / "dist")],
+                           "--quiet", "--calibration-size", "16", "--out", str(work / "dist")],
                           capture_output=True, text=True, env=env, cwd=work, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     bundle = work / "dist" / "tiny_yolo-tiny"
@@ -126,6 +126,10 @@ def test_edgeshrink_run_verifies_every_file_by_map(trained, detection_bundle, tm
     assert decoding["strides"] == [8, 16] and decoding["labels"] == CLASSES and decoding["box_encoding"] == "ltrb"
     assert (bundle / "detections.png").is_file()
     assert {"edgeshrink_detect.py", "edgeshrink_run_detect.py"} <= {f["file"] for f in manifest["device_files"]}
+    e2e = manifest["deploy"]["end_to_end"]  # the deployed file through the device script, decode to boxes
+    assert e2e["artifact"] == manifest["deploy"]["artifact"] and e2e["images"] == 8 and e2e["measured_on"] == "host"
+    assert e2e["fps"] == pytest.approx(1000.0 / e2e["p50_ms"]) and "NMS" in e2e["includes"]
+    assert "End to end on this host" in (bundle / "report.md").read_text()
     _every_tflite_file_has_a_signature(bundle, tmp_path)
     _device_script_reproduces_the_manifest(root, bundle, manifest, tmp_path, env=env, pack=_eval_pack(root, env, work))
 
@@ -196,6 +200,37 @@ def _device_script_reproduces_the_manifest(root, bundle, manifest, tmp_path, *, 
     assert line["image_size"] == [width, height]
     assert all(0 <= b["box"][0] <= b["box"][2] <= width and b["label"] in CLASSES for b in line["boxes"])
     assert (tmp_path / "boxes" / f"{image.stem}_boxes.png").is_file()
+    _device_script_takes_a_folder_and_a_video(root, script, tmp_path)
+
+
+def _device_script_takes_a_folder_and_a_video(root, script, tmp_path):
+    """A folder of images and a video file (OpenCV) in one call: one JSON line per image and per frame,
+    each frame drawn with its boxes, boxes inside the frame."""
+    import shutil
+
+    import cv2
+    from PIL import Image
+
+    images = sorted((root / "coco" / "images").glob("val_*.png"))[:3]
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for path in images[:2]:
+        shutil.copy(path, folder / path.name)
+    video, size = tmp_path / "clip.mp4", (96, 80)
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, size)
+    for path in images:
+        writer.write(np.asarray(Image.open(path).convert("RGB").resize(size))[:, :, ::-1].copy())
+    writer.release()
+    proc = subprocess.run([*script, "--input", str(folder), str(video), "--out", str(tmp_path / "drawn"), "--threads", "1",
+                           "--json", str(tmp_path / "many.json")], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
+    frames = [l for l in lines if l["input"].startswith("clip.mp4:frame")]
+    assert len(lines) == 2 + 3 and len(frames) == 3
+    assert all(f["image_size"] == list(size) and all(0 <= b["box"][0] <= b["box"][2] <= size[0] for b in f["boxes"])
+               for f in frames)
+    assert len(list((tmp_path / "drawn").glob("clip_frame*_boxes.png"))) == 3
+    assert len(json.loads((tmp_path / "many.json").read_text())["detections"]) == 5
 
 
 def test_card_problems_are_one_line_errors(trained, tmp_path):

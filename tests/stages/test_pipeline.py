@@ -255,6 +255,7 @@ def test_fps_budget_run_meets_the_budget_and_draws_the_frontier(use_workspace, t
     budget = manifest["latency_budget"]
     assert abs(budget["budget_fps"] - fps) < 1e-6 and budget["deployed"]["artifact"]
     assert budget["deployed"]["met"] is True
+    assert budget["precision"] == "int8"  # the search measured the INT8 files the run deploys
     assert (bundle / "frontier.png").is_file() and "Latency budget" in (bundle / "report.md").read_text()
 
 

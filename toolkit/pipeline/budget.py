@@ -17,7 +17,10 @@ dense latency and partly scale with width). The fastest file also settles whethe
 reachable at all. Then the least-pruned point predicted under `budget * (1 - margin)` is pruned
 again, converted (torch -> ONNX -> onnx2tf FP32, cached) and measured with `benchmark_file`; every
 measurement refits the line; a miss steps further down, a hit with slack tries less pruning, at most
-`max_measurements` candidate files besides the two calibration files. Fine-tuning happens afterwards, in the runner, not in the search."""
+`max_measurements` candidate files besides the two calibration files. Fine-tuning happens afterwards, in the runner, not in the search.
+A run measures the file it deploys (`make_file`: the INT8 TFLite file from the run's converters,
+toolkit.pipeline.optional_stages.deployed_int8_file); the FP32 LUT then only ranks the levels and
+the fitted line maps it onto INT8 latency. Standalone (`python -m toolkit.pipeline.budget`) measures FP32."""
 
 from __future__ import annotations
 
@@ -60,6 +63,7 @@ class BudgetResult:
     calibration: dict
     lut: dict
     seconds: dict
+    precision: str = "fp32"       # what the measured files were: "fp32", or "int8" when the run deploys INT8
 
     @property
     def measurements(self) -> list[Probe]:
@@ -74,8 +78,9 @@ class BudgetResult:
                 "threads": self.threads, "chosen": self.chosen.model_dump() if self.chosen is not None else None,
                 "chosen_probe": row(self.chosen_probe), "dense": row(self.dense),
                 "probes": [row(p) for p in self.probes], "calibration": self.calibration, "lut": self.lut,
-                "seconds": self.seconds,
-                "note": "LUT: per-layer FP32 latency on LiteRT/XNNPACK; the deployed file may be INT8"}
+                "seconds": self.seconds, "precision": self.precision,
+                "note": f"LUT: per-layer FP32 latency on LiteRT/XNNPACK, fitted to measured {self.precision.upper()} "
+                        "TFLite files (scale, offset)"}
 
 
 def _say(progress: bool, message: str) -> None:
@@ -83,22 +88,27 @@ def _say(progress: bool, message: str) -> None:
         print(f"[edgeshrink] budget: {message}", flush=True)
 
 
-def measure_model(model, input_shape: tuple[int, ...], threads: int, work: Path, *, name: str, bench: dict,
-                  repeats: int = 3) -> float:
-    """p50 ms of `model` as an FP32 TFLite file (the toolkit's converters, cached) on the host, in
-    the form the runner exports for XNNPACK (hard-sigmoid/hard-swish rewritten), so that the figures
-    match the bundle's files. The lowest p50 of `repeats` benchmark processes: one run under a
-    transient load (measured: 0.53 ms once for a file that takes 0.19 ms) must not steer the search."""
-    import copy
-
-    from toolkit.bench.host import benchmark_file
+def fp32_file(model, input_shape: tuple[int, ...], work: Path, *, name: str) -> Path:
+    """`model` as an FP32 TFLite file (torch -> ONNX -> onnx2tf, cached), in the form the runner
+    exports for XNNPACK (hard-sigmoid/hard-swish rewritten)."""
     from toolkit.convert.cache import cached_onnx_to_tflite
     from toolkit.convert.torch_to_onnx import torch_to_onnx
     from toolkit.convert.graph_rewrite import rewrite_for_delegates
 
     model, _ = rewrite_for_delegates(copy.deepcopy(model).eval())
     onnx = torch_to_onnx(model, input_shape, work / f"{name}.onnx")
-    tflite = cached_onnx_to_tflite(onnx, work / f"{name}-tflite", None, (0.0,), (1.0,), int8=False).float32
+    return cached_onnx_to_tflite(onnx, work / f"{name}-tflite", None, (0.0,), (1.0,), int8=False).float32
+
+
+def measure_model(model, input_shape: tuple[int, ...], threads: int, work: Path, *, name: str, bench: dict,
+                  repeats: int = 3, make_file: Optional[Callable] = None) -> float:
+    """p50 ms on the host of `model` as the TFLite file `make_file(model, input_shape, work, name=...)`
+    writes (default `fp32_file`), so that the figures match the bundle's files. The lowest p50 of
+    `repeats` benchmark processes: one run under a transient load (measured: 0.53 ms once for a file
+    that takes 0.19 ms) must not steer the search."""
+    from toolkit.bench.host import benchmark_file
+
+    tflite = (make_file or fp32_file)(model, tuple(input_shape), work, name=name)
     return min(float(benchmark_file(tflite, "tflite", input_shape, threads=threads, **bench)["latency_ms"]["p50"])
                for _ in range(repeats))
 
@@ -221,7 +231,7 @@ def _measure_probe(model, probe: Probe, cal: dict, *, ctx: dict, name: str) -> N
     pruned = _reprune(model, ctx["input_shape"], ctx["cfg"], probe, never_prune=ctx["never_prune"],
                       grad_batches=ctx["grad_batches"])
     probe.measured_ms = measure_model(pruned, ctx["input_shape"], ctx["threads"], ctx["work"], name=name,
-                                      bench=ctx["bench"])
+                                      bench=ctx["bench"], make_file=ctx["make_file"])
     _say(ctx["progress"], f"{name}: {probe.macs_fraction:.1%} MACs, round_to {probe.round_to}: predicted "
          f"{probe.picked_at_ms:.3g} ms, measured {probe.measured_ms:.3g} ms (budget {ctx['budget_ms']:.3g})")
 
@@ -255,9 +265,10 @@ def search_for_latency(model, *, input_shape: tuple[int, ...], cfg, budget_ms: f
                        never_prune: Iterable[str] = (), progress: bool = True, margin: float = 0.05,
                        max_measurements: int = 3, floor: float = 0.15, round_tos: tuple[int, ...] = (8, 16),
                        steps: int = 40, grad_batches: Optional[Callable[[], Iterable]] = None, table=None,
-                       bench: Optional[dict] = None, workdir: Optional[Path] = None) -> BudgetResult:
-    """The least pruning (highest MAC fraction, over `round_tos`) whose FP32 TFLite file measures at
-    most `budget_ms` p50 on this host with `threads`. Measures the dense file, the fastest level
+                       bench: Optional[dict] = None, workdir: Optional[Path] = None,
+                       make_file: Optional[Callable] = None, precision: str = "fp32") -> BudgetResult:
+    """The least pruning (highest MAC fraction, over `round_tos`) whose TFLite file (`make_file`,
+    default FP32; `precision` names what it makes) measures at most `budget_ms` p50 on this host with `threads`. Measures the dense file, the fastest level
     (both calibrate the LUT: scale and offset) and at most `max_measurements` candidates. Refuses,
     in one line naming the measured fastest latency, a budget no level down to `floor` reaches.
     `cfg` supplies importance, scope, max_layer_ratio and steps; the search never fine-tunes."""
@@ -277,9 +288,11 @@ def search_for_latency(model, *, input_shape: tuple[int, ...], cfg, budget_ms: f
     with tempfile.TemporaryDirectory(prefix="edgeshrink-budget-") as tmp:
         ctx = {"budget_ms": budget_ms, "margin": margin, "max_measurements": max_measurements, "cfg": cfg,
                "input_shape": tuple(input_shape), "never_prune": never_prune, "grad_batches": grad_batches,
-               "threads": threads, "work": Path(workdir or tmp), "bench": {**BENCH, **(bench or {})}, "progress": progress}
-        dense.measured_ms = measure_model(model, ctx["input_shape"], threads, ctx["work"], name="dense", bench=ctx["bench"])
-        _say(progress, f"dense: LUT sum {dense.lut_ms:.3g} ms, measured {dense.measured_ms:.3g} ms")
+               "threads": threads, "work": Path(workdir or tmp), "bench": {**BENCH, **(bench or {})}, "progress": progress,
+               "make_file": make_file}
+        dense.measured_ms = measure_model(model, ctx["input_shape"], threads, ctx["work"], name="dense", bench=ctx["bench"],
+                                          make_file=make_file)
+        _say(progress, f"dense: LUT sum {dense.lut_ms:.3g} ms, measured {dense.measured_ms:.3g} ms ({precision.upper()} file)")
         if not probes:
             raise EdgeShrinkError(f"pruning removed nothing down to {floor:.0%} of MACs; check never_prune and max_layer_ratio")
         hit = dense if dense.measured_ms <= budget_ms else _measure_loop(model, probes, dense, ctx=ctx)
@@ -292,13 +305,13 @@ def search_for_latency(model, *, input_shape: tuple[int, ...], cfg, budget_ms: f
     end = time.perf_counter()
     seconds = {"frontier": round(clock["frontier"] - clock["start"], 2), "measure": round(end - clock["frontier"], 2),
                "total": round(end - clock["start"], 2)}
-    return BudgetResult(budget_ms, margin, threads, chosen, hit, dense, probes, cal, dict(table.stats), seconds)
+    return BudgetResult(budget_ms, margin, threads, chosen, hit, dense, probes, cal, dict(table.stats), seconds, precision)
 
 
 def frontier_table(result: BudgetResult) -> str:
     """Markdown: every pruning level (MAC fraction, rounding, LUT sum, predicted, measured)."""
     head = (f"Latency budget {result.budget_ms:.3g} ms ({1000 / result.budget_ms:.1f} FPS), {result.threads} threads, "
-            f"FP32 TFLite on LiteRT/XNNPACK. Prediction = {result.calibration['scale']:.3f} x LUT sum + "
+            f"{result.precision.upper()} TFLite on LiteRT/XNNPACK. Prediction = {result.calibration['scale']:.3f} x LUT sum + "
             f"{result.calibration['offset']:.3g} ms (fitted on {result.calibration['points']} measured files).\n\n"
             "| round_to | MACs kept | target_macs | LUT sum (ms) | predicted (ms) | predicted when picked (ms) "
             "| measured p50 (ms) | |\n|---:|---:|---:|---:|---:|---:|---:|---|\n")
@@ -336,7 +349,7 @@ def plot_frontier(result: BudgetResult, path: str | Path) -> Path:
                label=f"chosen ({c.macs_fraction:.0%} MACs)")
     ax.axhline(result.budget_ms, color="tab:red", ls="--", lw=1, label=f"budget {result.budget_ms:.3g} ms")
     ax.set_xlabel("MAC fraction kept")
-    ax.set_ylabel(f"p50 latency (ms, FP32 TFLite, {result.threads} threads)")
+    ax.set_ylabel(f"p50 latency (ms, {result.precision.upper()} TFLite, {result.threads} threads)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -9,10 +9,11 @@ from typing import Optional
 
 
 def budget_config(runner, dense_model) -> tuple:
-    """(pruning settings, `latency_budget` record): the least pruning whose FP32 TFLite file meets
-    the FPS budget on this host: per-layer latencies measured on LiteRT/XNNPACK (a lookup table),
-    calibrated and confirmed by converting and benchmarking real files. Fine-tuning happens after
-    the search. Settings None: the dense model meets it."""
+    """(pruning settings, `latency_budget` record): the least pruning whose INT8 TFLite file (what a
+    run deploys when it passes the gate; `deployed_int8_file`) meets the FPS budget on this host:
+    per-layer latencies measured on LiteRT/XNNPACK (a lookup table), calibrated and confirmed by
+    converting and benchmarking real files. Fine-tuning happens after the search. Settings None:
+    the dense model meets it."""
     from toolkit.pipeline.budget import plot_frontier, search_for_latency
 
     plan = runner.plan
@@ -20,9 +21,66 @@ def budget_config(runner, dense_model) -> tuple:
         budget_ms, request = budget_ms_for(runner, dense_model)
         result = search_for_latency(dense_model, input_shape=runner.shape, cfg=plan.pruning,
                                     budget_ms=budget_ms, threads=runner.threads,
-                                    never_prune=plan.card.never_prune, progress=plan.progress)
+                                    never_prune=plan.card.never_prune, progress=plan.progress,
+                                    make_file=deployed_int8_file(runner), precision="int8")
     plot_frontier(result, runner.work / "frontier.png")
     return result.chosen, {**result.to_json(), **({"request": request} if request else {})}
+
+
+def deployed_int8_file(runner):
+    """make_file(model, input_shape, work, name=...) for the latency search: the model's full-integer
+    TFLite file as the run makes it (calibrated on the run's images, delegate rewrites for XNNPACK,
+    the profile's converter, the other one when it fails and the profile allows the fallback; once
+    one converter fails, later files go straight to the one that worked)."""
+    import copy
+
+    from toolkit.core.errors import EdgeShrinkError
+    from toolkit.pipeline.tflite_converters import other_converter
+
+    conversion, q, spec = runner.target.conversion, runner.target.quantization, runner.plan.input
+    xnnpack = runner.target.runtime.delegate == "xnnpack"
+    order = [conversion.tflite] + ([other_converter(conversion.tflite)] if conversion.fallback else [])
+
+    def onnx2tf(model, input_shape, work: Path, name: str) -> Path:
+        from toolkit.convert.cache import cached_onnx_to_tflite
+        from toolkit.convert.graph_rewrite import rewrite_for_delegates
+        from toolkit.convert.onnx_rewrite import rewrites_for
+        from toolkit.convert.torch_to_onnx import torch_to_onnx
+
+        model = rewrite_for_delegates(copy.deepcopy(model).eval())[0] if xnnpack else model
+        onnx = torch_to_onnx(model, input_shape, work / f"{name}.onnx")
+        return cached_onnx_to_tflite(onnx, work / f"{name}-tflite", runner.calib01, tuple(spec.mean), tuple(spec.std),
+                                     int8=True, io_dtype=q.io_dtype,
+                                     rewrite_ops=rewrites_for(runner.target.runtime.delegate)).int8
+
+    def litert(model, input_shape, work: Path, name: str) -> Path:
+        from toolkit.convert.checkpoint_to_litert import checkpoint_to_litert
+        from toolkit.models.checkpoint import save_checkpoint
+
+        if q.io_dtype != "int8":
+            raise EdgeShrinkError(f"litert-torch here writes int8 model inputs/outputs, the profile asks for {q.io_dtype}")
+        checkpoint = work / f"{name}.pt"
+        save_checkpoint(checkpoint, model, runner.plan.source.architecture, runner.plan.source.arguments)
+        return checkpoint_to_litert(checkpoint, input_shape, work / f"{name}-litert", runner.calib01,
+                                    mean=tuple(spec.mean), std=tuple(spec.std), stem=name, threads=runner.threads,
+                                    delegate_rewrites=xnnpack).int8
+
+    makers = {"onnx2tf": onnx2tf, "litert-torch": litert}
+
+    def make(model, input_shape, work: Path, *, name: str) -> Path:
+        failures = []
+        for converter in list(order):
+            try:
+                path = makers[converter](model, input_shape, work, name)
+            except EdgeShrinkError as exc:
+                failures.append(f"{converter}: {str(exc)[:200]}")
+                continue
+            order[:] = [converter] + [c for c in order if c != converter]  # the next levels convert the same way first
+            return path
+        raise EdgeShrinkError(f"the latency search could not make an INT8 TFLite file of the {name} model ("
+                              + "; ".join(failures) + "); run without --fps or fix the conversion first")
+
+    return make
 
 
 def budget_ms_for(runner, dense_model) -> tuple[float, Optional[dict]]:

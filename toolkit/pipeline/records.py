@@ -100,7 +100,7 @@ class SpeedupRequest(Record):
 class LatencyBudget(Record):
     """The latency-budget search (`--fps`) and whether the deployed file met the budget."""
 
-    OPTIONAL = ("request", "deployed")
+    OPTIONAL = ("request", "deployed", "precision")
     budget_ms: float
     budget_fps: float
     margin: float
@@ -113,6 +113,7 @@ class LatencyBudget(Record):
     lut: Json
     seconds: Json
     note: str
+    precision: str = "fp32"  # the measured files' precision: int8 in a run (the file it deploys)
     request: Optional[SpeedupRequest] = None
     deployed: Optional[Json] = None
 
@@ -138,7 +139,7 @@ class DeviceFile(Record):
 class Deploy(Record):
     """What the device runs and how it is reached; `host_estimate` once a device measured the choice."""
 
-    OPTIONAL = ("selection", "host_estimate")
+    OPTIONAL = ("selection", "host_estimate", "end_to_end")
     artifact: str
     engine: str
     delegate: str
@@ -154,6 +155,7 @@ class Deploy(Record):
     device: Json
     selection: Optional[Json] = None
     host_estimate: Optional[Json] = None
+    end_to_end: Optional[Json] = None  # the deployed file through the device script on this host (decode to result)
 
 
 class Manifest(Record):

@@ -135,6 +135,11 @@ class DetectionTask:
     def eval_count(self) -> int:
         return len(self.eval_images)
 
+    def end_to_end_inputs(self, count: int) -> list:
+        """Up to `count` held-out image files as they are on disk (generated data has none), for the
+        end-to-end FPS of the bundle's device script (toolkit.pipeline.end_to_end)."""
+        return [s.path for s in self.val.samples if s.path is not None][:count]
+
     def example_batch(self, count: int = 8) -> np.ndarray:
         return normalize_nhwc_uint8(self.eval_images[:count], self.spec)
 

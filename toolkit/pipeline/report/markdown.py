@@ -113,8 +113,9 @@ def budget_lines(manifest: dict) -> list[str]:
              f"Chosen: target_macs {chosen.get('target_macs', 1.0)}, round_to {chosen.get('round_to', '–')} "
              f"(the least pruning predicted and measured to meet the budget before fine-tuning; {b['note']}). "
              f"Deployed `{d.get('artifact')}`: p50 {d.get('p50_ms') or float('nan'):.3f} ms = "
-             f"{d.get('fps') or float('nan'):.0f} FPS — {met}." + _speedup_text(b), "",
-             "| round_to | MACs kept | LUT-predicted ms | measured FP32 ms |", "|---|---|---|---|"]
+             f"{d.get('fps') or float('nan'):.0f} FPS model-only — {met}" + _end_to_end_met(d) + "." + _speedup_text(b), "",
+             f"| round_to | MACs kept | LUT-predicted ms | measured {b.get('precision', 'fp32').upper()} ms |",
+             "|---|---|---|---|"]
     probes = b["probes"]
     shown = [p for i, p in enumerate(probes) if p.get("measured_ms") is not None or i % 8 == 0]
     for p in shown:
@@ -124,13 +125,31 @@ def budget_lines(manifest: dict) -> list[str]:
                     "", "![frontier](frontier.png)", ""]
 
 
+def _end_to_end_met(d: dict) -> str:
+    if "end_to_end_met" not in d:
+        return ""
+    return f"; end to end {d['end_to_end_fps']:.0f} FPS — {'**met**' if d['end_to_end_met'] else '**missed**'}"
+
+
+def end_to_end_line(manifest: dict) -> list[str]:
+    """The deployed file's end-to-end FPS through the device script, model-only beside it (host numbers)."""
+    e = (manifest.get("deploy") or {}).get("end_to_end")
+    if not e:
+        return []
+    if e.get("error"):
+        return [f"End to end: not measured ({e['error']}).", ""]
+    return [f"**End to end on this host: {e['fps']:.1f} FPS** (p50 {e['p50_ms']:.2f} ms per image: {e['includes']}; "
+            f"{e['images']} held-out image files through the bundle's `edgeshrink_run.py`, {e['threads']} threads). "
+            "A host number, not a device number.", ""]
+
+
 def deploy_lines(manifest: dict) -> list[str]:
-    """Which file the target deploys and why, and each candidate's gate result."""
+    """Which file the target deploys and why, its end-to-end FPS, and each candidate's gate result."""
     sel = (manifest.get("deploy") or {}).get("selection")
     if not sel:
         return []
-    lines = [f"**Deployed: `{sel['artifact']}`** — {sel['reason']}.", "",
-             "| candidate | p50 ms | delegate partitions | gate |", "|---|---|---|---|"]
+    lines = [f"**Deployed: `{sel['artifact']}`** — {sel['reason']}.", "", *end_to_end_line(manifest),
+             "| candidate | p50 ms (model only) | delegate partitions | gate |", "|---|---|---|---|"]
     for r in sel["candidates"]:
         p50 = "–" if r["p50_ms"] is None else f"{r['p50_ms']:.3f}"
         parts = "–" if r.get("partitions") is None else str(r["partitions"])
