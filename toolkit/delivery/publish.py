@@ -99,6 +99,9 @@ def publish_pruned(bundle: Path) -> Path:
         raise EdgeShrinkError(f"{bundle} holds no pruned checkpoint with a settings key; rerun `edgeshrink run` to make one")
     if manifest["data"].get("synthetic"):
         raise EdgeShrinkError(f"{bundle} was made on synthetic data; publish only models fine-tuned on real data")
+    if manifest["data"].get("eval_limited"):
+        raise EdgeShrinkError(f"{bundle} was a trial run (eval_limit): its held-out figures cover part of the data; "
+                              "rerun without --eval-limit and publish that bundle")
     _check_committable(source)
     dest = card.base_dir / "checkpoints" / f"{card.name}_pruned_{key[:8]}.pt"
     dest.parent.mkdir(parents=True, exist_ok=True)

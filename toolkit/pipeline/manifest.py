@@ -89,7 +89,7 @@ def manifest_fields(runner) -> dict:
     made = {name: dict(r.per_family[name]) or None for name in PER_FAMILY}
     return {"model": plan.card.name, "architecture": plan.source.architecture, "task": plan.card.task,
             "target": plan.target.name, "labels": list(getattr(task, "labels", None) or plan.card.labels),
-            "input": plan.input.to_dict(), "data": task.data_description(), "primary_metric": task.primary_metric,
+            "input": plan.input.to_dict(), "data": _data(task), "primary_metric": task.primary_metric,
             "baseline": _baseline(runner.artifacts), "artifacts": list(runner.artifacts), "pruning": _pruning(runner),
             "reparameterization": r.reparameterization, "latency_budget": r.latency_budget, "sparsify": r.sparsify,
             "sparsity": r.sparsity, "full_slice_benchmarks": r.full_slice_benchmarks, "task_extras": r.task_extras or None,
@@ -167,6 +167,12 @@ def write_bundle_files(runner) -> Manifest:
     write_json(work / "config.json", {**plan.to_json(), "versions": manifest.versions})
     write_json(work / "manifest.json", manifest.to_json())
     return manifest
+
+
+def _data(task) -> dict:
+    """The task's data description, with what a trial run (`eval_limit`) left out of the scoring."""
+    limited = getattr(task, "eval_limited", None)
+    return {**task.data_description(), **({"eval_limited": limited} if limited else {})}
 
 
 def _end_to_end(runner, sections: dict, artifact: str) -> Optional[dict]:

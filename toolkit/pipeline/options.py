@@ -42,6 +42,9 @@ class RunOptions(BaseModel):
                                  help="dataset folder (default: $EDGESHRINK_DATA_DIR/<card dataset>)")
     synthetic_data: bool = option(False, at="data.synthetic",
                                   help="generated data (labelled synthetic in every output)")
+    eval_limit: Optional[int] = option(None, at="data.eval_limit", ge=1,
+                                       help="trial run: score every file on only this many held-out items (images; "
+                                            "cases for segmentation); the manifest and report say so")
     checkpoint: Optional[str] = option(None, at="checkpoint", path=True,
                                        help="dense checkpoint (default: the model card's)")
     finetune_epochs: Optional[int] = option(None, at="pruning.finetune_epochs", ge=0,

@@ -163,7 +163,7 @@ def make_plan(card, *, target: str = "host", **overrides) -> RunPlan:
     fields = {**plan_fields(options), "out_root": str(options.out or DIST_DIR), "fps": fps,
               "calibration_size": options.calibration_size or profile.quantization.calibration_size}
     plan = RunPlan(card=card, target=profile, pruning=pruning, input=spec, source=source, checkpoint=str(ckpt),
-                   checkpoint_sha256=digest, data=DataRef(options.data, options.synthetic_data), card_ref=card_ref,
+                   checkpoint_sha256=digest, data=DataRef(options.data, options.synthetic_data, options.eval_limit), card_ref=card_ref,
                    **fields)
     check_model_and_data(plan)
     return plan
@@ -237,7 +237,7 @@ def plan_from_json(data: dict, source: str = "plan") -> RunPlan:
                        pruning=validate_data(PruneConfig, data["pruning"], f"{source}: pruning"),
                        input=InputSpec.from_dict(data["input"]), source=ModelSource(**data["source"]),
                        checkpoint=options.checkpoint, checkpoint_sha256=data["checkpoint_sha256"],
-                       data=DataRef(options.data, options.synthetic_data), card_ref=str(data["card_ref"]),
+                       data=DataRef(options.data, options.synthetic_data, options.eval_limit), card_ref=str(data["card_ref"]),
                        **plan_fields(options))
     except (KeyError, TypeError, ValueError) as exc:
         raise EdgeShrinkError(f"{source} is incomplete or malformed ({type(exc).__name__}: {exc}); "

@@ -173,7 +173,8 @@ class Runner:
             model, history = self._unpruned(dense)
             self.records.prune_cache = {**self.records.prune_cache, "budget_met_by_dense": True}
             return model, history
-        key = prune_cache_key(plan.checkpoint_sha256, cfg, plan.input, self.task.data_description(),
+        data = getattr(self.task, "key_description", None) or self.task.data_description()  # the full held-out set's
+        key = prune_cache_key(plan.checkpoint_sha256, cfg, plan.input, data,
                               seed=plan.seed, never_prune=plan.card.never_prune)
         found = find_pruned(plan.card, key, source=plan.source) if plan.cache else None
         if found is not None:

@@ -135,6 +135,16 @@ class DetectionTask:
     def eval_count(self) -> int:
         return len(self.eval_images)
 
+    def limit_eval(self, limit: int) -> dict:
+        """Keep the first `limit` held-out images (annotation order) and their boxes."""
+        from toolkit.data.detection_records import DetectionSplit
+
+        total, keep = len(self.val.samples), self.val.samples[:limit]
+        self.val = DetectionSplit(keep, self.val.classes, self.val.source, self.val.format, report=self.val.report,
+                                  synthetic=self.val.synthetic)
+        self.eval_images = self.eval_images[:limit]
+        return {"eval_limit": limit, "evaluated": len(keep), "of": total, "unit": "images"}
+
     def end_to_end_inputs(self, count: int) -> list:
         """Up to `count` held-out image files as they are on disk (generated data has none), for the
         end-to-end FPS of the bundle's device script (toolkit.pipeline.end_to_end)."""

@@ -62,6 +62,7 @@ class DataRef:
 
     root: Optional[str] = None
     synthetic: bool = False
+    eval_limit: Optional[int] = None  # a trial run: score only this many held-out items (cases for segmentation)
 
 
 class Task(Protocol):
@@ -93,8 +94,14 @@ def preflight_task(card, data: DataRef) -> None:
 
 
 def load_task(card, spec: InputSpec, data: DataRef, progress: bool = True):
-    """The card's task with its data loaded (the one place that dispatches on `card.task`)."""
-    return get_task(card.task).load(card, spec, data, progress)
+    """The card's task with its data loaded (the one place that dispatches on `card.task`). With
+    `data.eval_limit` the held-out set is cut to that many items (`task.limit_eval`); the task then
+    keeps the full set's description for cache keys (`key_description`) and says what was cut
+    (`eval_limited`: {eval_limit, evaluated, of, unit}), which the manifest and report show."""
+    task = get_task(card.task).load(card, spec, data, progress)
+    task.key_description = task.data_description()
+    task.eval_limited = task.limit_eval(data.eval_limit) if data.eval_limit else None
+    return task
 
 
 @register_task("classification")
@@ -146,6 +153,12 @@ class ClassificationTask:
 
     def eval_count(self) -> int:
         return len(self.val)
+
+    def limit_eval(self, limit: int) -> dict:
+        """Keep `limit` held-out images, a seeded random subset (the split is sorted by class)."""
+        total = len(self.val)
+        self.val = self.val.subset(limit, seed=0)
+        return {"eval_limit": limit, "evaluated": len(self.val), "of": total, "unit": "images"}
 
     def metrics(self, outputs: np.ndarray, reference: Optional[np.ndarray]) -> dict:
         """top1 vs labels, and top-1 agreement with the dense FP32 reference outputs."""

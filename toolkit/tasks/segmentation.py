@@ -126,6 +126,13 @@ class SegmentationTask:
     def eval_count(self) -> int:
         return int(sum(v.shape[0] for v in self.volumes.held_out))
 
+    def limit_eval(self, limit: int) -> dict:
+        """Keep the first `limit` held-out cases (name order) with all their volumes or images."""
+        cases = self.held_out_cases()
+        kept = set(cases[:limit])
+        self.volumes.held_out = [v for v in self.volumes.held_out if v.case in kept]
+        return {"eval_limit": limit, "evaluated": len(kept), "of": len(cases), "unit": "cases"}
+
     def predicted_volumes(self, outputs: np.ndarray) -> list[np.ndarray]:
         """Each held-out volume's predicted label map, on the volume's own grid."""
         size, pred, out, start = (self.spec.height, self.spec.width), outputs.argmax(1), [], 0

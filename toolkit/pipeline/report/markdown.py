@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 
 def _fmt(v, spec: str, empty: str = "–") -> str:
@@ -206,6 +207,13 @@ def onnx_cpu_lines(manifest: dict) -> list[str]:
     return ["INT8 ONNX on other CPUs:", *lines, ""] if lines else []
 
 
+def _trial_text(limited: Optional[dict]) -> str:
+    if not limited:
+        return ""
+    return (f" — **TRIAL RUN: every metric from {limited['evaluated']} of the {limited['of']} held-out {limited['unit']} "
+            f"(eval_limit {limited['eval_limit']}); not comparable with a full run**")
+
+
 def write_report(path: Path, manifest: dict, artifacts, metric: str) -> None:
     from toolkit.pipeline.report.segmentation import segmentation_lines
 
@@ -215,7 +223,8 @@ def write_report(path: Path, manifest: dict, artifacts, metric: str) -> None:
         f"# {manifest['model']} → {manifest['target']}",
         "",
         f"Data: `{data['source']}` ({data['eval_images']} held-out {data.get('eval_unit', 'images')}, split `{data['eval_split']}`)"
-        + (" — **SYNTHETIC DATA: figures say nothing about real accuracy**" if data["synthetic"] else ""),
+        + (" — **SYNTHETIC DATA: figures say nothing about real accuracy**" if data["synthetic"] else "")
+        + _trial_text(data.get("eval_limited")),
         f"Machine: {dev['cpu']} ({dev['cores']} cores, {dev['arch']}) — **host numbers, not device numbers**"
         if dev.get("kind") == "host" else f"Device: {dev}",
         f"Baseline: dense FP32 `{base['file']}` — {metric} {base['metrics'].get(metric, float('nan')):.4f}, "
