@@ -20,7 +20,7 @@ CLI_VALUES = {
     "finetune_epochs": "3", "calibration_size": "17", "seed": "7", "bench": None, "progress": None,
     "train_threads": "2", "cache": None, "sparsity": "0.6", "sparsity_schedule": "oneshot", "sparsity_steps": "3",
     "sparsity_finetune_epochs": "1", "structured": None, "max_trials": "9", "fps": "30",
-    "max_metric_drop": "0.25", "tflite_converter": "litert-torch",
+    "max_metric_drop": "0.25", "tflite_converter": "litert-torch", "eval_limit": "40",
 }
 PLAN_KEYS = {"schema", "card_ref", "card_dir", "card", "target", "pruning", "input", "source", "checkpoint_sha256", "data"}
 
