@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -345,53 +344,6 @@ class Runner:
                                 f"{worst.parity['max_rel_error']:.2e} > {PARITY_RTOL:.0e} of the output "
                                 "scale vs torch); the converter changed the model")
 
-    def benchmark(self) -> None:
-        """Every file in `benchmark.repeats` rounds, the files interleaved within a round (a change
-        of load hits them alike); each keeps its median-p50 process and records every round's p50."""
-        import subprocess
-
-        from toolkit.bench.host import benchmark_file
-
-        b = self.target.benchmark
-        runs: dict[int, list] = {i: [] for i in range(len(self.artifacts))}
-        errors: dict[int, str] = {}
-        for _ in range(b.repeats):
-            for i, a in enumerate(self.artifacts):
-                if i in errors:
-                    continue
-                with self.clock("benchmark"):
-                    try:
-                        runs[i].append(benchmark_file(self._bench_file(a), a.format, self.shape, threads=self.threads,
-                                                      warmup=b.warmup, min_runs=b.min_runs, min_seconds=b.min_seconds))
-                    except subprocess.TimeoutExpired as exc:  # a verified run is worth more than one latency figure
-                        errors[i] = f"timed out after {exc.timeout:.0f} s"
-        shutil.rmtree(self.work / ".bench-exports", ignore_errors=True)
-        for i, a in enumerate(self.artifacts):
-            if i in errors:
-                self.artifacts[i] = a.with_(bench_error=errors[i])
-                continue
-            ordered = sorted(runs[i], key=lambda r: r["latency_ms"]["p50"])
-            r = ordered[len(ordered) // 2]
-            self.artifacts[i] = a.with_(latency_ms=r["latency_ms"], fps=r["fps"], peak_rss_mb=r["peak_rss_mb"],
-                                        p50_runs=[round(x["latency_ms"]["p50"], 4) for x in runs[i]])
-
-    def _bench_file(self, artifact) -> Path:
-        """The file a benchmark process runs for `artifact`. A torch checkpoint of an in-memory module
-        (`shrink()`: an architecture only this process knows) is benchmarked as a torch.export program
-        of the same model, written once outside the bundle: the worker never rebuilds the module."""
-        if artifact.format != "torch" or not self.plan.source.architecture.startswith("instance:"):
-            return self.work / artifact.file
-        scratch = self.work / ".bench-exports"  # inside the staged folder (cleaned with it), removed after benchmarks
-        scratch.mkdir(exist_ok=True)
-        exported = scratch / f"{Path(artifact.file).stem}.pt2"
-        if not exported.is_file():
-            import torch
-
-            model = self.families[artifact.stage].model.eval()
-            example = torch.zeros(*self.shape)
-            torch.export.save(torch.export.export(model, (example,)), str(exported))
-        return exported
-
     def build(self, dense_model=None) -> None:
         """Every file the target asks for: dense family, pruning, pruned family; then the gates."""
         dense = self.families["dense"] = self.load_dense(dense_model)
@@ -404,7 +356,9 @@ class Runner:
         self.artifacts.sort(key=lambda a: a.stage != "dense")  # stable: dense rows first, each family in edge order
         self.parity_gate()
         if self.plan.bench:
-            self.benchmark()
+            from toolkit.pipeline.benchmarks import benchmark_artifacts
+
+            self.artifacts = benchmark_artifacts(self)
         if self.plan.sparsity:
             self.records.sparsity = optional_stages.sparsity_report(self, self.records.sparsify)
         declared = self.task.extra_sizes()
