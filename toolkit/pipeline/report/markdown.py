@@ -68,6 +68,27 @@ def pruning_line(pruning: dict) -> str:
     return line
 
 
+def recovery_lines(manifest: dict, metric: str) -> list[str]:
+    """When the pruned model itself misses the deploy gate on the primary metric: how its fine-tuning
+    ended, and the settings that change that (each a real card key or run flag)."""
+    selection = (manifest.get("deploy") or {}).get("selection") or {}
+    failed = [c for c in selection.get("candidates") or [] if c["artifact"].startswith("pruned-")
+              and c["artifact"].endswith("fp32") and any(w.startswith(f"{metric} ") for w in c.get("why_not") or [])]
+    pruned = next((a for a in manifest.get("artifacts") or [] if a["name"] == "pruned-torch-fp32"), None)
+    history = (manifest.get("pruning") or {}).get("history") or []
+    tune = (history[-1].get("finetune") if history else None) or {}
+    if not failed or pruned is None or not tune.get("epochs"):
+        return []
+    trend = [e.get(metric) for e in tune.get("per_epoch") or [] if e.get(metric) is not None]
+    shown = " → ".join(f"{v:.3f}" for v in (trend if len(trend) <= 6 else trend[:3] + trend[-3:]))
+    dense = (manifest.get("baseline") or {}).get("metrics", {}).get(metric)
+    return [f"**The pruned model did not recover**: after {tune['epochs']} fine-tune epochs it scores {metric} "
+            f"{pruned['metrics'].get(metric, float('nan')):.4f} against dense {_fmt(dense, '.4f')}"
+            + (f" (per epoch: {shown})" if shown else "") + ". Fine-tune longer or faster (card `pruning.finetune_epochs` "
+            "and `pruning.finetune_lr`, or `--finetune-epochs N`) or prune less (`pruning.target_macs`): a small "
+            "dataset gives few optimizer steps per epoch.", ""]
+
+
 def reparameterization_lines(manifest: dict) -> list[str]:
     """The deploy-time fusion applied before pruning and export (MACs before and after), or why not."""
     from toolkit.models.reparameterize import summary
@@ -230,6 +251,7 @@ def write_report(path: Path, manifest: dict, artifacts, metric: str) -> None:
         f"Baseline: dense FP32 `{base['file']}` — {metric} {base['metrics'].get(metric, float('nan')):.4f}, "
         f"p50 {base['latency_ms'].get('p50', float('nan')):.2f} ms, {base['size_bytes'] / 1024:.0f} KB",
         pruning_line(manifest.get("pruning") or {}),
+        *recovery_lines(manifest, metric),
         *reparameterization_lines(manifest),
         "",
         stage_table(artifacts, metric),
