@@ -53,7 +53,7 @@ def test_a_trial_run_says_so_and_cannot_be_published(use_workspace, tmp_path):
     from tests.conftest import build_bundle
 
     bundle = build_bundle("tiny_mnv3", "tiny", tmp_path, synthetic_data=True, finetune_epochs=0, progress=False,
-                          bench=False, eval_limit=6)
+                          bench=False, eval_limit=6, cache=False)  # stores nothing other tests could reuse
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["data"]["eval_limited"]["evaluated"] == 6 and manifest["data"]["eval_images"] == 6
     assert "TRIAL RUN" in (bundle / "report.md").read_text().splitlines()[2]

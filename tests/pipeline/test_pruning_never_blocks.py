@@ -10,7 +10,7 @@ from tests.conftest import build_bundle
 
 def test_refused_prune_still_gives_verified_fp32_and_int8_files(use_workspace, tmp_path):
     bundle = build_bundle("tiny_mnv3", "tiny", tmp_path, synthetic_data=True, finetune_epochs=0, calibration_size=16,
-                          bench=False, progress=False, max_trials=1)
+                          bench=False, progress=False, max_trials=1, cache=False)  # a cached prune would skip the budget
     manifest = json.loads((bundle / "manifest.json").read_text())
     skipped = manifest["pruning"]["skipped"]
     assert "max_trials" in skipped["reason"] and "--no-structured" in skipped["switch"]
