@@ -136,7 +136,7 @@ def test_a_run_measures_int8_files_and_falls_back_to_litert_when_onnx2tf_fails(t
     model = mobilenet_v3_detector(**arguments).eval()
     plan = SimpleNamespace(input=InputSpec(64, 64), source=SimpleNamespace(architecture="mobilenet_v3_detector",
                                                                            arguments=arguments))
-    runner = SimpleNamespace(target=load_target("host"), plan=plan, threads=1,
+    runner = SimpleNamespace(target=load_target("host"), plan=plan, threads=1, shape=SHAPE,
                              calib01=np.random.default_rng(0).random((8, 64, 64, 3), dtype=np.float32))
     assert runner.target.conversion.tflite == "onnx2tf" and runner.target.conversion.fallback
     make = deployed_int8_file(runner)

@@ -54,16 +54,12 @@ def deployed_int8_file(runner):
                                      rewrite_ops=rewrites_for(runner.target.runtime.delegate)).int8
 
     def litert(model, input_shape, work: Path, name: str) -> Path:
-        from toolkit.convert.checkpoint_to_litert import checkpoint_to_litert
         from toolkit.models.checkpoint import save_checkpoint
+        from toolkit.pipeline.tflite_converters import litert_convert
 
-        if q.io_dtype != "int8":
-            raise EdgeShrinkError(f"litert-torch here writes int8 model inputs/outputs, the profile asks for {q.io_dtype}")
         checkpoint = work / f"{name}.pt"
         save_checkpoint(checkpoint, model, runner.plan.source.architecture, runner.plan.source.arguments)
-        return checkpoint_to_litert(checkpoint, input_shape, work / f"{name}-litert", runner.calib01,
-                                    mean=tuple(spec.mean), std=tuple(spec.std), stem=name, threads=runner.threads,
-                                    delegate_rewrites=xnnpack).int8
+        return litert_convert(runner, checkpoint, work / f"{name}-litert", stem=name, int8=True).int8
 
     makers = {"onnx2tf": onnx2tf, "litert-torch": litert}
 

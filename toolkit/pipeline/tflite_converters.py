@@ -65,20 +65,28 @@ def _place(runner, family, *, fp32: Path, int8) -> dict:
     return files
 
 
-def litert_files(runner, family, *, int8: bool, job=None) -> Made:
-    """The same files from litert-torch, converted from the family's portable checkpoint."""
+def litert_convert(runner, checkpoint: Path, out_dir: Path, *, stem: str, int8: bool):
+    """checkpoint_to_litert as a run converts: the run's calibration images, normalisation, threads
+    and the delegate rewrites of XNNPACK targets. INT8 is refused for profiles whose model
+    inputs/outputs are not int8 (what litert-torch writes here)."""
     from toolkit.convert.checkpoint_to_litert import checkpoint_to_litert
 
     if int8 and runner.target.quantization.io_dtype != "int8":
         raise EdgeShrinkError(f"litert-torch here writes int8 model inputs/outputs, the profile asks for "
                               f"{runner.target.quantization.io_dtype}; use onnx2tf for this target")
-    spec, out_dir = runner.plan.input, runner.work / f".litert-{family.stage}"
+    spec = runner.plan.input
+    return checkpoint_to_litert(checkpoint, runner.shape, out_dir, runner.calib01 if int8 else None,
+                                mean=tuple(spec.mean), std=tuple(spec.std), stem=stem, threads=runner.threads,
+                                delegate_rewrites=runner.target.runtime.delegate == "xnnpack")
+
+
+def litert_files(runner, family, *, int8: bool, job=None) -> Made:
+    """The same files from litert-torch, converted from the family's portable checkpoint."""
+    out_dir = runner.work / f".litert-{family.stage}"
     started = time.perf_counter()
     with runner.clock("convert tflite (litert-torch)"):
-        out = checkpoint_to_litert(runner.work / f"{runner.name}_{family.stage}.pt", runner.shape, out_dir,
-                                   runner.calib01 if int8 else None, mean=tuple(spec.mean), std=tuple(spec.std),
-                                   stem=f"{runner.name}_{family.stage}", threads=runner.threads,
-                                   delegate_rewrites=runner.target.runtime.delegate == "xnnpack")
+        out = litert_convert(runner, runner.work / f"{runner.name}_{family.stage}.pt", out_dir,
+                             stem=f"{runner.name}_{family.stage}", int8=int8)
     files = _place(runner, family, fp32=out.float32, int8=out.int8)
     record = {**{k: v for k, v in out.record.items() if k not in ("float32", "int8")},
               "seconds": round(time.perf_counter() - started, 2)}

@@ -41,30 +41,29 @@ def _cases(data: Path, count: int) -> list[str]:
     return names[:count]
 
 
-def write_msd(data: Path, out: Path, cases: list[str]) -> Path:
-    """imagesTr/ + labelsTr/ + dataset.json, the files copied."""
+def _nifti_layout(data: Path, out: Path, cases: list[str], *, image_suffix: str, meta: dict) -> Path:
+    """imagesTr/<case><image_suffix>.nii.gz + labelsTr/<case>.nii.gz (files copied) + dataset.json."""
     for sub in ("imagesTr", "labelsTr"):
         (out / sub).mkdir(parents=True)
     for case in cases:
-        shutil.copyfile(data / "images" / f"{case}.nii.gz", out / "imagesTr" / f"{case}.nii.gz")
+        shutil.copyfile(data / "images" / f"{case}.nii.gz", out / "imagesTr" / f"{case}{image_suffix}.nii.gz")
         shutil.copyfile(data / "labels" / f"{case}.nii.gz", out / "labelsTr" / f"{case}.nii.gz")
-    meta = {"name": "Hippocampus", "modality": {"0": "MRI"}, "labels": LABELS, "numTraining": len(cases),
-            "training": [{"image": f"./imagesTr/{c}.nii.gz", "label": f"./labelsTr/{c}.nii.gz"} for c in cases]}
     (out / "dataset.json").write_text(json.dumps(meta, indent=1))
     return out
+
+
+def write_msd(data: Path, out: Path, cases: list[str]) -> Path:
+    """The Decathlon download: imagesTr/ + labelsTr/ + dataset.json with the training list."""
+    meta = {"name": "Hippocampus", "modality": {"0": "MRI"}, "labels": LABELS, "numTraining": len(cases),
+            "training": [{"image": f"./imagesTr/{c}.nii.gz", "label": f"./labelsTr/{c}.nii.gz"} for c in cases]}
+    return _nifti_layout(data, out, cases, image_suffix="", meta=meta)
 
 
 def write_nnunet(data: Path, out: Path, cases: list[str]) -> Path:
-    """imagesTr/<case>_0000.nii.gz + labelsTr/<case>.nii.gz + a v2 dataset.json."""
-    for sub in ("imagesTr", "labelsTr"):
-        (out / sub).mkdir(parents=True)
-    for case in cases:
-        shutil.copyfile(data / "images" / f"{case}.nii.gz", out / "imagesTr" / f"{case}_0000.nii.gz")
-        shutil.copyfile(data / "labels" / f"{case}.nii.gz", out / "labelsTr" / f"{case}.nii.gz")
+    """nnU-Net raw: imagesTr/<case>_0000.nii.gz + labelsTr/<case>.nii.gz + a v2 dataset.json."""
     meta = {"channel_names": {"0": "MRI"}, "labels": {v: int(k) for k, v in LABELS.items()},
             "numTraining": len(cases), "file_ending": ".nii.gz"}
-    (out / "dataset.json").write_text(json.dumps(meta, indent=1))
-    return out
+    return _nifti_layout(data, out, cases, image_suffix="_0000", meta=meta)
 
 
 def write_pairs(data: Path, out: Path, cases: list[str]) -> Path:
@@ -138,9 +137,10 @@ def main(argv=None) -> int:
     layouts = [s.strip() for s in args.layouts.split(",") if s.strip()]
     unknown = [s for s in layouts if s not in WRITERS]
     try:
-        if unknown or args.cases < 2:
-            raise EdgeShrinkError(f"--layouts takes {', '.join(WRITERS)} (got {', '.join(unknown)}) and --cases >= 2"
-                                  if unknown else "--cases must be at least 2 (one case on each side of the split)")
+        if unknown:
+            raise EdgeShrinkError(f"--layouts takes {', '.join(WRITERS)}, got {', '.join(unknown)}")
+        if args.cases < 2:
+            raise EdgeShrinkError("--cases must be at least 2 (one case on each side of the split)")
         write_layouts(Path(args.data), Path(args.out), cases=args.cases, layouts=layouts)
     except EdgeShrinkError as exc:
         print(f"error: {exc}", file=sys.stderr)
