@@ -28,11 +28,14 @@ def test_timm_hard_cases_give_verified_delegated_bundles(tmp_path):
         assert all(s["status"] in ("ok", "skipped") for s in row["stages"].values()), (name, row["stages"])
         assert row["partitions"]["fp32"] == 1 and row["partitions"]["int8"] <= 2, (name, row["partitions"])
         assert row["macs_pruned"] < row["macs_fused"] <= row["macs_dense"]
+        assert set(row["converters"]) == {"onnx2tf", "litert-torch"}  # both verified: the default is chosen from these
+        assert row["converters"][row["converter"]]["verified"]
     mobileone = rows["mobileone_s0"]
     assert "reparameterised" in mobileone["stages"]["reparameterize"]["message"]
     assert mobileone["macs_fused"] < 0.5 * mobileone["macs_dense"]
     for name in rows:
         assert name in proc.stdout  # the table
+    assert "litert-torch: made 2, FP32 parity" in proc.stdout
 
     again = _zoo(tmp_path)  # resumable: rows already there are not run again
     assert again.returncode == 0 and json.loads((tmp_path / "zoo_timm.json").read_text())["models"] == list(rows.values())

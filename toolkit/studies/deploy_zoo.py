@@ -181,26 +181,19 @@ def _aligned(outputs: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, Op
 
 
 def _parity(state: dict, row: dict) -> str:
-    """The first converter whose FP32 file computes what torch computes (relative error <= 1e-4),
+    """Whether `row["converter"]`'s FP32 file computes what torch computes (relative error <= 1e-4),
     its output transposed to torch's axis order when that is provably what happened."""
     from toolkit.runtime.parity import compare_outputs, summary
     from toolkit.runtime.verify import PARITY_RTOL
 
-    tried = []
-    for converter, (fp32, _) in state["files"].items():
-        try:
-            outputs, layout = _aligned(_tflite_outputs(fp32, state["x"]), state["reference"])
-        except Exception as exc:  # noqa: BLE001 - a file that does not load or run is a failed parity
-            tried.append(f"{converter}: {type(exc).__name__}: {str(exc)[:100]}")
-            continue
-        result = compare_outputs(outputs, state["reference"], rtol=PARITY_RTOL)
-        if result["ok"]:
-            row["converter"] = converter
-            state["axes"] = (layout or {}).get("axes")
-            moved = f"; {layout['reason']}" if layout else ""
-            return f"{converter}: {summary(result)}{moved}" + (f" (after {'; '.join(tried)})" if tried else "")
-        tried.append(f"{converter}: {summary(result)}" + (f" ({layout['reason']})" if layout else ""))
-    raise RuntimeError("no FP32 file passes parity: " + "; ".join(tried or ["no converter made one"]))
+    fp32 = state["files"][row["converter"]][0]
+    outputs, layout = _aligned(_tflite_outputs(fp32, state["x"]), state["reference"])
+    result = compare_outputs(outputs, state["reference"], rtol=PARITY_RTOL)
+    moved = f"; {layout['reason']}" if layout else ""
+    if not result["ok"]:
+        raise RuntimeError(f"{summary(result)}{moved}")
+    state["axes"] = (layout or {}).get("axes")
+    return f"{summary(result)}{moved}"
 
 
 def _int8(state: dict, row: dict) -> str:
@@ -272,15 +265,49 @@ def zoo_one(entry, *, size: int, work_dir: Path, target_macs: float = 0.6, trial
     return row
 
 
-def _finish(state: dict, row: dict) -> None:
-    """parity, int8 and partitions of the deployed converter's files; the bundle verdict."""
-    if _run(row, "parity", lambda: _parity(state, row)):
-        _run(row, "int8", lambda: _int8(state, row))
-        _run(row, "partitions", lambda: _partitions(state, row))
+VERIFY = ("parity", "int8", "partitions")
+
+
+def _verify(state: dict, converter: str) -> dict:
+    """parity, int8 and partitions of one converter's files, as a row of their own."""
+    sub: dict = {"converter": converter, "stages": {}, "partitions": {}}
+    own = {**state, "axes": None}
+    if _run(sub, "parity", lambda: _parity(own, sub)):
+        _run(sub, "int8", lambda: _int8(own, sub))
+        _run(sub, "partitions", lambda: _partitions(own, sub))
     else:
-        for stage in ("int8", "partitions"):
+        for stage in VERIFY[1:]:
+            _skip(sub, stage, "the FP32 file failed parity")
+    sub["verified"] = all(sub["stages"][s]["status"] == "ok" for s in VERIFY[:2])
+    return sub
+
+
+def _finish(state: dict, row: dict) -> None:
+    """Every converter's files verified (row["converters"]: what the default converter is chosen
+    from); the first converter whose files verify is the one deployed, else the first whose FP32
+    file passes parity; the bundle verdict."""
+    subs = {converter: _verify(state, converter) for converter in state["files"]}
+    row["converters"] = {c: {"verified": s["verified"], "partitions": s["partitions"],
+                             **{stage: s["stages"][stage] for stage in VERIFY}} for c, s in subs.items()}
+    chosen = (next((s for s in subs.values() if s["verified"]), None)
+              or next((s for s in subs.values() if s["stages"]["parity"]["status"] == "ok"), None))
+    if chosen is None:
+        tried = "; ".join(f"{c}: {s['stages']['parity']['message']}" for c, s in subs.items())
+        row["stages"]["parity"] = {"status": "failed", "seconds": 0.0,
+                                   "message": f"no FP32 file passes parity: {tried or 'no converter made one'}"}
+        for stage in VERIFY[1:]:
             _skip(row, stage, "no FP32 file passed parity")
-    row["bundle"] = all(row["stages"][s]["status"] == "ok" for s in ("parity", "int8"))
+        row["bundle"] = False
+        return
+    row["converter"], row["partitions"] = chosen["converter"], chosen["partitions"]
+    if "int8_rel_error" in chosen:
+        row["int8_rel_error"] = chosen["int8_rel_error"]
+    for stage in VERIFY:
+        entry = dict(chosen["stages"][stage])
+        if stage == "parity" and chosen["converter"] != next(iter(subs)):
+            entry["message"] = f"{chosen['converter']}: {entry['message']} (after {next(iter(subs))} did not verify)"
+        row["stages"][stage] = entry
+    row["bundle"] = chosen["verified"]
 
 
 def _load_rows(path: Path) -> list[dict]:

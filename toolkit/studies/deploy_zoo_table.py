@@ -40,7 +40,24 @@ def figures(rows: list[dict]) -> dict:
     one = [r for r in bundles if (r.get("partitions") or {}).get("int8") == 1]
     return {"models": len(rows), "bundles": len(bundles), "pruned": sum(r.get("model_checked") == "pruned" for r in rows),
             "reparameterised": sum("MACs" in str(r["stages"].get("reparameterize", {}).get("message", "")) for r in rows),
-            "int8_one_partition": len(one)}
+            "int8_one_partition": len(one), "by_converter": by_converter(rows)}
+
+
+def by_converter(rows: list[dict]) -> dict:
+    """Per converter, over the rows that verified every converter's files (row["converters"]):
+    files made, FP32 files passing parity, verified bundles, INT8 files in one XNNPACK partition,
+    and bundles only that converter verified. The default converter is chosen from these."""
+    counts: dict = {}
+    for row in rows:
+        tried = row.get("converters") or {}
+        for name, record in tried.items():
+            c = counts.setdefault(name, {"made": 0, "parity": 0, "verified": 0, "int8_one_partition": 0, "only_one": 0})
+            c["made"] += 1
+            c["parity"] += record["parity"]["status"] == "ok"
+            c["verified"] += bool(record["verified"])
+            c["int8_one_partition"] += bool(record["verified"]) and (record.get("partitions") or {}).get("int8") == 1
+            c["only_one"] += bool(record["verified"]) and sum(bool(o["verified"]) for o in tried.values()) == 1
+    return counts
 
 
 def format_table(rows: list[dict]) -> str:
@@ -58,4 +75,7 @@ def format_table(rows: list[dict]) -> str:
         lines.append(f"{f['models']} models: {f['bundles']} verified bundles ({share}), {f['pruned']} pruned, "
                      f"{f['reparameterised']} reparameterised, INT8 in one XNNPACK partition: {f['int8_one_partition']} "
                      f"of the bundles ({delegated})")
+        for name, c in f["by_converter"].items():
+            lines.append(f"  {name}: made {c['made']}, FP32 parity {c['parity']}, verified {c['verified']} "
+                         f"(the only one for {c['only_one']}), INT8 in one partition {c['int8_one_partition']}")
     return "\n".join(lines)
