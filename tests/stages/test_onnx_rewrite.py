@@ -49,7 +49,17 @@ class _TokenLayerNormGelu(nn.Module):
         return t.transpose(1, 2).reshape(b, c, h, w)
 
 
-OPS = {"gelu": nn.GELU, "instance_norm": lambda: nn.InstanceNorm2d(C, affine=True), "group_norm": lambda: nn.GroupNorm(4, C),
+class _L2Normalize(nn.Module):  # F.normalize: ReduceL2, Clip(min=eps), Expand, Div
+    def forward(self, x):
+        return F.normalize(x, dim=1) * 4
+
+
+class _L2Norm(nn.Module):  # a bare norm: ReduceL2
+    def forward(self, x):
+        return x / (x.norm(dim=1, keepdim=True) + 1.0)
+
+
+OPS = {"gelu": nn.GELU, "l2_normalize": _L2Normalize, "l2_norm": _L2Norm, "instance_norm": lambda: nn.InstanceNorm2d(C, affine=True), "group_norm": lambda: nn.GroupNorm(4, C),
        "layer_norm_2d": _LayerNorm2d, "layer_norm_tokens": _TokenLayerNormGelu, "prelu": lambda: nn.PReLU(C),
        "prelu_one": nn.PReLU, "nearest": _Nearest, "softmax": _Softmax}
 
@@ -105,13 +115,13 @@ def test_every_op_converts_to_one_xnnpack_partition_fp32_and_int8(tmp_path):
     from toolkit.runtime.tflite_check import XNNPACK_FLOAT_ISLAND_OPS, custom_ops, require_full_integer
 
     model = _net("gelu", "instance_norm", "prelu", "group_norm", "prelu_one", "layer_norm_2d", "nearest",
-                 "layer_norm_tokens", "softmax")
+                 "layer_norm_tokens", "softmax", "l2_normalize")
     calib = np.random.default_rng(0).random((16, 20, 20, 3), dtype=np.float32)
     onnx_path = torch_to_onnx(model, (1, 3, 20, 20), tmp_path / "all.onnx")
     out = onnx_to_tflite(onnx_path, tmp_path, calib, (0.0,) * 3, (1.0,) * 3, int8=True, io_dtype="int8",
                          rewrite_ops=rewrites_for("xnnpack"))
     assert {r.split()[0] for r in out.rewrites} == {"Erf", "InstanceNormalization", "PRelu", "LayerNormalization",
-                                                     "Resize", "Softmax"}, out.rewrites
+                                                     "Resize", "Softmax", "Clip"}, out.rewrites
     require_full_integer(out.int8, "int8", float_ops=XNNPACK_FLOAT_ISLAND_OPS)
     for path in (out.float32, out.int8):
         report = delegate_report(path)

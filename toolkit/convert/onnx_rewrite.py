@@ -15,6 +15,7 @@ TensorFlow 2.19 + ai-edge-litert 2.1.0 (tests/stages/test_onnx_rewrite.py; parti
 | PRelu, a slope per channel | PRELU | 1 / 2 | relu(x + x) * (1 - a) / 2 + a * x: ADD(+RELU), MUL, MUL, ADD | 1 / 1 |
 | Resize nearest, integer scale s | RESIZE_NEAREST_NEIGHBOR (not even in FP32) | 2 / 2 | s*s copies concatenated, DepthToSpace(s) | 1 / 1 |
 | Softmax | SOFTMAX | 1 / 2 | exp(y) = sigmoid(y) / sigmoid(-y) of y = x - max, over its sum | 1 / 1 |
+| ReduceL2 + Clip(min=eps) (F.normalize) | SQUARE (no INT8 kernel), SUM, SQRT, MAXIMUM | INT8 not full-integer | sqrt(sum(x * x) + eps^2) | 1 / 1 |
 
 FP32 parity of every rewritten file against torch: < 1.1e-5 of the output scale. XNNPACK takes in
 INT8 SQRT, LOGISTIC, LEAKY_RELU, ADD(+RELU/RELU6), MUL, REDUCE_MAX, SUM, MEAN and DEPTH_TO_SPACE,
@@ -27,7 +28,7 @@ partition ("keep them float in the INT8 file"); so those forms are used for XNNP
 
 from __future__ import annotations
 
-REWRITE_VERSION = "1"  # part of the conversion cache key: bump when a rewrite changes what onnx2tf gets
+REWRITE_VERSION = "2"  # part of the conversion cache key: bump when a rewrite changes what onnx2tf gets
 # erf(z) ~= tanh(z * (C1 + z^2 * (C3 + z^2 * C5))) for |z| <= 3 (minimax fit; |error| < 3.7e-5, and
 # < 5.9e-5 beyond the clamp, where erf(3) = 1 - 2.2e-5): GELU within 1.9e-5 of |x|
 _ERF_TANH = (1.1281433855, 0.1040811810, -0.0017864676)
@@ -52,6 +53,15 @@ class _Graph:
             dims = v.type.tensor_type.shape.dim
             self.shapes[v.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
         self.nodes: list = []
+        self.producers = {out: n for n in self.graph.node for out in n.output}
+        self.readers: dict = {}  # tensor name -> the nodes reading it (a graph output counts as None)
+        for n in self.graph.node:
+            for name in n.input:
+                self.readers.setdefault(name, []).append(n)
+            if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+                self.inits.setdefault(n.output[0], numpy_helper.to_array(n.attribute[0].t))
+        for v in self.graph.output:
+            self.readers.setdefault(v.name, []).append(None)
 
     def fresh(self, base: str) -> str:
         self.count += 1
@@ -238,10 +248,65 @@ def _softmax(g: _Graph, node) -> bool:
     return True
 
 
+def _l2_norm(g: _Graph, node) -> bool:
+    """ReduceL2 (F.normalize's norm, followed by Clip(min=eps)): sqrt(sum(x * x)), or with the Clip
+    after it (the ReduceL2's only consumer, then left unused) sqrt(sum(x * x) + eps^2), eps^2 by a
+    depthwise conv's bias. onnx2tf emits SQUARE (no INT8 kernel) and MAXIMUM, which XNNPACK does not
+    take in INT8; max(n, eps) and sqrt(n^2 + eps^2) differ only for norms below eps (1e-12 in torch)."""
+    if node.op_type == "ReduceL2":
+        axes = _reduce_axes(g, node)
+        readers = g.readers.get(node.output[0], [])
+        if axes is None or not _attr(node, "keepdims", 1) or len(readers) == 1 and _clip_of_norm(g, readers[0]):
+            return False  # the Clip after it is rewritten with it
+        x = node.input[0]
+        g.op("Sqrt", [g.reduce("ReduceSum", g.op("Mul", [x, x]), axes)], out=node.output[0])
+        return True
+    if not _clip_of_norm(g, node):
+        return False
+    source, low = g.producers[node.input[0]], _clip_low(g, node)
+    axes = _reduce_axes(g, source)
+    x = source.input[0]
+    total = g.reduce("ReduceSum", g.op("Mul", [x, x]), axes)
+    # eps^2 by a conv's bias only for a norm over the channel axis of an image (axis 1): on other
+    # 4-D tensors (attention's (B, heads, C, N)) a conv makes onnx2tf guess their layout wrongly
+    shape = g.shapes.get(source.output[0]) if axes == [1] else None
+    g.op("Sqrt", [_plus_eps(g, total, low ** 2, shape) if shape else g.op("Add", [total, g.const(low ** 2)])],
+         out=node.output[0])
+    return True
+
+
+def _clip_low(g: _Graph, node):
+    low = g.inits.get(node.input[1]) if len(node.input) > 1 and node.input[1] else _attr(node, "min")
+    return None if low is None or getattr(low, "size", 1) != 1 else float(low.reshape(-1)[0] if hasattr(low, "reshape") else low)
+
+
+def _clip_of_norm(g: _Graph, node) -> bool:
+    """`node` is Clip(min=eps > 0, no max) of a keepdims ReduceL2 that nothing else reads."""
+    if node is None or node.op_type != "Clip" or not node.input:
+        return False
+    source = g.producers.get(node.input[0])
+    low = _clip_low(g, node)
+    high = (len(node.input) > 2 and node.input[2]) or _attr(node, "max") is not None
+    return (source is not None and source.op_type == "ReduceL2" and low is not None and low > 0 and not high
+            and len(g.readers.get(source.output[0], [])) == 1 and _reduce_axes(g, source) is not None
+            and bool(_attr(source, "keepdims", 1)))
+
+
+def _reduce_axes(g: _Graph, node):
+    """A reduction's axes (attribute or constant input), non-negative; None when not known."""
+    rank = g.rank(node.input[0])
+    axes = _attr(node, "axes")
+    if axes is None and len(node.input) > 1 and node.input[1] in g.inits:
+        axes = g.inits[node.input[1]].reshape(-1).tolist()
+    if axes is None or rank is None:
+        return None
+    return sorted(int(a) % rank for a in axes)
+
+
 REWRITES = {"Erf": _erf, "LayerNormalization": _layer_norm, "InstanceNormalization": _instance_norm,
-            "PRelu": _prelu, "Resize": _resize_nearest, "Softmax": _softmax}
+            "PRelu": _prelu, "Resize": _resize_nearest, "Softmax": _softmax, "Clip": _l2_norm, "ReduceL2": _l2_norm}
 FULL_INTEGER_REWRITES = ("Erf", "PRelu", "Resize")  # INT8 files stay full-integer: for every runtime
-FLOAT_ISLAND_REWRITES = ("LayerNormalization", "InstanceNormalization", "Softmax")  # INT8: DIV/SQRT run in float
+FLOAT_ISLAND_REWRITES = ("LayerNormalization", "InstanceNormalization", "Softmax", "Clip", "ReduceL2")  # INT8: DIV/SQRT run in float
 
 
 def rewrites_for(delegate) -> tuple[str, ...]:
@@ -268,8 +333,18 @@ def rewrite_onnx_for_xnnpack(proto, *, ops=tuple(REWRITES)) -> tuple[object, dic
             del g.nodes[start:]
             kept.append(node)
     del g.graph.node[:]
-    g.graph.node.extend(kept)
+    g.graph.node.extend(_live(kept, {v.name for v in g.graph.output}))
     return proto, done
+
+
+def _live(nodes: list, outputs: set) -> list:
+    """`nodes` without those whose outputs nothing reads (a ReduceL2 whose Clip was rewritten)."""
+    while True:
+        read = set(outputs).union(*(set(n.input) for n in nodes))
+        alive = [n for n in nodes if any(o in read for o in n.output if o)]
+        if len(alive) == len(nodes):
+            return nodes
+        nodes = alive
 
 
 def rewrite_onnx_file(src, dst, *, ops=tuple(REWRITES)) -> dict:

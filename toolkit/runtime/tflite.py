@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 
 
-def make_interpreter(path: str | Path, threads: int = 2):
-    """An allocated interpreter for a .tflite file."""
+def make_interpreter(path: str | Path, threads: int = 2, *, xnnpack: bool = True):
+    """An allocated interpreter for a .tflite file (`xnnpack=False`: the file's own ops, no delegate)."""
     from toolkit.runtime.timing import device_common
 
-    return device_common().make_interpreter(path, threads)[0]
+    return device_common().make_interpreter(path, threads, xnnpack=xnnpack)[0]
 
 
 class TFLiteRunner:

@@ -40,10 +40,11 @@ def require_builtin_ops(tflite_path: str | Path) -> None:
 
 
 def float_compute_ops(tflite_path: str | Path) -> list[str]:
-    """Names of ops (other than QUANTIZE/DEQUANTIZE) that read or write a float tensor."""
+    """Names of ops (other than QUANTIZE/DEQUANTIZE) that read or write a float tensor: the file's
+    own ops (no delegate applied, which would hide them inside DELEGATE nodes)."""
     from toolkit.runtime.tflite import make_interpreter
 
-    interp = make_interpreter(tflite_path, threads=1)
+    interp = make_interpreter(tflite_path, threads=1, xnnpack=False)
     tensors = {t["index"]: t for t in interp.get_tensor_details()}
     bad = []
     for op in interp._get_ops_details():
