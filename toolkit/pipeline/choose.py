@@ -75,10 +75,12 @@ def _preferred(pool, rows, target, fmt: str) -> dict:
     file of the preferred precision with the fewest MACs stands in (pruned before dense on a tie)."""
     chosen = target.deploy.artifact
     row = next((r for r in rows if r["artifact"] == chosen), None)
-    if row is None:
-        raise EdgeShrinkError(f"deploy artifact {chosen} was not produced; check the profile's formats/precisions")
     fixed = target.deploy.select == "fixed"
-    if row["passes"]:
+    if row is None and fixed:
+        raise EdgeShrinkError(f"deploy artifact {chosen} was not produced; check the profile's formats/precisions")
+    if row is None:  # e.g. no INT8 file: neither converter's passed the full-integer check (tflite_converters)
+        row = {"artifact": chosen, "passes": False, "why_not": ["not produced (the report's TFLite converters say why)"]}
+    elif row["passes"]:
         reason = ("the profile's deploy.artifact (deploy.select: fixed)" if fixed else
                   "the profile's deploy.artifact: no latency was measured (--no-bench)")
         return {"artifact": chosen, "reason": reason, "measured_on": None, "candidates": rows}

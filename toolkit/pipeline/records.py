@@ -83,11 +83,13 @@ class Pruning(Record):
 class TfliteChoice(Record):
     """Which TFLite converter made a family's files, and why not the chosen one when it fell back."""
 
-    OPTIONAL = ("fallback_reason", "fallback_failed")
+    OPTIONAL = ("fallback_reason", "fallback_failed", "int8", "int8_dropped")
     primary: str
     used: str
     fallback_reason: Optional[str] = None
     fallback_failed: Optional[str] = None
+    int8: Optional["TfliteChoice"] = None  # the INT8 file from the other converter: the first one's failed its check
+    int8_dropped: Optional[str] = None  # no INT8 file: why (both converters' INT8 files failed their check)
 
 
 class SpeedupRequest(Record):

@@ -258,7 +258,8 @@ class Runner:
             if edge.key not in made:  # one converter call may make several edges' files
                 job = family.jobs.pop(edge.job, None)
                 self._keep(family, CONVERTERS[edge.converter](self, family, edge=edge, made=made, job=job), made)
-            self._check(edge, made[edge.key])
+            if not self._checked(edge, family, made):
+                continue
             if keeps(self.target, edge):
                 self._verify_and_record(edge, family, made[edge.key])
                 if edge.after:
@@ -289,6 +290,21 @@ class Runner:
         if not checked:
             self._check(edge, path)
         self._verify_and_record(edge, family, path)
+
+    def _checked(self, edge: Edge, family: Family, made: dict) -> bool:
+        """Check the edge's file. A TFLite INT8 file that fails is made by the other converter, or
+        dropped with the reason (toolkit.pipeline.tflite_converters); False when it was dropped."""
+        from toolkit.pipeline.tflite_converters import int8_after_failed_check
+
+        try:
+            self._check(edge, made[edge.key])
+            return True
+        except EdgeShrinkError as exc:
+            if edge.key != "tflite-int8":
+                raise
+            outcome = int8_after_failed_check(self, family, made, error=exc, check=lambda path: self._check(edge, path))
+        self._keep(family, Made(outcome.files, outcome.records, outcome.converter), made)
+        return edge.key in made
 
     def _check(self, edge: Edge, path: Path) -> None:
         from toolkit.pipeline.edge_steps import CHECKS

@@ -160,3 +160,48 @@ def retry_after_parity_failure(runner, family, made: dict, *, failed) -> Outcome
         path.unlink(missing_ok=True)
     new = _with_choice(runner, family, new, choice(primary=used, used=fallback, reason=reason))
     return Outcome(records=new.records, files=new.files, converter=new.converter)
+
+
+def int8_after_failed_check(runner, family, made: dict, *, error: EdgeShrinkError, check) -> Outcome:
+    """The chosen converter's INT8 file failed its check (float ops left, a Flex op): the other
+    converter's INT8 file, checked with `check(path)` (once, when the profile allows a fallback; its
+    FP32 twin is dropped: the family keeps the FP32 file it has). When that fails too, or is not
+    allowed, the family has no INT8 file and the record says why (`int8_dropped`): the run goes on
+    with its float files instead of ending without a bundle."""
+    key = "tflite-int8"
+    used = family.made_by.get(key, runner.target.conversion.tflite)
+    before = runner.records.of_family("tflite_converters", family.stage) or {}
+    reason = f"{used}'s INT8 file failed its check: {error}"
+    made.pop(key).unlink(missing_ok=True)
+    if runner.target.conversion.fallback:
+        fallback, path = other_converter(used), None
+        try:
+            path = _other_int8(runner, family, made, converter=fallback)
+            check(path)
+        except EdgeShrinkError as exc:
+            reason = f"{reason}; {fallback}'s INT8 file: {exc}"
+            if path is not None:
+                path.unlink(missing_ok=True)
+        else:
+            _say(runner, family, f"{reason[:200]}; the INT8 file is {fallback}'s")
+            record = {**before, "int8": choice(primary=used, used=fallback, reason=reason)}
+            return Outcome(records={"tflite_converters": record}, files={key: path}, converter=fallback, checked=True)
+    _say(runner, family, f"no INT8 file: {reason[:300]}")
+    return Outcome(records={"tflite_converters": {**before, "int8_dropped": reason[:600]}})
+
+
+def _other_int8(runner, family, made: dict, *, converter: str) -> Path:
+    """`converter`'s INT8 file for the family; its FP32 twin is dropped and the family's FP32 file kept."""
+    fp32 = made["tflite-fp32"]
+    aside = fp32.rename(fp32.with_name(f".kept-{fp32.name}"))
+    try:
+        new = convert_tflite(runner, family, converter=converter, int8=True)
+        new.files.pop("tflite-fp32").unlink(missing_ok=True)
+        return new.files["tflite-int8"]
+    finally:
+        aside.rename(fp32)
+
+
+def _say(runner, family, text: str) -> None:
+    if runner.plan.progress:
+        print(f"[edgeshrink] {family.stage}: {text}", flush=True)

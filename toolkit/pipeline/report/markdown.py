@@ -188,6 +188,10 @@ def converter_lines(manifest: dict) -> list[str]:
             lines.append(f"- {stage} TFLite files: made by **{c['used']}** instead of {c['primary']}: {c['fallback_reason']}")
         else:
             lines.append(f"- {stage} TFLite files: made by {c['used']}")
+        if c.get("int8"):
+            lines.append(f"- {stage} INT8 TFLite file: made by **{c['int8']['used']}**: {c['int8']['fallback_reason']}")
+        if c.get("int8_dropped"):
+            lines.append(f"- {stage}: **no INT8 TFLite file**: {c['int8_dropped']}")
     return ["TFLite converters:", *lines, ""] if lines else []
 
 
