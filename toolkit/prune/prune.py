@@ -90,12 +90,14 @@ def _build_pruner(model, example_input, cfg: PruneConfig, *, ignored: list[str],
     """A Torch-Pruning BasePruner with explicit (fresh) group dictionaries. When Torch-Pruning
     cannot trace the whole graph (e.g. a channel shuffle), a PiecewisePruner over the parts it can
     trace, each keeping its input and output widths. Failures become one-line EdgeShrinkErrors."""
+    from toolkit.core.memory import memory_ceiling
     from toolkit.prune.piecewise import PiecewisePruner, traceable_parts, unsafe_groups
 
     ignored_modules = _modules_named(model, ignored)
     try:
-        return _base_pruner(model, example_input, cfg, ignored_modules=ignored_modules, ratio=ratio, steps=steps,
-                            importance=importance)
+        with memory_ceiling():  # a runaway trace raises MemoryError (refused below) instead of the OOM killer
+            return _base_pruner(model, example_input, cfg, ignored_modules=ignored_modules, ratio=ratio, steps=steps,
+                                importance=importance)
     except EdgeShrinkError:
         raise
     except Exception as exc:  # Torch-Pruning raises ZeroDivisionError, RuntimeError, ... on odd graphs
@@ -112,7 +114,8 @@ def _build_pruner(model, example_input, cfg: PruneConfig, *, ignored: list[str],
         unsafe = unsafe_groups(part, part_input, kept=kept, build=build)
         return build(part, ignored=kept + unsafe, steps=steps)
 
-    parts = traceable_parts(model, example_input, try_build=part_pruner)
+    with memory_ceiling():
+        parts = traceable_parts(model, example_input, try_build=part_pruner)
     if not parts:
         raise PruningRefused(
             f"pruning refused: Torch-Pruning cannot trace {type(model).__name__} ({whole_failure}) nor any part of it; "

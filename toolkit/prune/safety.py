@@ -156,6 +156,8 @@ def refuse_foreign_attention(model) -> None:
 def describe_failure(exc: BaseException) -> str:
     """One line: exception type and the first line of its message (shortened)."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, MemoryError) and not text:
+        text = "needed more than 3/4 of the free memory (toolkit.core.memory)"
     return f"{type(exc).__name__}: {text}"[:200]
 
 
