@@ -50,8 +50,12 @@ def _build(state: dict, row: dict, entry, *, size: int) -> str:
 
     from toolkit.prune.macs import count_macs, count_params
 
-    errors = []
-    for side in [size] + [s for s in SIDES if s > size]:
+    errors: list = []
+    tried: list = []
+    for side in _sides(entry, size):
+        if side in tried:
+            continue
+        tried.append(side)
         model, arguments = entry.build(side)
         x = torch.randn(1, entry.channels, side, side, generator=torch.Generator().manual_seed(0))
         try:
@@ -63,7 +67,19 @@ def _build(state: dict, row: dict, entry, *, size: int) -> str:
         state.update(model=model, arguments=arguments, side=side)
         row.update(size=side, params=count_params(model), macs_dense=count_macs(model, x))
         return "" if side == size else f"runs from {side} px ({errors[0]})"
-    raise EdgeShrinkError(f"{entry.name} runs at none of {size}..{SIDES[-1]} px: {errors[-1]}")
+    raise EdgeShrinkError(f"{entry.name} runs at none of {', '.join(map(str, tried))} px: {errors[-1]}")
+
+
+def _sides(entry, size: int):
+    """Input sides to try: `size`, the larger SIDES, 112 and 224 (patches of 14 px), then the model's
+    own default side (timm's pretrained_cfg input_size, e.g. a position table fixed at 240 px)."""
+    yield size
+    yield from (s for s in SIDES if s > size)
+    yield from (112, 224)  # 8 and 16 patches of 14 px
+    model, _ = entry.build(size)
+    default = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
+    if default and default[-1] > size:
+        yield int(default[-1])
 
 
 def _reparameterize(state: dict, row: dict) -> str:
