@@ -303,7 +303,7 @@ def _finish(state: dict, row: dict) -> None:
     from); the first converter whose files verify is the one deployed, else the first whose FP32
     file passes parity; the bundle verdict."""
     subs = {converter: _verify(state, converter) for converter in state["files"]}
-    row["converters"] = {c: {"verified": s["verified"], "partitions": s["partitions"],
+    row["converters"] = {c: {"verified": s["verified"], "partition_counts": s["partitions"],
                              **{stage: s["stages"][stage] for stage in VERIFY}} for c, s in subs.items()}
     chosen = (next((s for s in subs.values() if s["verified"]), None)
               or next((s for s in subs.values() if s["stages"]["parity"]["status"] == "ok"), None))
