@@ -55,8 +55,8 @@ def by_converter(rows: list[dict]) -> dict:
             c["made"] += 1
             c["parity"] += record["parity"]["status"] == "ok"
             c["verified"] += bool(record["verified"])
-            counts = record.get("partition_counts") or (row.get("partitions") if name == row.get("converter") else {})
-            c["int8_one_partition"] += bool(record["verified"]) and (counts or {}).get("int8") == 1
+            parts = record.get("partition_counts") or (row.get("partitions") if name == row.get("converter") else {})
+            c["int8_one_partition"] += bool(record["verified"]) and (parts or {}).get("int8") == 1
             c["only_one"] += bool(record["verified"]) and sum(bool(o["verified"]) for o in tried.values()) == 1
     return counts
 
