@@ -44,3 +44,30 @@ def test_monai_unet_card_bundles_for_rpi4(tmp_path):
     assert (bundle / made[manifest["deploy"]["artifact"]]["file"]).is_file()
     skipped = manifest["pruning"].get("skipped")
     assert skipped is None or "attention" not in skipped["reason"]  # a true reason: no attention here
+    # InstanceNorm and PReLU in delegate forms, DIV/SQRT float islands: XNNPACK takes the INT8 file whole
+    # (it was 40 partitions with litert-torch's own InstanceNorm: RSQRT, ADD of eps, PRELU)
+    assert made["pruned-tflite-int8"]["delegate"]["partitions"] <= 3, made["pruned-tflite-int8"]["delegate"]
+
+
+def test_monai_attention_unet_is_pruned_its_gates_are_convolutions(tmp_path):
+    """MONAI's AttentionUnet: its attention *gates* are convolutions and a sigmoid, no token
+    reshapes; pruning must not refuse it as attention (it did), and it is pruned."""
+    import torch
+    from monai.networks.nets import AttentionUnet
+
+    arguments = {"spatial_dims": 2, "in_channels": 1, "out_channels": 3, "channels": [8, 16, 32], "strides": [2, 2]}
+    torch.manual_seed(0)
+    torch.save(AttentionUnet(**arguments).state_dict(), tmp_path / "unet.pt")
+    card = {**CARD, "name": "monai_attention_unet_tiny", "architecture": "monai.networks.nets:AttentionUnet",
+            "arguments": arguments, "pruning": {"target_macs": 0.7}}  # 8/16/32 channels: 45 % is out of reach
+    (tmp_path / "card.yaml").write_text(yaml.safe_dump(card))
+    proc = subprocess.run([sys.executable, "-m", "toolkit", "run", "--model", str(tmp_path / "card.yaml"), "--target",
+                           "rpi4", "--synthetic-data", "--finetune-epochs", "0", "--no-bench", "--out",
+                           str(tmp_path / "out")], capture_output=True, text=True, env=dict(os.environ), cwd=REPO_ROOT,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    manifest = json.loads((tmp_path / "out" / "monai_attention_unet_tiny-rpi4" / "manifest.json").read_text())
+    assert not manifest["pruning"].get("skipped"), manifest["pruning"].get("skipped")
+    made = {a["name"]: a for a in manifest["artifacts"]}
+    assert made["pruned-torch-fp32"]["macs"] < made["dense-torch-fp32"]["macs"]
+    assert all(a["parity"]["ok"] for a in manifest["artifacts"] if a["precision"] == "fp32" and a["format"] != "torch")

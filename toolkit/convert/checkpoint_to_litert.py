@@ -53,8 +53,10 @@ def checkpoint_to_litert(checkpoint: str | Path, input_shape: tuple[int, ...], o
     .venv-litert. `input_shape` is the torch (N, C, H, W); the files take NHWC input.
     `delegate_rewrites` (XNNPACK targets) converts the model with hard-swish/hard-sigmoid written as
     a depthwise conv, ReLU6 and MUL (toolkit.convert.graph_rewrite, shift="conv"): XNNPACK takes
-    neither INT8 HARD_SWISH nor, in litert-torch's INT8 files, an ADD of a constant. Refuses when the converter venv is missing, and names the child's one-line error
-    when conversion fails."""
+    neither INT8 HARD_SWISH nor, in litert-torch's INT8 files, an ADD of a constant; InstanceNorm and
+    PReLU in the forms of toolkit.convert.graph_rewrite, with DIV and SQRT kept float in the INT8 file
+    (measured on MONAI's 2-D UNet, random weights, 64 px: INT8 40 XNNPACK partitions -> 1).
+    Refuses when the converter venv is missing, and names the child's one-line error when conversion fails."""
     python = litert_python()
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -62,6 +64,10 @@ def checkpoint_to_litert(checkpoint: str | Path, input_shape: tuple[int, ...], o
            "--out", str(out_dir), "--input-shape", ",".join(str(int(d)) for d in input_shape),
            "--mean", ",".join(str(float(v)) for v in mean), "--std", ",".join(str(float(v)) for v in std),
            "--stem", stem, "--threads", str(threads)]
+    if delegate_rewrites:  # the rewritten InstanceNorm's DIV and SQRT stay float: XNNPACK runs them in its partition
+        from toolkit.runtime.tflite_check import XNNPACK_FLOAT_ISLAND_OPS
+
+        cmd += ["--float-ops", ",".join(XNNPACK_FLOAT_ISLAND_OPS)]
     env = {**os.environ, "PYTHONPATH": str(child_pythonpath()), "OMP_NUM_THREADS": str(threads), "TF_CPP_MIN_LOG_LEVEL": "2"}
     with tempfile.TemporaryDirectory(prefix="litert-") as work:
         if calibration_nhwc is not None:

@@ -64,8 +64,57 @@ class ConvShiftHardswish(nn.Module):
         return F.relu6(_plus_three_by_conv(x)) * (x * _SIXTH)
 
 
+def _depthwise_affine(x: torch.Tensor, scale: torch.Tensor, bias=None) -> torch.Tensor:
+    """x * scale[c] (+ bias[c]) for N x C x H x W as a 1x1 depthwise convolution."""
+    channels = x.shape[1]
+    return F.conv2d(x, scale.reshape(channels, 1, 1, 1).to(x.dtype), None if bias is None else bias.to(x.dtype),
+                    groups=channels)
+
+
+class ConvInstanceNorm2d(nn.Module):
+    """nn.InstanceNorm2d (no running statistics) as MEAN, SUB, MUL, MEAN, eps by a depthwise conv's
+    bias, SQRT, DIV and the affine by a depthwise conv (litert-torch INT8): its own form has RSQRT and
+    an ADD of eps, which XNNPACK does not take in INT8. The divisor is sqrt(..) * 2 and the quotient
+    * 2 so the converter does not fold x / sqrt(v) into x * rsqrt(v)."""
+
+    def __init__(self, norm: nn.InstanceNorm2d):
+        super().__init__()
+        self.eps = float(norm.eps)
+        self.weight, self.bias = norm.weight, norm.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            return F.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
+        channels = x.shape[1]
+        d = x - x.mean((2, 3), keepdim=True)
+        var = (d * d).mean((2, 3), keepdim=True)
+        var = F.conv2d(var, torch.ones(channels, 1, 1, 1, dtype=x.dtype), torch.full((channels,), self.eps, dtype=x.dtype),
+                       groups=channels)
+        y = d / (torch.sqrt(var) * 2.0) * 2.0
+        if self.weight is None:
+            return y
+        return _depthwise_affine(y, self.weight, self.bias)
+
+
+class ConvPReLU(nn.Module):
+    """PReLU as relu(x + x) * ((1 - a) / 2) + a * x, the per-channel scales as depthwise convs
+    (litert-torch INT8: its PRELU is not taken by XNNPACK in INT8)."""
+
+    def __init__(self, prelu: nn.PReLU):
+        super().__init__()
+        self.weight = prelu.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            return F.prelu(x, self.weight)
+        slope = self.weight.reshape(-1).expand(x.shape[1]) if self.weight.numel() == 1 else self.weight.reshape(-1)
+        return _depthwise_affine(F.relu(x + x), (1.0 - slope) / 2.0) + _depthwise_affine(x, slope)
+
+
 _REPLACEMENTS = {nn.Hardsigmoid: DelegateHardsigmoid, nn.Hardswish: DelegateHardswish}
 _CONV_SHIFT = {DelegateHardsigmoid: ConvShiftHardsigmoid, DelegateHardswish: ConvShiftHardswish}
+# litert-torch INT8 only (shift="conv"): onnx2tf's files get the same forms from toolkit.convert.onnx_rewrite
+_CONV_ONLY = {nn.InstanceNorm2d: ConvInstanceNorm2d, nn.PReLU: ConvPReLU}
 
 
 def delegate_hardsigmoid(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
@@ -121,6 +170,12 @@ def rewrite_for_delegates(model: nn.Module, *, hardswish: bool = True, shift: st
     changes: list[str] = []
     for parent_name, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):
+            conv_only = _CONV_ONLY.get(type(child)) if shift == "conv" else None
+            if conv_only is not None and not (isinstance(child, nn.InstanceNorm2d) and child.track_running_stats):
+                setattr(parent, child_name, conv_only(child))
+                full = f"{parent_name}.{child_name}" if parent_name else child_name
+                changes.append(f"{full}: {type(child).__name__} -> {conv_only.__name__}")
+                continue
             new = _REPLACEMENTS.get(type(child))
             if new is None or (new is DelegateHardswish and not hardswish):
                 continue

@@ -70,7 +70,7 @@ def convert(args) -> dict:
     calib = np.load(args.calibration) if args.calibration else None
     start = time.perf_counter()
     out = torch_to_litert(model, args.input_shape, args.out, calib, mean=args.mean, std=args.std,
-                          int8=calib is not None, stem=args.stem, threads=args.threads)
+                          int8=calib is not None, stem=args.stem, threads=args.threads, float_ops=args.float_ops)
     return {"float32": out.float32.name, "int8": out.int8.name if out.int8 else None,
             "architecture": payload["architecture"], "seconds": round(time.perf_counter() - start, 2),
             "versions": package_versions()}
@@ -87,6 +87,8 @@ def main(argv=None) -> int:
     p.add_argument("--std", type=_floats, default=(1.0,))
     p.add_argument("--stem", default="model")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--float-ops", type=lambda s: tuple(v for v in s.split(",") if v), default=(),
+                   help="TFLite ops kept float in the INT8 file (XNNPACK's float islands: DIV,SQRT)")
     args = p.parse_args(argv)
     from toolkit.core.errors import EdgeShrinkError
 

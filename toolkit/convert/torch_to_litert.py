@@ -43,12 +43,15 @@ def _nhwc(model):
 
 def torch_to_litert(model, input_shape: tuple[int, ...], out_dir: str | Path,
                     calibration_nhwc: Optional[np.ndarray] = None, mean: tuple = (0.0,), *, std: tuple = (1.0,),
-                    int8: bool = True, stem: str = "model", io_dtype: str = "int8", threads: int = 1) -> TFLiteOutputs:
+                    int8: bool = True, stem: str = "model", io_dtype: str = "int8", threads: int = 1,
+                    float_ops: tuple = ()) -> TFLiteOutputs:
     """Write `<stem>_float32.tflite` and, with `int8`, `<stem>_int8.tflite` (static int8 weights and
     activations, int8 input/output, calibrated on `calibration_nhwc`: real NHWC images in [0, 1]
     before mean/std), with `io_dtype` (int8/uint8) input and output. `input_shape` is the torch
     (N, C, H, W). Refuses INT8 without calibration data and says how to install litert-torch when
-    it is missing."""
+    it is missing. `float_ops` (TFLite op names, e.g. DIV, SQRT for XNNPACK) stay float in the INT8
+    file: ai-edge-quantizer makes them INT8, which XNNPACK does not take (a partition break each);
+    float, XNNPACK runs them inside the partition (toolkit.runtime.tflite_check.XNNPACK_FLOAT_ISLAND_OPS)."""
     try:
         import litert_torch
         from ai_edge_quantizer import quantizer, recipe
@@ -70,6 +73,8 @@ def torch_to_litert(model, input_shape: tuple[int, ...], out_dir: str | Path,
         return TFLiteOutputs(fp32, None)
     x = (np.asarray(calibration_nhwc, np.float32) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     q = quantizer.Quantizer(str(fp32), recipe.static_wi8_ai8())
+    for op in float_ops:
+        q.update_quantization_recipe(regex=".*", operation_name=op, algorithm_key="no_quantize")
     key, name = _signature(fp32)
     result = q.calibrate({key: [{name: x[i:i + 1]} for i in range(len(x))]}, num_threads=threads)
     float_io = out_dir / f"{stem}_int8_float_io.tflite"

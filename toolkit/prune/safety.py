@@ -127,15 +127,34 @@ def traced_output_layers(model, example_input) -> list[str]:
     return found
 
 
+_TOKEN_MIXING = ("@", "matmul", "bmm", "einsum", "scaled_dot_product", "softmax", "baddbmm")
+
+
+def _mixes_tokens(module) -> bool:
+    """Whether a module named like attention mixes tokens in its class's code (a matmul, einsum,
+    softmax, scaled_dot_product_attention in any of its methods), read from its source; True when
+    the source cannot be read. An attention *gate* (MONAI's AttentionBlock: convolutions and a
+    sigmoid) does not."""
+    import inspect
+
+    try:
+        source = inspect.getsource(type(module))
+    except (OSError, TypeError):
+        return True
+    code = "\n".join(line.split("#")[0] for line in source.splitlines()[1:])  # comments dropped
+    return any(token in code for token in _TOKEN_MIXING)
+
+
 def attention_layers(model) -> tuple[list[str], list[tuple[str, str]]]:
-    """(names of nn.MultiheadAttention layers, [(name, class) of other attention blocks])."""
+    """(names of nn.MultiheadAttention layers, [(name, class) of other attention blocks]): modules
+    named like attention whose forward mixes tokens (`_mixes_tokens`)."""
     import torch.nn as nn
 
     standard, foreign = [], []
     for name, module in model.named_modules():
         if isinstance(module, nn.MultiheadAttention):
             standard.append(name)
-        elif "attention" in type(module).__name__.lower() and not any(
+        elif "attention" in type(module).__name__.lower() and _mixes_tokens(module) and not any(
                 isinstance(m, nn.MultiheadAttention) for m in module.modules()):
             if not any(name.startswith(f"{f}.") for f, _ in foreign):
                 foreign.append((name, type(module).__name__))
