@@ -23,20 +23,25 @@ CARD = {"name": "monai_unet_tiny", "architecture": "monai.networks.nets:UNet", "
         "checkpoint": {"path": "unet.pt"}}
 
 
+def _bundle(tmp_path, card: dict):
+    """`edgeshrink run` of `card` for rpi4 (synthetic volumes, no fine-tuning, no bench): (bundle, manifest)."""
+    (tmp_path / "card.yaml").write_text(yaml.safe_dump(card))
+    proc = subprocess.run([sys.executable, "-m", "toolkit", "run", "--model", str(tmp_path / "card.yaml"), "--target",
+                           "rpi4", "--synthetic-data", "--finetune-epochs", "0", "--no-bench", "--out",
+                           str(tmp_path / "out")], capture_output=True, text=True, env=dict(os.environ), cwd=REPO_ROOT,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    bundle = tmp_path / "out" / f"{card['name']}-rpi4"
+    return bundle, json.loads((bundle / "manifest.json").read_text())
+
+
 def test_monai_unet_card_bundles_for_rpi4(tmp_path):
     import torch
     from monai.networks.nets import UNet
 
     torch.manual_seed(0)
     torch.save(UNet(**ARGUMENTS).state_dict(), tmp_path / "unet.pt")
-    (tmp_path / "card.yaml").write_text(yaml.safe_dump(CARD))
-    proc = subprocess.run([sys.executable, "-m", "toolkit", "run", "--model", str(tmp_path / "card.yaml"), "--target",
-                           "rpi4", "--synthetic-data", "--finetune-epochs", "0", "--no-bench", "--out",
-                           str(tmp_path / "out")], capture_output=True, text=True, env=dict(os.environ), cwd=REPO_ROOT,
-                          timeout=900)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    bundle = tmp_path / "out" / "monai_unet_tiny-rpi4"
-    manifest = json.loads((bundle / "manifest.json").read_text())
+    bundle, manifest = _bundle(tmp_path, CARD)
     floats = [a for a in manifest["artifacts"] if a["precision"] == "fp32" and a["format"] != "torch"]
     assert floats and all(a["parity"]["ok"] for a in floats), [(a["name"], a["parity"]) for a in floats]
     made = {a["name"]: a for a in manifest["artifacts"]}
@@ -60,13 +65,7 @@ def test_monai_attention_unet_is_pruned_its_gates_are_convolutions(tmp_path):
     torch.save(AttentionUnet(**arguments).state_dict(), tmp_path / "unet.pt")
     card = {**CARD, "name": "monai_attention_unet_tiny", "architecture": "monai.networks.nets:AttentionUnet",
             "arguments": arguments, "pruning": {"target_macs": 0.7}}  # 8/16/32 channels: 45 % is out of reach
-    (tmp_path / "card.yaml").write_text(yaml.safe_dump(card))
-    proc = subprocess.run([sys.executable, "-m", "toolkit", "run", "--model", str(tmp_path / "card.yaml"), "--target",
-                           "rpi4", "--synthetic-data", "--finetune-epochs", "0", "--no-bench", "--out",
-                           str(tmp_path / "out")], capture_output=True, text=True, env=dict(os.environ), cwd=REPO_ROOT,
-                          timeout=900)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    manifest = json.loads((tmp_path / "out" / "monai_attention_unet_tiny-rpi4" / "manifest.json").read_text())
+    _, manifest = _bundle(tmp_path, card)
     assert not manifest["pruning"].get("skipped"), manifest["pruning"].get("skipped")
     made = {a["name"]: a for a in manifest["artifacts"]}
     assert made["pruned-torch-fp32"]["macs"] < made["dense-torch-fp32"]["macs"]
