@@ -56,7 +56,8 @@ def test_monai_unet_card_bundles_for_rpi4(tmp_path):
 
 def test_monai_attention_unet_is_pruned_its_gates_are_convolutions(tmp_path):
     """MONAI's AttentionUnet: its attention *gates* are convolutions and a sigmoid, no token
-    reshapes; pruning must not refuse it as attention (it did), and it is pruned."""
+    reshapes; pruning must not refuse it as attention (it did), and it is pruned, as far as it
+    goes when the MAC target is out of reach (it was left dense)."""
     import torch
     from monai.networks.nets import AttentionUnet
 
@@ -64,9 +65,12 @@ def test_monai_attention_unet_is_pruned_its_gates_are_convolutions(tmp_path):
     torch.manual_seed(0)
     torch.save(AttentionUnet(**arguments).state_dict(), tmp_path / "unet.pt")
     card = {**CARD, "name": "monai_attention_unet_tiny", "architecture": "monai.networks.nets:AttentionUnet",
-            "arguments": arguments, "pruning": {"target_macs": 0.7}}  # 8/16/32 channels: 45 % is out of reach
+            "arguments": arguments}
     _, manifest = _bundle(tmp_path, card)
     assert not manifest["pruning"].get("skipped"), manifest["pruning"].get("skipped")
     made = {a["name"]: a for a in manifest["artifacts"]}
-    assert made["pruned-torch-fp32"]["macs"] < made["dense-torch-fp32"]["macs"]
+    assert made["pruned-torch-fp32"]["macs"] < 0.8 * made["dense-torch-fp32"]["macs"]
+    # with 8/16/32 channels the profile's 45 % of MACs is out of reach: pruned as far as it goes, and said
+    target = manifest["pruning"]["history"][-1]["target"]
+    assert not target["met"] and "pruned as far as the model allows" in target["why"], target
     assert all(a["parity"]["ok"] for a in manifest["artifacts"] if a["precision"] == "fp32" and a["format"] != "torch")

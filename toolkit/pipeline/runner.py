@@ -147,10 +147,17 @@ class Runner:
     def _prune_or_dense(self, dense: Family):
         """Pruning never blocks the bundle: when it is refused (unsafe, untraceable, over its work
         budget, an unreachable target), the run goes on with the dense model and says why."""
+        from toolkit.prune.prune import UnreachableTarget
         from toolkit.prune.safety import PruningRefused
 
         try:
             return self._prune_or_reuse(dense)
+        except UnreachableTarget as exc:  # pruned as far as the model allows, and the report says so
+            reason = str(exc)
+            try:
+                return self._as_far_as_allowed(dense, exc)
+            except PruningRefused as again:
+                reason = f"{reason}; pruning to {exc.reached:.0%} was refused too: {again}"
         except PruningRefused as exc:
             reason = str(exc)
         if self.plan.progress:
@@ -160,13 +167,27 @@ class Runner:
                                         "switch": "--no-structured (API structured=False) skips channel pruning"}
         return model, history
 
-    def _prune_or_reuse(self, dense: Family):
+    def _as_far_as_allowed(self, dense: Family, unreachable):
+        """The MAC target is below what the model allows: prune to what it allows (1 % above the
+        fraction the full schedule reached); the history's target note says the target was not met and why."""
+        from toolkit.prune.prune import mac_target_note
+
+        model, history = self._prune_or_reuse(dense, target_macs=min(0.99, unreachable.reached + 0.01))
+        note = mac_target_note(self.plan.pruning, reached=history[-1]["macs_fraction"])
+        if not note["met"]:
+            note["why"] = f"{unreachable}; pruned as far as the model allows instead"
+        history[-1] = {**history[-1], "target": note}
+        if self.plan.progress:
+            print(f"[edgeshrink] {unreachable}: pruned to {history[-1]['macs_fraction']:.0%} of dense MACs instead", flush=True)
+        return model, history
+
+    def _prune_or_reuse(self, dense: Family, *, target_macs: Optional[float] = None):
         from toolkit.prune.cache import find_pruned, prune_cache_key, store_pruned
         from toolkit.prune.prune import prune
 
         plan, dense_model = self.plan, dense.model
-        cfg = plan.pruning
-        if plan.fps:
+        cfg = plan.pruning if target_macs is None else plan.pruning.model_copy(update={"target_macs": target_macs})
+        if plan.fps and target_macs is None:
             cfg, self.records.latency_budget = optional_stages.budget_config(self, dense_model)
         if cfg is None:  # the dense model already meets the latency budget
             model, history = self._unpruned(dense)
