@@ -3,6 +3,8 @@ and layer groups whose pruning breaks the forward pass (found by dry runs on cop
 
 from __future__ import annotations
 
+import re
+
 from typing import Callable, Optional
 
 from toolkit.core.errors import EdgeShrinkError
@@ -127,22 +129,23 @@ def traced_output_layers(model, example_input) -> list[str]:
     return found
 
 
-_TOKEN_MIXING = ("@", "matmul", "bmm", "einsum", "scaled_dot_product", "softmax", "baddbmm")
+# a matmul (the @ operator between operands, not a decorator), einsum, softmax, attention kernels
+_TOKEN_MIXING = re.compile(r"matmul|bmm|einsum|scaled_dot_product|softmax|[\w)\]][ \t]*@[ \t]*[\w(]")
 
 
 def _mixes_tokens(module) -> bool:
-    """Whether a module named like attention mixes tokens in its class's code (a matmul, einsum,
-    softmax, scaled_dot_product_attention in any of its methods), read from its source; True when
-    the source cannot be read. An attention *gate* (MONAI's AttentionBlock: convolutions and a
-    sigmoid) does not."""
+    """Whether a module named like attention may mix tokens: its class's code, or the file that
+    defines it (torchvision's Swin calls a module-level window-attention function), holds a matmul,
+    einsum, softmax or scaled_dot_product_attention. True when the source cannot be read. An
+    attention *gate* (MONAI's AttentionBlock: convolutions and a sigmoid) does not."""
     import inspect
 
     try:
-        source = inspect.getsource(type(module))
+        sources = [inspect.getsource(type(module)), inspect.getsource(inspect.getmodule(type(module)))]
     except (OSError, TypeError):
         return True
-    code = "\n".join(line.split("#")[0] for line in source.splitlines()[1:])  # comments dropped
-    return any(token in code for token in _TOKEN_MIXING)
+    code = "\n".join(line.split("#")[0] for source in sources for line in source.splitlines())  # comments dropped
+    return bool(_TOKEN_MIXING.search(code))
 
 
 def attention_layers(model) -> tuple[list[str], list[tuple[str, str]]]:
