@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from toolkit.pipeline.edge_steps import AFTER, BACKGROUND, CHECKS, CONVERTERS
+from toolkit.pipeline.edge_steps import AFTER, BACKGROUND, CHECKS, CONVERTERS, RECOVER
 from toolkit.pipeline.edges import EDGES
 
 RUNNER = Path(__file__).resolve().parents[2] / "toolkit" / "pipeline" / "runner.py"
@@ -17,6 +17,7 @@ def test_every_key_an_edge_names_has_its_step():
         assert edge.converter in CONVERTERS, edge
         assert edge.check is None or edge.check in CHECKS, edge
         assert edge.after is None or edge.after in AFTER, edge
+        assert edge.recover is None or (edge.recover in RECOVER and edge.check), edge
         assert not edge.background or edge.job in BACKGROUND, edge
 
 

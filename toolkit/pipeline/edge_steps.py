@@ -121,7 +121,16 @@ def cpu_independence(path: Path, scheme: str) -> dict:
             "host_vnni": isa.get("vnni"), "host_u8s8_may_saturate": isa.get("u8s8_may_saturate")}
 
 
+def int8_other_converter(runner, family, *, edge, made: dict, error, check) -> Outcome:
+    """An INT8 TFLite file that failed its check: the other converter's, or none with the reason
+    (toolkit.pipeline.tflite_converters.int8_after_failed_check)."""
+    from toolkit.pipeline.tflite_converters import int8_after_failed_check
+
+    return int8_after_failed_check(runner, family, made, error=error, check=check)
+
+
 CONVERTERS = {"torch_to_onnx": exported_onnx, "onnx_to_qdq_int8": qdq_int8, "onnx_to_tflite": tflite_files}
 CHECKS = {"full_integer": full_integer, "builtin_ops": builtin_ops}
 AFTER = {"parity_retry": parity_retry, "int8_fallback": int8_fallback}
+RECOVER = {"int8_other_converter": int8_other_converter}
 BACKGROUND = {"onnx2tf": start_onnx2tf}

@@ -29,6 +29,7 @@ class Edge:
     background: bool = False
     check: Optional[str] = None
     after: Optional[str] = None
+    recover: Optional[str] = None  # key of edge_steps.RECOVER: what to do when the file fails its check
     stages: tuple[str, ...] = ("dense", "pruned")
 
     @property
@@ -42,7 +43,7 @@ EDGES: tuple[Edge, ...] = (
     Edge("tflite", "fp32", source="onnx-fp32", converter="onnx_to_tflite", job="onnx2tf", background=True,
          check="builtin_ops", after="parity_retry"),
     Edge("tflite", "int8", source="onnx-fp32", converter="onnx_to_tflite", job="onnx2tf", background=True,
-         check="full_integer", after="int8_fallback", stages=("pruned",)),
+         check="full_integer", after="int8_fallback", recover="int8_other_converter", stages=("pruned",)),
 )
 
 

@@ -313,17 +313,19 @@ class Runner:
         self._verify_and_record(edge, family, path)
 
     def _checked(self, edge: Edge, family: Family, made: dict) -> bool:
-        """Check the edge's file. A TFLite INT8 file that fails is made by the other converter, or
-        dropped with the reason (toolkit.pipeline.tflite_converters); False when it was dropped."""
-        from toolkit.pipeline.tflite_converters import int8_after_failed_check
+        """Check the edge's file. One that fails is recovered by the edge's RECOVER step when it has
+        one (a TFLite INT8 file: the other converter's, or none with the reason); False when the
+        file was dropped."""
+        from toolkit.pipeline.edge_steps import RECOVER
 
         try:
             self._check(edge, made[edge.key])
             return True
         except EdgeShrinkError as exc:
-            if edge.key != "tflite-int8":
+            if not edge.recover:
                 raise
-            outcome = int8_after_failed_check(self, family, made, error=exc, check=lambda path: self._check(edge, path))
+            outcome = RECOVER[edge.recover](self, family, edge=edge, made=made, error=exc,
+                                            check=lambda path: self._check(edge, path))
         self._keep(family, Made(outcome.files, outcome.records, outcome.converter), made)
         return edge.key in made
 
