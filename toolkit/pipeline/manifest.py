@@ -200,6 +200,19 @@ def _select(runner) -> dict:
                          measured_on="host" if here else "host-estimate")
 
 
+def keep_failed(runner, bundle: Path, message: str) -> Path:
+    """Move the staged files of a run that failed parity to `<bundle>.failed/`, with a report that
+    names the first diverging layer (write_failure_report), so the user can inspect them."""
+    import os
+    import shutil
+
+    failed = bundle.with_name(bundle.name + ".failed")
+    write_failure_report(runner, message)
+    shutil.rmtree(failed, ignore_errors=True)
+    os.replace(runner.work, failed)
+    return failed
+
+
 def write_failure_report(runner, message: str) -> None:
     """report.md + manifest.json of a failed run: what failed, per-file parity, and for each failing
     file the first diverging layer with a suggested fix (when the diagnosis can tell)."""

@@ -1,5 +1,6 @@
 """Optional stages of a run, called by the runner: the latency-budget search (`--fps`),
-unstructured sparsity (`--sparsity`) with its honest report, and the INT8 accuracy fallback.
+unstructured sparsity (`--sparsity`) with its honest report, the INT8 accuracy fallback, and pruning as
+far as the model allows when the MAC target is out of reach.
 Each returns what it made with its record; the runner keeps them (nothing here writes its state)."""
 
 from __future__ import annotations
@@ -279,3 +280,18 @@ def _trial(runner, path, *, metric: str, dense: float):
     why = gate_failures(SimpleNamespace(metrics=metrics, delegate=delegate, parity={}), dense_metric=dense,
                         metric=metric, gate=runner.target.gate)
     return Trial(not why, metrics.get(metric), delegate.get("partitions"), tuple(why), delegate.get("undelegated_ops"))
+
+
+def pruned_as_far_as_allowed(runner, dense, unreachable):
+    """The MAC target is below what the model allows: prune to what it allows
+    (UnreachableTarget.reachable_target); the history's target note says the target was not met and why."""
+    from toolkit.prune.prune import mac_target_note
+
+    model, history = runner._prune_or_reuse(dense, target_macs=unreachable.reachable_target)
+    note = mac_target_note(runner.plan.pruning, reached=history[-1]["macs_fraction"])
+    if not note["met"]:
+        note["why"] = f"{unreachable}; pruned as far as the model allows instead"
+    history[-1] = {**history[-1], "target": note}
+    if runner.plan.progress:
+        print(f"[edgeshrink] {unreachable}: pruned to {history[-1]['macs_fraction']:.0%} of dense MACs instead", flush=True)
+    return model, history

@@ -155,7 +155,7 @@ class Runner:
         except UnreachableTarget as exc:  # pruned as far as the model allows, and the report says so
             reason = str(exc)
             try:
-                return self._as_far_as_allowed(dense, exc)
+                return optional_stages.pruned_as_far_as_allowed(self, dense, exc)
             except PruningRefused as again:
                 reason = f"{reason}; pruning to {exc.reached:.0%} was refused too: {again}"
         except PruningRefused as exc:
@@ -165,20 +165,6 @@ class Runner:
         model, history = self._unpruned(dense)
         self.records.pruning_skipped = {"reason": reason,
                                         "switch": "--no-structured (API structured=False) skips channel pruning"}
-        return model, history
-
-    def _as_far_as_allowed(self, dense: Family, unreachable):
-        """The MAC target is below what the model allows: prune to what it allows (1 % above the
-        fraction the full schedule reached); the history's target note says the target was not met and why."""
-        from toolkit.prune.prune import mac_target_note
-
-        model, history = self._prune_or_reuse(dense, target_macs=min(0.99, unreachable.reached + 0.01))
-        note = mac_target_note(self.plan.pruning, reached=history[-1]["macs_fraction"])
-        if not note["met"]:
-            note["why"] = f"{unreachable}; pruned as far as the model allows instead"
-        history[-1] = {**history[-1], "target": note}
-        if self.plan.progress:
-            print(f"[edgeshrink] {unreachable}: pruned to {history[-1]['macs_fraction']:.0%} of dense MACs instead", flush=True)
         return model, history
 
     def _prune_or_reuse(self, dense: Family, *, target_macs: Optional[float] = None):
@@ -431,27 +417,12 @@ def _card_dir_for_workers(card):
         yield
 
 
-def _keep_failed(runner: Runner, bundle: Path, error: ParityFailure) -> Path:
-    """Move the staged files of a run that failed parity to `<bundle>.failed/`, with a report that
-    names the first diverging layer, so the user can inspect them."""
-    import os
-    import shutil
-
-    from toolkit.pipeline.manifest import write_failure_report
-
-    failed = bundle.with_name(bundle.name + ".failed")
-    write_failure_report(runner, str(error))
-    shutil.rmtree(failed, ignore_errors=True)
-    os.replace(runner.work, failed)
-    return failed
-
-
 def run(plan, *, model=None):
     """Run a plan; returns the `Bundle`. `model` is the dense nn.Module itself (Python API) instead
     of the plan's weights file. On any error nothing is left in the output folder, except a
     parity failure's files in `<bundle>.failed/`."""
     from toolkit.core.atomic import staged_folder
-    from toolkit.pipeline.manifest import Bundle, write_bundle_files
+    from toolkit.pipeline.manifest import Bundle, keep_failed, write_bundle_files
     from toolkit.tasks.registry import load_task
     from toolkit.train.loop import seed_everything
 
@@ -467,7 +438,7 @@ def run(plan, *, model=None):
         try:
             runner.build(model)
         except ParityFailure as exc:
-            failed = _keep_failed(runner, plan.bundle_path, exc)
+            failed = keep_failed(runner, plan.bundle_path, str(exc))
             raise EdgeShrinkError(f"{exc}; files and report kept in {failed}") from None
         write_bundle_files(runner)
     return Bundle.open(plan.bundle_path)

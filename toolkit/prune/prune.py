@@ -32,6 +32,11 @@ class UnreachableTarget(PruningRefused):
         super().__init__(message)
         self.reached = reached
 
+    @property
+    def reachable_target(self) -> float:
+        """The MAC target to prune to instead: 1 % above the fraction reached (as far as the model allows)."""
+        return min(0.99, self.reached + 0.01)
+
 
 @dataclass(frozen=True)
 class PruneResult:

@@ -115,7 +115,7 @@ def _prune(state: dict, row: dict, *, target_macs: float, trials: int, cnn_trial
     try:
         result = attempt(target_macs)
     except UnreachableTarget as exc:
-        result = attempt(min(0.99, exc.reached + 0.01))
+        result = attempt(exc.reachable_target)
         note = f"target {target_macs:.0%} unreachable, pruned to {exc.reached:.0%}"
     state["model"] = result.model.eval()
     row["macs_pruned"] = count_macs(state["model"], example[:1])

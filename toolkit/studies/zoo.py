@@ -199,7 +199,7 @@ def _prune(state: dict, row: dict, *, name: str, side: int, example, target_macs
         result = attempt(state["model"], target=target_macs)
     except UnreachableTarget as exc:  # prune as far as the model allows, and say so
         state["model"], _ = _fresh_model(name, side)
-        result = attempt(state["model"], target=min(0.99, exc.reached + 0.01))
+        result = attempt(state["model"], target=exc.reachable_target)
         note = f"target {target_macs:.0%} unreachable, pruned to the most allowed ({exc.reached:.0%}); "
     row["excluded"], row["protected_outputs"] = result.excluded, result.protected_outputs
     excluded = f"{len(result.excluded)} group(s) excluded" if result.excluded else ""
