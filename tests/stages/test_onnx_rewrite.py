@@ -59,7 +59,25 @@ class _L2Norm(nn.Module):  # a bare norm: ReduceL2
         return x / (x.norm(dim=1, keepdim=True) + 1.0)
 
 
-OPS = {"gelu": nn.GELU, "l2_normalize": _L2Normalize, "l2_norm": _L2Norm, "instance_norm": lambda: nn.InstanceNorm2d(C, affine=True), "group_norm": lambda: nn.GroupNorm(4, C),
+class _Gather(nn.Module):  # timm's qkv[0], qkv[1] and a class-token-like x[:, 3]: Gather of one index
+    def forward(self, x):
+        b, c, h, w = x.shape
+        t = x.flatten(2).transpose(1, 2).reshape(b, h * w, 2, c // 2).permute(2, 0, 1, 3)
+        mixed = torch.cat([t[0] + t[1], t[0] * t[1]], -1).transpose(1, 2).reshape(b, c, h, w)
+        return mixed + x[:, 3].unsqueeze(1)
+
+
+class _AvgPool(nn.Module):  # every window full (count_include_pad): a depthwise conv
+    def forward(self, x):
+        return F.avg_pool2d(x, 3, 1, 1)
+
+
+class _ConcatMany(nn.Module):  # 8 inputs: XNNPACK takes at most 5 in one CONCATENATION
+    def forward(self, x):
+        return torch.cat([x[:, 2 * i:2 * i + 2] * (i + 1) for i in range(C // 2)], 1)
+
+
+OPS = {"gather": _Gather, "avg_pool": _AvgPool, "concat_many": _ConcatMany, "gelu": nn.GELU, "l2_normalize": _L2Normalize, "l2_norm": _L2Norm, "instance_norm": lambda: nn.InstanceNorm2d(C, affine=True), "group_norm": lambda: nn.GroupNorm(4, C),
        "layer_norm_2d": _LayerNorm2d, "layer_norm_tokens": _TokenLayerNormGelu, "prelu": lambda: nn.PReLU(C),
        "prelu_one": nn.PReLU, "nearest": _Nearest, "softmax": _Softmax}
 
@@ -115,13 +133,14 @@ def test_every_op_converts_to_one_xnnpack_partition_fp32_and_int8(tmp_path):
     from toolkit.runtime.tflite_check import XNNPACK_FLOAT_ISLAND_OPS, custom_ops, require_full_integer
 
     model = _net("gelu", "instance_norm", "prelu", "group_norm", "prelu_one", "layer_norm_2d", "nearest",
-                 "layer_norm_tokens", "softmax", "l2_normalize")
+                 "layer_norm_tokens", "softmax", "l2_normalize", "gather", "avg_pool", "concat_many")
     calib = np.random.default_rng(0).random((16, 20, 20, 3), dtype=np.float32)
     onnx_path = torch_to_onnx(model, (1, 3, 20, 20), tmp_path / "all.onnx")
     out = onnx_to_tflite(onnx_path, tmp_path, calib, (0.0,) * 3, (1.0,) * 3, int8=True, io_dtype="int8",
                          rewrite_ops=rewrites_for("xnnpack"))
     assert {r.split()[0] for r in out.rewrites} == {"Erf", "InstanceNormalization", "PRelu", "LayerNormalization",
-                                                     "Resize", "Softmax", "Clip"}, out.rewrites
+                                                     "Resize", "Softmax", "Clip", "Gather", "AveragePool",
+                                                     "Concat"}, out.rewrites
     require_full_integer(out.int8, "int8", float_ops=XNNPACK_FLOAT_ISLAND_OPS)
     for path in (out.float32, out.int8):
         report = delegate_report(path)
@@ -142,3 +161,17 @@ def test_exact_gelu_without_the_rewrite_is_refused_as_flex(tmp_path):
     onnx_path = torch_to_onnx(_net("gelu"), (1, 3, 20, 20), tmp_path / "gelu.onnx")
     with pytest.raises(EdgeShrinkError, match="FlexErf.*litert-torch"):
         onnx_to_tflite(onnx_path, tmp_path, None, int8=False, rewrite_ops=())
+
+
+def test_an_average_pool_with_partial_windows_is_kept(tmp_path):
+    """count_include_pad=False with padding divides edge windows by fewer inputs than kh * kw, and
+    ceil_mode can add a partial window: no depthwise conv computes that, so the op stays."""
+    from toolkit.convert.onnx_rewrite import rewrite_onnx_file
+    from toolkit.convert.torch_to_onnx import torch_to_onnx
+
+    class _Partial(nn.Module):
+        def forward(self, x):
+            return F.avg_pool2d(x, 3, 1, 1, count_include_pad=False) + F.avg_pool2d(x, 2, 2, ceil_mode=True)[..., :1, :1]
+
+    path = torch_to_onnx(_Partial().eval(), (1, 4, 9, 9), tmp_path / "m.onnx")
+    assert "AveragePool" not in rewrite_onnx_file(path, tmp_path / "rw.onnx", ops=("AveragePool",))

@@ -16,6 +16,9 @@ TensorFlow 2.19 + ai-edge-litert 2.1.0 (tests/stages/test_onnx_rewrite.py; parti
 | Resize nearest, integer scale s | RESIZE_NEAREST_NEIGHBOR (not even in FP32) | 2 / 2 | s*s copies concatenated, DepthToSpace(s) | 1 / 1 |
 | Softmax | SOFTMAX | 1 / 2 | exp(y) = sigmoid(y) / sigmoid(-y) of y = x - max, over its sum | 1 / 1 |
 | ReduceL2 + Clip(min=eps) (F.normalize) | SQUARE (no INT8 kernel), SUM, SQRT, MAXIMUM | INT8 not full-integer | sqrt(sum(x * x) + eps^2) | 1 / 1 |
+| Gather of a constant index (`qkv[0]`, `x[:, 0]`) | GATHER | 2 / 2 | Slice, Reshape without the axis | 1 / 1 |
+| AveragePool, every window full (DenseNet transitions) | AVERAGE_POOL_2D (FP32 only) | 1 / 2 | depthwise conv, weights 1 / (kh * kw) | 1 / 1 |
+| Concat of more than 5 inputs (DenseNet) | CONCATENATION (not even in FP32) | 2 / 2 | nested concats of at most 5 | 1 / 1 |
 
 FP32 parity of every rewritten file against torch: < 1.1e-5 of the output scale. XNNPACK takes in
 INT8 SQRT, LOGISTIC, LEAKY_RELU, ADD(+RELU/RELU6), MUL, REDUCE_MAX, SUM, MEAN and DEPTH_TO_SPACE,
@@ -28,10 +31,11 @@ partition ("keep them float in the INT8 file"); so those forms are used for XNNP
 
 from __future__ import annotations
 
-REWRITE_VERSION = "2"  # part of the conversion cache key: bump when a rewrite changes what onnx2tf gets
+REWRITE_VERSION = "3"  # part of the conversion cache key: bump when a rewrite changes what onnx2tf gets
 # erf(z) ~= tanh(z * (C1 + z^2 * (C3 + z^2 * C5))) for |z| <= 3 (minimax fit; |error| < 3.7e-5, and
 # < 5.9e-5 beyond the clamp, where erf(3) = 1 - 2.2e-5): GELU within 1.9e-5 of |x|
 _ERF_TANH = (1.1281433855, 0.1040811810, -0.0017864676)
+XNNPACK_CONCAT_INPUTS = 5  # the most inputs of one CONCATENATION that XNNPACK takes (LiteRT 2.1.0, measured)
 _ERF_CLAMP = 3.0  # relu6(z + 3) - 3: the clamp in ops XNNPACK takes in INT8 (MINIMUM/MAXIMUM it does not)
 
 
@@ -231,7 +235,83 @@ def _resize_nearest(g: _Graph, node) -> bool:
     if s is None:
         return False
     x = node.input[0]
-    g.op("DepthToSpace", [g.op("Concat", [x] * (s * s), axis=1)], out=node.output[0], blocksize=s, mode="DCR")
+    g.op("DepthToSpace", [_concat_tree(g, [x] * (s * s), axis=1)], out=node.output[0], blocksize=s, mode="DCR")
+    return True
+
+
+def _concat_tree(g: _Graph, inputs: list, *, axis: int, out: str = "") -> str:
+    """Concat of `inputs` along `axis` as nested concats of at most XNNPACK_CONCAT_INPUTS each (the
+    delegate refuses a CONCATENATION of more, even in FP32: DenseNet's feature lists, an s > 2 resize)."""
+    while len(inputs) > XNNPACK_CONCAT_INPUTS:
+        step = XNNPACK_CONCAT_INPUTS
+        inputs = [part[0] if len(part) == 1 else g.op("Concat", part, axis=axis)
+                  for part in (inputs[i:i + step] for i in range(0, len(inputs), step))]
+    return g.op("Concat", inputs, out=out, axis=axis)
+
+
+def _concat(g: _Graph, node) -> bool:
+    if len(node.input) <= XNNPACK_CONCAT_INPUTS:
+        return False
+    _concat_tree(g, list(node.input), axis=_attr(node, "axis"), out=node.output[0])
+    return True
+
+
+def _gather(g: _Graph, node) -> bool:
+    """Gather of one constant index (timm's `qkv[0]`, a class token `x[:, 0]`) or of a constant run of
+    consecutive indices: Slice (then Reshape without the axis for a scalar index). onnx2tf emits
+    GATHER, which XNNPACK does not take; it takes the STRIDED_SLICE and RESHAPE."""
+    import numpy as np
+
+    index, shape = g.inits.get(node.input[1]), g.shapes.get(node.input[0])
+    source = g.producers.get(node.input[0])
+    if index is None or index.size == 0 or not shape or index.ndim > 1 or source is not None and source.op_type == "Shape":
+        return False  # (a shape's entries are not tensor data: left to the converter's constant folding)
+    axis = _attr(node, "axis", 0) % len(shape)
+    size = shape[axis]
+    flat = index.reshape(-1).astype(np.int64)
+    if size is None and (flat < 0).any():
+        return False
+    first = int(flat[0] % size) if size else int(flat[0])
+    if not np.array_equal(flat % size if size else flat, np.arange(first, first + flat.size)):
+        return False
+    sliced = g.op("Slice", [node.input[0], g.const([first], "int64"), g.const([first + flat.size], "int64"),
+                            g.const([axis], "int64")], out="" if index.ndim == 0 else node.output[0])
+    if index.ndim == 1:
+        return True
+    kept = [n for i, n in enumerate(shape) if i != axis]
+    if all(n is not None for n in kept):  # RESHAPE to the static shape: XNNPACK takes it (SQUEEZE it may not)
+        g.op("Reshape", [sliced, g.const(kept, "int64")], out=node.output[0])
+    else:
+        g.op("Squeeze", [sliced, g.const([axis], "int64")] if g.opset >= 13 else [sliced], out=node.output[0],
+             **({} if g.opset >= 13 else {"axes": [axis]}))
+    return True
+
+
+def _average_pool(g: _Graph, node) -> bool:
+    """A 2-D AveragePool as a depthwise convolution with weights 1 / (kh * kw): XNNPACK does not take
+    INT8 AVERAGE_POOL_2D (DenseNet's transitions, ResNet-D shortcuts). Only where every window counts
+    kh * kw inputs: no padding or count_include_pad, and ceil_mode only when it adds no window."""
+    import numpy as np
+
+    shape = g.shapes.get(node.input[0])
+    kernel = list(_attr(node, "kernel_shape", []))
+    if shape is None or len(shape) != 4 or not shape[1] or len(kernel) != 2 or len(node.output) > 1:
+        return False
+    strides = list(_attr(node, "strides", [1, 1]))
+    pads = list(_attr(node, "pads", [0, 0, 0, 0]))
+    dilations = list(_attr(node, "dilations", [1, 1]))
+    if _attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID") or dilations != [1, 1]:
+        return False
+    if any(pads) and not _attr(node, "count_include_pad", 0):
+        return False
+    if _attr(node, "ceil_mode", 0):
+        for i in (0, 1):
+            span = (shape[2 + i] or 0) + pads[i] + pads[i + 2] - kernel[i]
+            if not shape[2 + i] or span % strides[i]:
+                return False  # ceil_mode adds a partial window: its divisor is not kh * kw
+    c = int(shape[1])
+    weight = g.const(np.full((c, 1, *kernel), 1.0 / (kernel[0] * kernel[1]), np.float32))
+    g.op("Conv", [node.input[0], weight], out=node.output[0], group=c, kernel_shape=kernel, strides=strides, pads=pads)
     return True
 
 
@@ -304,8 +384,9 @@ def _reduce_axes(g: _Graph, node):
 
 
 REWRITES = {"Erf": _erf, "LayerNormalization": _layer_norm, "InstanceNormalization": _instance_norm,
-            "PRelu": _prelu, "Resize": _resize_nearest, "Softmax": _softmax, "Clip": _l2_norm, "ReduceL2": _l2_norm}
-FULL_INTEGER_REWRITES = ("Erf", "PRelu", "Resize")  # INT8 files stay full-integer: for every runtime
+            "PRelu": _prelu, "Resize": _resize_nearest, "Softmax": _softmax, "Clip": _l2_norm, "ReduceL2": _l2_norm,
+            "Gather": _gather, "AveragePool": _average_pool, "Concat": _concat}
+FULL_INTEGER_REWRITES = ("Erf", "PRelu", "Resize", "Gather", "AveragePool", "Concat")  # INT8 files stay full-integer: for every runtime
 FLOAT_ISLAND_REWRITES = ("LayerNormalization", "InstanceNormalization", "Softmax", "Clip", "ReduceL2")  # INT8: DIV/SQRT run in float
 
 
