@@ -74,3 +74,20 @@ def test_torchvision_shufflenet_v2_prunes_and_says_how_far_it_could_go():
     prune(model, example_input=x, cfg=PruneConfig(target_macs=min(0.99, reached + 0.02)), progress=False)
     assert count_macs_params(model, (1, 3, 64, 64))[0] < 0.9 * dense
     assert model(x).shape == (1, 10)
+
+
+def test_the_search_inside_parts_spends_the_trial_budget():
+    """The per-part search for unsafe groups counts against max_trials like the rest of the prune
+    (it once ran unbounded: EfficientViM's parts took the zoo hours): a small budget refuses in one
+    line naming the option to raise, and the model is left as it was."""
+    import pytest
+
+    from toolkit.prune.safety import BudgetSpent
+
+    torch.manual_seed(0)
+    model = ShuffleNetLike().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(BudgetSpent, match=r"more than 3 trials .*pruning.max_trials"):
+        prune(model, example_input=torch.randn(2, 3, 32, 32), cfg=PruneConfig(target_macs=0.6, round_to=8, max_trials=3),
+              progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

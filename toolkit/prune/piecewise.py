@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Callable
 
 from toolkit.core.errors import EdgeShrinkError
-from toolkit.prune.safety import PruningRefused
+from toolkit.prune.safety import BudgetSpent, PruningRefused
 
 
 _POINTS = 4  # points of the ratio schedule at which a part's output shapes are checked
@@ -62,6 +62,8 @@ def traceable_parts(model, example_input, *, try_build: Callable[[object, tuple]
             if child in inputs:
                 try:
                     pruner = try_build(child, inputs[child])
+                except BudgetSpent:
+                    raise
                 except Exception:  # noqa: BLE001 - any tracing failure means: look one level down
                     pruner = None
             if pruner is not None:
@@ -73,15 +75,16 @@ def traceable_parts(model, example_input, *, try_build: Callable[[object, tuple]
     return parts
 
 
-def unsafe_groups(part, part_input, *, kept: list[str], build: Callable[..., object]) -> list[str]:
+def unsafe_groups(part, part_input, *, kept: list[str], build: Callable[..., object], budget) -> list[str]:
     """Root names of the groups of `part` whose pruning (at the full ratio, on a copy) changes the
     part's output shapes, e.g. a branch that feeds a concat; found by bisection.
     `build(module, ignored=names, steps=n)` makes a Torch-Pruning pruner with `kept` and `names`
-    ignored. Raises EdgeShrinkError when no group is safe."""
+    ignored. Each trial spends one of `budget` (a safety.WorkBudget; PruningRefused when spent).
+    Raises EdgeShrinkError when no group is safe."""
     import copy
 
     from toolkit.prune.macs import count_params
-    from toolkit.prune.safety import WorkBudget, check_forward, describe_failure, find_breaking_roots, output_shapes
+    from toolkit.prune.safety import check_forward, describe_failure, find_breaking_roots, output_shapes
 
     expected = output_shapes(part, part_input)
     names = {m: n for n, m in part.named_modules()}
@@ -100,7 +103,7 @@ def unsafe_groups(part, part_input, *, kept: list[str], build: Callable[..., obj
             return describe_failure(exc)
         return None
 
-    bad = [b["layer"] for b in find_breaking_roots(trial, roots, WorkBudget(None))] if roots else []
+    bad = [b["layer"] for b in find_breaking_roots(trial, roots, budget)] if roots else []
     trial_part = copy.deepcopy(part)
     if len(bad) < len(roots):
         build(trial_part, ignored=kept + bad, steps=_POINTS).step()  # at the full ratio, rounding may leave

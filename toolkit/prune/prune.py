@@ -91,10 +91,11 @@ def _base_pruner(model, example_input, cfg: PruneConfig, *, ignored_modules: lis
 
 
 def _build_pruner(model, example_input, cfg: PruneConfig, *, ignored: list[str], ratio: float,
-                  steps: int, importance):
+                  steps: int, importance, budget: WorkBudget):
     """A Torch-Pruning BasePruner with explicit (fresh) group dictionaries. When Torch-Pruning
     cannot trace the whole graph (e.g. a channel shuffle), a PiecewisePruner over the parts it can
-    trace, each keeping its input and output widths. Failures become one-line EdgeShrinkErrors."""
+    trace, each keeping its input and output widths; the search for a part's unsafe groups spends
+    `budget`. Failures become one-line EdgeShrinkErrors."""
     from toolkit.core.memory import memory_ceiling
     from toolkit.prune.piecewise import PiecewisePruner, traceable_parts, unsafe_groups
 
@@ -116,7 +117,7 @@ def _build_pruner(model, example_input, cfg: PruneConfig, *, ignored: list[str],
             return _base_pruner(module, part_input, cfg, ignored_modules=_modules_named(module, ignored), ratio=ratio,
                                 steps=steps, importance=importance)
 
-        unsafe = unsafe_groups(part, part_input, kept=kept, build=build)
+        unsafe = unsafe_groups(part, part_input, kept=kept, build=build, budget=budget)
         return build(part, ignored=kept + unsafe, steps=steps)
 
     with memory_ceiling():
@@ -142,14 +143,14 @@ def _dry_run_exclusions(model, example_input, cfg: PruneConfig, ignored: list[st
     ratio = cfg.max_layer_ratio if cfg.target_macs is not None else cfg.channel_ratio
     expected = output_shapes(model, example_input)
     roots = _root_names(_build_pruner(model, example_input, cfg, ignored=ignored, ratio=ratio, steps=1,
-                                      importance=_importance("l2")), model)  # building a pruner does not modify
+                                      importance=_importance("l2"), budget=budget), model)  # building a pruner does not modify
 
     def trial(allowed: list[str]) -> Optional[str]:
         trial_model = copy.deepcopy(model)
         skip = ignored + [r for r in roots if r not in set(allowed)]
         try:  # widths change along the way (rounding), so check at several points of the schedule
             pruner = _build_pruner(trial_model, example_input, cfg, ignored=skip, ratio=ratio, steps=_DRY_RUN_STEPS,
-                                   importance=_importance("l2"))
+                                   importance=_importance("l2"), budget=budget)
             for _ in range(_DRY_RUN_STEPS):
                 pruner.step()
                 reason = check_forward(trial_model, example_input, expected)
@@ -258,7 +259,8 @@ def prune(model, *, example_input, cfg: PruneConfig, never_prune: Iterable[str] 
     budget.spend("building the dependency graph")
     pruner = _build_pruner(model, example_input, cfg, ignored=ignored + [e["layer"] for e in excluded if e["layer"] not in ignored],
                            ratio=cfg.max_layer_ratio if by_macs else cfg.channel_ratio,
-                           steps=_FINE_STEPS if by_macs else cfg.steps, importance=_importance(cfg.importance))
+                           steps=_FINE_STEPS if by_macs else cfg.steps, importance=_importance(cfg.importance),
+                           budget=budget)
     history = [{"step": 0, "macs": dense_macs, "params": dense_params, "macs_fraction": 1.0}]
     for step in range(1, cfg.steps + 1):
         goal = 1.0 - (1.0 - cfg.target_macs) * step / cfg.steps if by_macs else None

@@ -17,6 +17,11 @@ class PruningRefused(EdgeShrinkError):
     with the dense model and says why; the message names the switch that skips pruning."""
 
 
+class BudgetSpent(PruningRefused):
+    """The pruning work budget (WorkBudget) ran out: the whole prune stops, whatever part of the
+    search it was in."""
+
+
 class WorkBudget:
     """A budget of pruning work counted in trials (a dry-run prune of a copy, or one pruning
     sub-step), not seconds: the same command gives the same answer on a busy machine."""
@@ -26,10 +31,10 @@ class WorkBudget:
         self.spent = 0
 
     def spend(self, doing: str, trials: int = 1) -> None:
-        """Count `trials`; raise PruningRefused once more than `max_trials` were needed."""
+        """Count `trials`; raise BudgetSpent once more than `max_trials` were needed."""
         self.spent += trials
         if self.max_trials is not None and self.spent > self.max_trials:
-            raise PruningRefused(f"pruning needed more than {self.max_trials} trials while {doing}; raise "
+            raise BudgetSpent(f"pruning needed more than {self.max_trials} trials while {doing}; raise "
                                  f"pruning.max_trials (card or profile pruning block, CLI --prune-max-trials, "
                                  f"API max_trials=...) or {_UNTRACEABLE_HINT}")
 
