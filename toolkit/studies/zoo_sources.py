@@ -43,13 +43,36 @@ class ZooEntry:
             arguments[self.sized] = side
         torch.manual_seed(0)
         try:
-            return build_model(self.architecture, arguments).eval(), arguments
+            model = build_model(self.architecture, arguments)
         except Exception:  # noqa: BLE001 - the model takes no size argument: build it without
             if not self.sized:
                 raise
-        arguments.pop(self.sized)
-        torch.manual_seed(0)
-        return build_model(self.architecture, arguments).eval(), arguments
+            arguments.pop(self.sized)
+            torch.manual_seed(0)
+            model = build_model(self.architecture, arguments)
+        trained_like_scales(model)
+        return model.eval(), arguments
+
+
+def trained_like_scales(model) -> list[str]:
+    """Draw the parameters initialised at (near) zero from U(0.1, 1) instead (seeded), biases
+    excepted; returns their names. timm zero-initialises the last BatchNorm of a residual branch
+    and starts layer scales at 1e-6 or 1e-5, a trained net never keeps them there, and in an INT8
+    file they give a branch 10^6 times smaller than the tensor it is added to or multiplied with,
+    which XNNPACK refuses (the scale ratio of ADD/MUL): a fact about initialisation, not about the
+    deployed model that the zoo stands in for."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    drawn = []
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias") or not parameter.is_floating_point() or parameter.numel() == 0:
+                continue
+            if float(parameter.abs().max()) < 1e-3:
+                parameter.copy_(torch.rand(parameter.shape, generator=generator) * 0.9 + 0.1)
+                drawn.append(name)
+    return drawn
 
 
 def timm_entry(model: str, family: str = "") -> ZooEntry:
