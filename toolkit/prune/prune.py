@@ -111,6 +111,7 @@ def _build_pruner(model, example_input, cfg: PruneConfig, *, ignored: list[str],
     skip = set(ignored_modules)
 
     def part_pruner(part, part_input):
+        budget.spend("tracing the parts of a model Torch-Pruning cannot trace whole")
         kept = [n for n, m in part.named_modules() if m in skip] + find_output_layers(part, part_input)
 
         def build(module, *, ignored: list[str], steps: int):
