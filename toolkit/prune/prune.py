@@ -82,12 +82,15 @@ def _base_pruner(model, example_input, cfg: PruneConfig, *, ignored_modules: lis
     import torch_pruning as tp
     from torch_pruning import ops
 
-    return tp.pruner.BasePruner(
-        model, example_input, importance=importance, global_pruning=cfg.scope == "global",
-        pruning_ratio=ratio, max_pruning_ratio=max(ratio, cfg.max_layer_ratio), iterative_steps=steps,
-        ignored_layers=ignored_modules, round_to=cfg.round_to,
-        pruning_ratio_dict={}, in_channel_groups={}, out_channel_groups={}, num_heads={},
-        customized_pruners={}, root_module_types=[ops.TORCH_CONV, ops.TORCH_LINEAR])
+    from toolkit.prune.index_limit import flatten_index_limit
+
+    with flatten_index_limit():  # a runaway index bookkeeping raises IndexGrowth (refused by the caller)
+        return tp.pruner.BasePruner(
+            model, example_input, importance=importance, global_pruning=cfg.scope == "global",
+            pruning_ratio=ratio, max_pruning_ratio=max(ratio, cfg.max_layer_ratio), iterative_steps=steps,
+            ignored_layers=ignored_modules, round_to=cfg.round_to,
+            pruning_ratio_dict={}, in_channel_groups={}, out_channel_groups={}, num_heads={},
+            customized_pruners={}, root_module_types=[ops.TORCH_CONV, ops.TORCH_LINEAR])
 
 
 def _build_pruner(model, example_input, cfg: PruneConfig, *, ignored: list[str], ratio: float,
