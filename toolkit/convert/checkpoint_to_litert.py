@@ -55,7 +55,9 @@ def checkpoint_to_litert(checkpoint: str | Path, input_shape: tuple[int, ...], o
     a depthwise conv, ReLU6 and MUL (toolkit.convert.graph_rewrite, shift="conv"): XNNPACK takes
     neither INT8 HARD_SWISH nor, in litert-torch's INT8 files, an ADD of a constant; InstanceNorm and
     PReLU in the forms of toolkit.convert.graph_rewrite, with DIV and SQRT kept float in the INT8 file
-    (measured on MONAI's 2-D UNet, random weights, 64 px: INT8 40 XNNPACK partitions -> 1).
+    (measured on MONAI's 2-D UNet, random weights, 64 px: INT8 40 XNNPACK partitions -> 1); softmax,
+    scaled-dot-product attention and layer norm in the forms of toolkit.convert.delegate_functions
+    (MobileViT-XXS: INT8 not full-integer, 67 partitions -> full-integer, 4).
     Refuses when the converter venv is missing, and names the child's one-line error when conversion fails."""
     python = litert_python()
     out_dir = Path(out_dir).resolve()
@@ -98,17 +100,22 @@ def _exported_program(checkpoint: str | Path, input_shape: tuple[int, ...], work
     here (the child then rebuilds it from the checkpoint and says what failed). The litert venv
     holds torch and the converter only: a model from timm, MONAI or a file beside the card reaches
     it as a program, never as code to import."""
+    import contextlib
+
     import torch
 
+    from toolkit.convert.delegate_functions import delegate_functions
     from toolkit.convert.graph_rewrite import rewrite_for_delegates
     from toolkit.convert.transposed_conv import crop_transposed_convs
     from toolkit.models.checkpoint import load_checkpoint
 
     try:
         model, _ = crop_transposed_convs(load_checkpoint(checkpoint)[0])
+        functions = contextlib.nullcontext()
         if delegate_rewrites:
             model, _ = rewrite_for_delegates(model, shift="conv")
-        with torch.no_grad():
+            functions = delegate_functions()
+        with torch.no_grad(), functions:
             program = torch.export.export(model.eval(), (torch.zeros(*input_shape),))
         path = work / "model.pt2"
         torch.export.save(program, str(path))

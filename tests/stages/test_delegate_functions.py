@@ -1,0 +1,105 @@
+"""Softmax, scaled-dot-product attention and layer norm in XNNPACK's forms for litert-torch
+(toolkit.convert.delegate_functions): the same maths, torch's own functions back afterwards, and a
+small token net (LayerNorm, F.scaled_dot_product_attention, Tensor.softmax) whose litert-torch
+INT8 file is full-integer (XNNPACK's float DIV/SQRT islands excepted) in one XNNPACK partition.
+Without the forms litert-torch's INT8 file keeps EXP and REDUCE_MAX float (not full-integer), and
+its LayerNorm's RSQRT, SQUARED_DIFFERENCE and ADD of eps split it (MobileViT-XXS: 67 partitions)."""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+TOKEN_NET = textwrap.dedent('''
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+
+    class TokenNet(nn.Module):
+        def __init__(self, dim=16, heads=2):
+            super().__init__()
+            self.heads = heads
+            self.stem = nn.Conv2d(3, dim, 4, stride=4)
+            self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+            self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+            self.mix = nn.Linear(dim, dim)
+            self.head = nn.Linear(dim, 4)
+
+        def forward(self, x):
+            t = self.stem(x).flatten(2).transpose(1, 2)
+            b, n, c = t.shape
+            q, k, v = self.qkv(self.norm1(t)).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+            t = t + self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c))
+            gate = (self.mix(self.norm2(t)) * 2.0).softmax(-1)
+            return self.head((t * gate).mean(1))
+''')
+
+
+def _reference_and_rewritten(fn):
+    from toolkit.convert.delegate_functions import delegate_functions
+
+    with torch.no_grad():
+        reference = fn()
+        with delegate_functions():
+            rewritten = fn()
+    return reference, rewritten
+
+
+@pytest.mark.parametrize("case", ["softmax_method", "softmax_function", "torch_softmax", "sdpa", "sdpa_causal",
+                                  "sdpa_mask", "layer_norm"])
+def test_each_form_keeps_the_maths(case):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 5, 8) * 20
+    q, k, v = torch.randn(3, 2, 2, 6, 8).unbind(0)
+    mask = torch.rand(6, 6) > 0.3
+    mask |= torch.eye(6, dtype=torch.bool)
+    norm = nn.LayerNorm(8)
+    nn.init.uniform_(norm.weight, 0.5, 1.5)
+    nn.init.uniform_(norm.bias, -0.3, 0.3)
+    cases = {"softmax_method": lambda: x.softmax(-1), "softmax_function": lambda: F.softmax(x, dim=1),
+             "torch_softmax": lambda: torch.softmax(x, 2), "sdpa": lambda: F.scaled_dot_product_attention(q, k, v),
+             "sdpa_causal": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+             "sdpa_mask": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask), "layer_norm": lambda: norm(x)}
+    reference, rewritten = _reference_and_rewritten(cases[case])
+    assert torch.allclose(reference, rewritten, atol=1e-5, rtol=1e-5), case
+
+
+def test_torch_functions_are_restored():
+    originals = (torch.Tensor.softmax, torch.softmax, F.softmax, F.scaled_dot_product_attention, F.layer_norm)
+    _reference_and_rewritten(lambda: torch.ones(2).softmax(0))
+    assert (torch.Tensor.softmax, torch.softmax, F.softmax, F.scaled_dot_product_attention, F.layer_norm) == originals
+    assert "softmax" not in torch.Tensor.__dict__
+
+
+def test_litert_int8_token_net_is_one_xnnpack_partition(tmp_path):
+    from toolkit.convert.checkpoint_to_litert import checkpoint_to_litert
+    from toolkit.models.architectures import build_model, card_code
+    from toolkit.models.checkpoint import save_checkpoint
+    from toolkit.runtime.delegate import delegate_report
+    from toolkit.runtime.tflite import TFLiteRunner
+    from toolkit.runtime.tflite_check import XNNPACK_FLOAT_ISLAND_OPS, require_full_integer
+
+    (tmp_path / "tokens.py").write_text(TOKEN_NET)
+    with card_code("tokens.py:TokenNet", tmp_path):
+        torch.manual_seed(0)
+        model = build_model("tokens.py:TokenNet", {}).eval()
+        save_checkpoint(tmp_path / "m.pt", model, "tokens.py:TokenNet", {})
+        calibration = np.random.default_rng(0).random((8, 32, 32, 3), dtype=np.float32)
+        out = checkpoint_to_litert(tmp_path / "m.pt", (1, 3, 32, 32), tmp_path / "litert", calibration,
+                                   mean=(0.5,) * 3, std=(0.25,) * 3, delegate_rewrites=True)
+    require_full_integer(out.int8, "int8", float_ops=XNNPACK_FLOAT_ISLAND_OPS)
+    for path in (out.float32, out.int8):
+        report = delegate_report(path)
+        assert (report["partitions"], report["undelegated_ops"]) == (1, {}), (path.name, report)
+    x = (calibration[:2] - 0.5) / 0.25
+    with torch.no_grad():
+        reference = model(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    runner = TFLiteRunner(out.float32, threads=1)
+    got = np.concatenate([runner(x[i:i + 1].transpose(0, 3, 1, 2)) for i in range(2)])
+    assert np.abs(got - reference).max() <= 1e-4 * np.abs(reference).max()

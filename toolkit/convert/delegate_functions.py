@@ -1,0 +1,105 @@
+"""Softmax and scaled-dot-product attention in the forms XNNPACK takes, for litert-torch's files.
+
+litert-torch lowers `F.scaled_dot_product_attention` (timm's fused attention) into EXP and
+REDUCE_MAX that ai-edge-quantizer leaves float, so the INT8 file is not full-integer (MobileViT-XXS,
+EfficientFormerV2-S0), and a plain SOFTMAX is an INT8 op XNNPACK does not take. While
+`delegate_functions()` is active (around torch.export of a model bound for an XNNPACK target),
+softmax is computed as exp(y) = sigmoid(y) / sigmoid(-y) of y = x - max over its sum, as the ONNX
+rewrite does for onnx2tf (toolkit.convert.onnx_rewrite), and attention is written out as matmuls
+around that softmax. The DIVs stay float in the INT8 file (XNNPACK runs them inside its partition:
+runtime.tflite_check.XNNPACK_FLOAT_ISLAND_OPS). Functions, not modules, because models call them
+inside their forwards (`attn.softmax(-1)`, `F.scaled_dot_product_attention(q, k, v)`)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+
+def _max_keepdim(x, dim: int):
+    """max over `dim`, kept as size 1, as a 2-D max pool over a (1, rest, 1, n) view: litert-torch's
+    REDUCE_MAX stays float in the INT8 file (ai-edge-quantizer does not quantize it); MAX_POOL_2D is
+    INT8 and XNNPACK takes it."""
+    import torch.nn.functional as F
+
+    last = x.movedim(dim, -1)
+    n = last.shape[-1]
+    top = F.max_pool2d(last.reshape(1, -1, 1, n), kernel_size=(1, n))
+    return top.reshape(*last.shape[:-1], 1).movedim(-1, dim)
+
+
+def _sigmoid_softmax(x, dim: int):
+    import torch
+
+    top = _max_keepdim(x, dim)
+    e = torch.sigmoid(x - top) / torch.sigmoid(top - x)
+    return e / e.sum(dim=dim, keepdim=True)
+
+
+def _layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5):
+    """Layer norm over the last axis as MEAN, SUB, MUL, a FULLY_CONNECTED that averages with eps as its
+    bias (XNNPACK refuses an INT8 ADD of a constant this small), SQRT, DIV, then the affine; the
+    divisor is sqrt(..) * 2 and the quotient * 2, so the converter keeps the DIV instead of RSQRT."""
+    import torch
+    import torch.nn.functional as F
+
+    n = x.shape[-1]
+    d = x - x.mean(-1, keepdim=True)
+    average = torch.full((1, n), 1.0 / n, dtype=x.dtype)
+    var = F.linear(d * d, average, torch.full((1,), float(eps), dtype=x.dtype))
+    y = d / (torch.sqrt(var) * 2.0) * 2.0
+    if weight is not None:
+        y = y * weight
+    return y + bias if bias is not None else y
+
+
+@contextlib.contextmanager
+def delegate_functions():
+    """Inside the block, torch's softmax (function, method, F.softmax) and F.scaled_dot_product_attention
+    compute the forms above; restored after."""
+    import torch
+    import torch.nn.functional as F
+
+    originals = {"tensor": torch.Tensor.softmax, "torch": torch.softmax, "F": F.softmax,
+                 "sdpa": F.scaled_dot_product_attention, "layer_norm": F.layer_norm}
+
+    def layer_norm(x, normalized_shape, *args, **kwargs):
+        if len(tuple(normalized_shape)) != 1 or not x.is_floating_point():
+            return originals["layer_norm"](x, normalized_shape, *args, **kwargs)
+        return _layer_norm(x, normalized_shape, *args, **kwargs)
+
+    def softmax(x, dim=None, *args, dtype=None, **kwargs):
+        if dim is None or dtype is not None or not x.is_floating_point():
+            return originals["torch"](x, dim, dtype=dtype) if dim is not None else originals["F"](x, dim, *args, **kwargs)
+        return _sigmoid_softmax(x, dim)
+
+    def attention(query, key, value, *args, **kwargs):
+        options = dict(zip(("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa"), args), **kwargs)
+        if options.get("dropout_p") or options.get("enable_gqa"):
+            return originals["sdpa"](query, key, value, *args, **kwargs)
+        scale = options.get("scale")
+        scores = (query * (scale if scale is not None else 1.0 / math.sqrt(query.shape[-1]))) @ key.transpose(-2, -1)
+        mask = options.get("attn_mask")
+        if options.get("is_causal"):
+            mask = torch.ones(scores.shape[-2], scores.shape[-1], dtype=torch.bool, device=scores.device).tril()
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+        return _sigmoid_softmax(scores, -1) @ value
+
+    own_method = "softmax" in torch.Tensor.__dict__
+    torch.Tensor.softmax = softmax
+    torch.softmax = softmax
+    F.softmax = softmax
+    F.scaled_dot_product_attention = attention
+    F.layer_norm = layer_norm
+    try:
+        yield
+    finally:
+        if own_method:
+            torch.Tensor.softmax = originals["tensor"]
+        else:
+            del torch.Tensor.softmax
+        torch.softmax = originals["torch"]
+        F.softmax = originals["F"]
+        F.scaled_dot_product_attention = originals["sdpa"]
+        F.layer_norm = originals["layer_norm"]
