@@ -57,7 +57,7 @@ def checkpoint_to_litert(checkpoint: str | Path, input_shape: tuple[int, ...], o
     PReLU in the forms of toolkit.convert.graph_rewrite, with DIV and SQRT kept float in the INT8 file
     (measured on MONAI's 2-D UNet, random weights, 64 px: INT8 40 XNNPACK partitions -> 1); softmax,
     scaled-dot-product attention and layer norm in the forms of toolkit.convert.delegate_functions
-    (MobileViT-XXS: INT8 not full-integer, 67 partitions -> full-integer, 4).
+    (MobileViT-XXS: INT8 not full-integer, 67 partitions -> full-integer, 4), GELU too.
     Refuses when the converter venv is missing, and names the child's one-line error when conversion fails."""
     python = litert_python()
     out_dir = Path(out_dir).resolve()

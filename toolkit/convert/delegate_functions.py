@@ -1,4 +1,5 @@
-"""Softmax and scaled-dot-product attention in the forms XNNPACK takes, for litert-torch's files.
+"""Softmax, scaled-dot-product attention, layer norm and GELU in the forms XNNPACK takes, for
+litert-torch's files.
 
 litert-torch lowers `F.scaled_dot_product_attention` (timm's fused attention) into EXP and
 REDUCE_MAX that ai-edge-quantizer leaves float, so the INT8 file is not full-integer (MobileViT-XXS,
@@ -53,6 +54,24 @@ def _layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5):
     return y + bias if bias is not None else y
 
 
+def _gelu(x, approximate: str = "none"):
+    """GELU from MUL, ADD and TANH: exact GELU with erf(z) as tanh of an odd polynomial of z clamped
+    to [-3, 3] (the ONNX rewrite's fit, toolkit.convert.onnx_rewrite; within 1.9e-5 of |x|), the clamp
+    as hardtanh(z / 3) * 3, which the converter fuses into a MUL; the tanh form as it is defined.
+    XNNPACK does not take INT8 GELU."""
+    import torch
+    import torch.nn.functional as F
+
+    from toolkit.convert.onnx_rewrite import ERF_CLAMP, ERF_TANH
+
+    if approximate == "tanh":
+        return x * 0.5 * (1.0 + torch.tanh((x + x * x * x * 0.044715) * math.sqrt(2.0 / math.pi)))
+    c1, c3, c5 = ERF_TANH
+    z = F.hardtanh(x * (1.0 / (math.sqrt(2.0) * ERF_CLAMP))) * ERF_CLAMP
+    z2 = z * z
+    return x * 0.5 * (1.0 + torch.tanh(z * (c1 + z2 * (c3 + z2 * c5))))
+
+
 @contextlib.contextmanager
 def delegate_functions():
     """Inside the block, torch's softmax (function, method, F.softmax) and F.scaled_dot_product_attention
@@ -61,7 +80,10 @@ def delegate_functions():
     import torch.nn.functional as F
 
     originals = {"tensor": torch.Tensor.softmax, "torch": torch.softmax, "F": F.softmax,
-                 "sdpa": F.scaled_dot_product_attention, "layer_norm": F.layer_norm}
+                 "sdpa": F.scaled_dot_product_attention, "layer_norm": F.layer_norm, "gelu": F.gelu}
+
+    def gelu(x, approximate="none"):
+        return _gelu(x, approximate) if x.is_floating_point() else originals["gelu"](x, approximate=approximate)
 
     def layer_norm(x, normalized_shape, *args, **kwargs):
         if len(tuple(normalized_shape)) != 1 or not x.is_floating_point():
@@ -92,6 +114,7 @@ def delegate_functions():
     F.softmax = softmax
     F.scaled_dot_product_attention = attention
     F.layer_norm = layer_norm
+    F.gelu = gelu
     try:
         yield
     finally:
@@ -103,3 +126,4 @@ def delegate_functions():
         F.softmax = originals["F"]
         F.scaled_dot_product_attention = originals["sdpa"]
         F.layer_norm = originals["layer_norm"]
+        F.gelu = originals["gelu"]

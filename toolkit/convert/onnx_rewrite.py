@@ -34,9 +34,9 @@ from __future__ import annotations
 REWRITE_VERSION = "3"  # part of the conversion cache key: bump when a rewrite changes what onnx2tf gets
 # erf(z) ~= tanh(z * (C1 + z^2 * (C3 + z^2 * C5))) for |z| <= 3 (minimax fit; |error| < 3.7e-5, and
 # < 5.9e-5 beyond the clamp, where erf(3) = 1 - 2.2e-5): GELU within 1.9e-5 of |x|
-_ERF_TANH = (1.1281433855, 0.1040811810, -0.0017864676)
+ERF_TANH = (1.1281433855, 0.1040811810, -0.0017864676)
 XNNPACK_CONCAT_INPUTS = 5  # the most inputs of one CONCATENATION that XNNPACK takes (LiteRT 2.1.0, measured)
-_ERF_CLAMP = 3.0  # relu6(z + 3) - 3: the clamp in ops XNNPACK takes in INT8 (MINIMUM/MAXIMUM it does not)
+ERF_CLAMP = 3.0  # relu6(z + 3) - 3: the clamp in ops XNNPACK takes in INT8 (MINIMUM/MAXIMUM it does not)
 
 
 class _Graph:
@@ -109,9 +109,9 @@ def _attr(node, name: str, default=None):
 
 def _erf(g: _Graph, node) -> bool:
     """erf(x) as tanh of an odd polynomial of x clamped to [-3, 3]."""
-    c1, c3, c5 = _ERF_TANH
-    z = g.op("Sub", [g.op("Clip", [g.op("Add", [node.input[0], g.const(_ERF_CLAMP)]), g.const(0.0),
-                                   g.const(2 * _ERF_CLAMP)]), g.const(_ERF_CLAMP)])
+    c1, c3, c5 = ERF_TANH
+    z = g.op("Sub", [g.op("Clip", [g.op("Add", [node.input[0], g.const(ERF_CLAMP)]), g.const(0.0),
+                                   g.const(2 * ERF_CLAMP)]), g.const(ERF_CLAMP)])
     z2 = g.op("Mul", [z, z])
     inner = g.op("Add", [g.const(c1), g.op("Mul", [z2, g.op("Add", [g.const(c3), g.op("Mul", [z2, g.const(c5)])])])])
     g.op("Tanh", [g.op("Mul", [z, inner])], out=node.output[0])
