@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Callable
 
 from toolkit.core.errors import EdgeShrinkError
-from toolkit.prune.safety import BudgetSpent, PruningRefused
+from toolkit.prune.safety import BudgetSpent, PruningRefused, WorkBudget
 
 
 _POINTS = 4  # points of the ratio schedule at which a part's output shapes are checked
@@ -75,11 +75,11 @@ def traceable_parts(model, example_input, *, try_build: Callable[[object, tuple]
     return parts
 
 
-def unsafe_groups(part, part_input, *, kept: list[str], build: Callable[..., object], budget) -> list[str]:
+def unsafe_groups(part, part_input, *, kept: list[str], build: Callable[..., object], budget: WorkBudget) -> list[str]:
     """Root names of the groups of `part` whose pruning (at the full ratio, on a copy) changes the
     part's output shapes, e.g. a branch that feeds a concat; found by bisection.
     `build(module, ignored=names, steps=n)` makes a Torch-Pruning pruner with `kept` and `names`
-    ignored. Each trial spends one of `budget` (a safety.WorkBudget; PruningRefused when spent).
+    ignored. Each trial spends one of `budget` (BudgetSpent when it runs out).
     Raises EdgeShrinkError when no group is safe."""
     import copy
 
