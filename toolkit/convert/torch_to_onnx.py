@@ -1,4 +1,6 @@
-"""torch.nn.Module -> ONNX (TorchScript exporter, dynamo=False, checked and simplified)."""
+"""torch.nn.Module -> ONNX (TorchScript exporter, dynamo=False, checked and simplified). A graph the
+TorchScript exporter refuses (Unfold of a traced size, adaptive pools with odd factors, ...) is
+exported again with torch.export (dynamo=True, onnxscript, opset 18 or later)."""
 
 from __future__ import annotations
 
@@ -35,6 +37,37 @@ def _export_large(model, example, path: Path, *, opset: int, input_name: str, ou
     return path
 
 
+def _reason(error: BaseException) -> str:
+    """The innermost cause's first line, without terminal colours, for a one-line message."""
+    import re
+
+    while error.__cause__ is not None:
+        error = error.__cause__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:200]}" if text else type(error).__name__
+
+
+def _export_with_torch_export(model, example, *, opset: int, input_name: str, output_name: str, refused: Exception):
+    """The dynamo exporter (torch.export + onnxscript) for a graph the TorchScript exporter refused;
+    the error names both exporters' reasons when this one fails too."""
+    import warnings
+
+    import torch
+
+    first = _reason(refused)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(model, (example,), dynamo=True, opset_version=max(opset, 18), external_data=False,
+                                        input_names=[input_name], output_names=[output_name], verbose=False,
+                                        report=False)
+        program.optimize()
+        return program.model_proto
+    except Exception as error:
+        second = _reason(error)
+        raise RuntimeError(f"ONNX export failed: the TorchScript exporter: {first}; torch.export (dynamo): {second}") from refused
+
+
 def torch_to_onnx(model, input_shape: tuple[int, ...], path: str | Path, *, opset: int = 17,
                   input_name: str = "input", output_name: str = "output", simplify: bool = True) -> Path:
     """Export `model` (eval mode) at a fixed input shape (N,C,H,W). Returns the file path.
@@ -51,11 +84,15 @@ def torch_to_onnx(model, input_shape: tuple[int, ...], path: str | Path, *, opse
     if _weight_bytes(model) > _PROTOBUF_SAFE_BYTES:
         return _export_large(model, example, path, opset=opset, input_name=input_name, output_name=output_name)
     buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example,), buffer, opset_version=opset, input_names=[input_name],
-                          output_names=[output_name], dynamo=False, do_constant_folding=True)
-    proto = onnx.load_from_string(buffer.getvalue())
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (example,), buffer, opset_version=opset, input_names=[input_name],
+                              output_names=[output_name], dynamo=False, do_constant_folding=True)
+        proto = onnx.load_from_string(buffer.getvalue())
+    except Exception as refused:  # the TorchScript exporter's limits; torch.export may trace what it cannot
+        proto = _export_with_torch_export(model, example, opset=opset, input_name=input_name,
+                                          output_name=output_name, refused=refused)
     if simplify:
         try:
             from onnxsim import simplify as onnxsim_simplify
