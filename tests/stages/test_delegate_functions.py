@@ -33,7 +33,7 @@ TOKEN_NET = textwrap.dedent('''
             self.head = nn.Linear(dim, 4)
 
         def forward(self, x):
-            t = self.stem(x).flatten(2).transpose(1, 2)
+            t = F.gelu(self.stem(x), approximate="tanh").flatten(2).transpose(1, 2)
             b, n, c = t.shape
             q, k, v = self.qkv(self.norm1(t)).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
             t = t + self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c))
