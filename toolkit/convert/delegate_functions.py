@@ -32,6 +32,8 @@ def _max_keepdim(x, dim: int):
 def _sigmoid_softmax(x, dim: int):
     import torch
 
+    if x.shape[dim] == 1:  # one token: softmax is 1 (x - max is 0 and its INT8 SUB gets a scale XNNPACK refuses)
+        return torch.ones_like(x)
     top = _max_keepdim(x, dim)
     e = torch.sigmoid(x - top) / torch.sigmoid(top - x)
     return e / e.sum(dim=dim, keepdim=True)
