@@ -38,6 +38,11 @@ class _Softmax(nn.Module):
         return x.softmax(1) * C
 
 
+class _SoftmaxOne(nn.Module):  # softmax over one token (a pooled query): ones
+    def forward(self, x):
+        return x * x.mean((2, 3), keepdim=True).softmax(-1)
+
+
 class _TokenLayerNormGelu(nn.Module):
     def __init__(self):
         super().__init__()
@@ -79,7 +84,8 @@ class _ConcatMany(nn.Module):  # 8 inputs: XNNPACK takes at most 5 in one CONCAT
 
 OPS = {"gather": _Gather, "avg_pool": _AvgPool, "concat_many": _ConcatMany, "gelu": nn.GELU, "l2_normalize": _L2Normalize, "l2_norm": _L2Norm, "instance_norm": lambda: nn.InstanceNorm2d(C, affine=True), "group_norm": lambda: nn.GroupNorm(4, C),
        "layer_norm_2d": _LayerNorm2d, "layer_norm_tokens": _TokenLayerNormGelu, "prelu": lambda: nn.PReLU(C),
-       "prelu_one": nn.PReLU, "nearest": _Nearest, "softmax": _Softmax}
+       "prelu_one": nn.PReLU, "nearest": _Nearest, "softmax": _Softmax,
+       "softmax_one": _SoftmaxOne}
 
 
 def _net(*ops) -> nn.Module:
@@ -133,7 +139,7 @@ def test_every_op_converts_to_one_xnnpack_partition_fp32_and_int8(tmp_path):
     from toolkit.runtime.tflite_check import XNNPACK_FLOAT_ISLAND_OPS, custom_ops, require_full_integer
 
     model = _net("gelu", "instance_norm", "prelu", "group_norm", "prelu_one", "layer_norm_2d", "nearest",
-                 "layer_norm_tokens", "softmax", "l2_normalize", "gather", "avg_pool", "concat_many")
+                 "layer_norm_tokens", "softmax", "softmax_one", "l2_normalize", "gather", "avg_pool", "concat_many")
     calib = np.random.default_rng(0).random((16, 20, 20, 3), dtype=np.float32)
     onnx_path = torch_to_onnx(model, (1, 3, 20, 20), tmp_path / "all.onnx")
     out = onnx_to_tflite(onnx_path, tmp_path, calib, (0.0,) * 3, (1.0,) * 3, int8=True, io_dtype="int8",
