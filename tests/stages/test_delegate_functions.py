@@ -1,7 +1,7 @@
 """Softmax, scaled-dot-product attention, layer norm and GELU in XNNPACK's forms for litert-torch
 (toolkit.convert.delegate_functions): the same maths, torch's own functions back afterwards, and a
-small token net (LayerNorm, F.scaled_dot_product_attention, attention over one token, Tensor.softmax,
-both GELUs) whose litert-torch
+small token net (LayerNorm, F.scaled_dot_product_attention, attention over one token, one key/value
+head shared by all query heads, Tensor.softmax, both GELUs) whose litert-torch
 INT8 file is full-integer (XNNPACK's float DIV/SQRT islands excepted) in one XNNPACK partition.
 Without the forms litert-torch's INT8 file keeps EXP and REDUCE_MAX float (not full-integer), and
 its LayerNorm's RSQRT, SQUARED_DIFFERENCE and ADD of eps split it (MobileViT-XXS: 67 partitions)."""
@@ -30,6 +30,7 @@ TOKEN_NET = textwrap.dedent('''
             self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
             self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
             self.mix, self.fc1, self.fc2 = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
+            self.kv = nn.Linear(dim, 2 * dim // heads)  # one key/value head that every query head shares
             self.act = nn.GELU()
             self.head = nn.Linear(dim, 4)
 
@@ -38,6 +39,8 @@ TOKEN_NET = textwrap.dedent('''
             b, n, c = t.shape
             q, k, v = self.qkv(self.norm1(t)).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
             t = t + self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c))
+            kv = self.kv(t).reshape(b, n, 2, 1, c // self.heads).permute(2, 0, 3, 1, 4)
+            t = t + self.proj(F.scaled_dot_product_attention(q, kv[0], kv[1]).transpose(1, 2).reshape(b, n, c))
             t = t + self.fc2(self.act(self.fc1(t))) + self.fc2(F.gelu(self.fc1(t), approximate="tanh"))
             g = self.qkv(t.mean(1, keepdim=True)).reshape(b, 1, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
             t = t + self.proj(F.scaled_dot_product_attention(g[0], g[1], g[2]).transpose(1, 2).reshape(b, 1, c))
@@ -57,7 +60,8 @@ def _reference_and_rewritten(fn):
 
 
 @pytest.mark.parametrize("case", ["softmax_method", "softmax_function", "torch_softmax", "sdpa", "sdpa_causal",
-                                  "sdpa_mask", "layer_norm", "gelu", "gelu_tanh", "softmax_one"])
+                                  "sdpa_mask", "layer_norm", "gelu", "gelu_tanh", "softmax_one",
+                                  "sdpa_shared_kv"])
 def test_each_form_keeps_the_maths(case):
     torch.manual_seed(0)
     x = torch.randn(2, 3, 5, 8) * 20
@@ -72,7 +76,8 @@ def test_each_form_keeps_the_maths(case):
              "sdpa_causal": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True),
              "sdpa_mask": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask), "layer_norm": lambda: norm(x),
              "gelu": lambda: nn.GELU()(x / 4), "gelu_tanh": lambda: F.gelu(x / 4, approximate="tanh"),
-             "softmax_one": lambda: x[..., :1].softmax(-1)}
+             "softmax_one": lambda: x[..., :1].softmax(-1),
+             "sdpa_shared_kv": lambda: F.scaled_dot_product_attention(q, k[:, :1], v[:1, :1])}
     reference, rewritten = _reference_and_rewritten(cases[case])
     assert torch.allclose(reference, rewritten, atol=2e-5 * float(reference.abs().max()), rtol=1e-5), case
 

@@ -39,6 +39,19 @@ def _sigmoid_softmax(x, dim: int):
     return e / e.sum(dim=dim, keepdim=True)
 
 
+def _repeat_to(x, lead: tuple):
+    """`x` with its leading (batch, head) dims repeated up to `lead` by two-input concatenations: a
+    key or value shared by all heads (multi-query attention) otherwise becomes the filter of a
+    FULLY_CONNECTED computed at run time, which XNNPACK refuses; BROADCAST_TO is no better."""
+    import torch
+
+    x = x.reshape(*(1,) * (len(lead) + 2 - x.dim()), *x.shape)
+    for axis, want in enumerate(lead):
+        while x.shape[axis] < want:
+            x = torch.cat([x, x.narrow(axis, 0, min(x.shape[axis], want - x.shape[axis]))], axis)
+    return x
+
+
 def _layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5):
     """Layer norm over the last axis as MEAN, SUB, MUL, a FULLY_CONNECTED that averages with eps as its
     bias (XNNPACK refuses an INT8 ADD of a constant this small), SQRT, DIV, then the affine; the
@@ -103,6 +116,8 @@ def delegate_functions():
         if options.get("dropout_p") or options.get("enable_gqa"):
             return originals["sdpa"](query, key, value, *args, **kwargs)
         scale = options.get("scale")
+        lead = torch.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
+        query, key, value = (_repeat_to(t, lead) for t in (query, key, value))
         scores = (query * (scale if scale is not None else 1.0 / math.sqrt(query.shape[-1]))) @ key.transpose(-2, -1)
         mask = options.get("attn_mask")
         if options.get("is_causal"):
