@@ -106,6 +106,7 @@ def _exported_program(checkpoint: str | Path, input_shape: tuple[int, ...], work
 
     from toolkit.convert.delegate_functions import delegate_functions
     from toolkit.convert.graph_rewrite import rewrite_for_delegates
+    from toolkit.convert.rms_norm_form import rms_norm_forms
     from toolkit.convert.transposed_conv import crop_transposed_convs
     from toolkit.models.checkpoint import load_checkpoint
 
@@ -114,6 +115,7 @@ def _exported_program(checkpoint: str | Path, input_shape: tuple[int, ...], work
         functions = contextlib.nullcontext()
         if delegate_rewrites:
             model, _ = rewrite_for_delegates(model, shift="conv")
+            model, _ = rms_norm_forms(model)
             functions = delegate_functions()
         with torch.no_grad(), functions:
             program = torch.export.export(model.eval(), (torch.zeros(*input_shape),))
