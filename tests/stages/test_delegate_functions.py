@@ -1,7 +1,7 @@
 """Softmax, scaled-dot-product attention, layer norm and GELU in XNNPACK's forms for litert-torch
 (toolkit.convert.delegate_functions): the same maths, torch's own functions back afterwards, and a
 small token net (LayerNorm, F.scaled_dot_product_attention, attention over one token, one key/value
-head shared by all query heads, Tensor.softmax, both GELUs) whose litert-torch
+head shared by all query heads, Tensor.softmax, both GELUs, a nearest upsampling) whose litert-torch
 INT8 file is full-integer (XNNPACK's float DIV/SQRT islands excepted) in one XNNPACK partition.
 Without the forms litert-torch's INT8 file keeps EXP and REDUCE_MAX float (not full-integer), and
 its LayerNorm's RSQRT, SQUARED_DIFFERENCE and ADD of eps split it (MobileViT-XXS: 67 partitions)."""
@@ -35,7 +35,9 @@ TOKEN_NET = textwrap.dedent('''
             self.head = nn.Linear(dim, 4)
 
         def forward(self, x):
-            t = F.gelu(self.stem(x), approximate="tanh").flatten(2).transpose(1, 2)
+            s = self.stem(x)
+            s = s + F.interpolate(F.max_pool2d(s, 2), scale_factor=2)  # nearest, a whole factor
+            t = F.gelu(s, approximate="tanh").flatten(2).transpose(1, 2)
             b, n, c = t.shape
             q, k, v = self.qkv(self.norm1(t)).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
             t = t + self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c))
@@ -61,7 +63,7 @@ def _reference_and_rewritten(fn):
 
 @pytest.mark.parametrize("case", ["softmax_method", "softmax_function", "torch_softmax", "sdpa", "sdpa_causal",
                                   "sdpa_mask", "layer_norm", "gelu", "gelu_tanh", "softmax_one",
-                                  "sdpa_shared_kv"])
+                                  "sdpa_shared_kv", "nearest", "upsample"])
 def test_each_form_keeps_the_maths(case):
     torch.manual_seed(0)
     x = torch.randn(2, 3, 5, 8) * 20
@@ -77,15 +79,18 @@ def test_each_form_keeps_the_maths(case):
              "sdpa_mask": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask), "layer_norm": lambda: norm(x),
              "gelu": lambda: nn.GELU()(x / 4), "gelu_tanh": lambda: F.gelu(x / 4, approximate="tanh"),
              "softmax_one": lambda: x[..., :1].softmax(-1),
-             "sdpa_shared_kv": lambda: F.scaled_dot_product_attention(q, k[:, :1], v[:1, :1])}
+             "sdpa_shared_kv": lambda: F.scaled_dot_product_attention(q, k[:, :1], v[:1, :1]),
+             "nearest": lambda: F.interpolate(x, size=(15, 16)), "upsample": lambda: nn.Upsample(scale_factor=(2, 3))(x)}
     reference, rewritten = _reference_and_rewritten(cases[case])
     assert torch.allclose(reference, rewritten, atol=2e-5 * float(reference.abs().max()), rtol=1e-5), case
 
 
 def test_torch_functions_are_restored():
-    originals = (torch.Tensor.softmax, torch.softmax, F.softmax, F.scaled_dot_product_attention, F.layer_norm, F.gelu)
+    originals = (torch.Tensor.softmax, torch.softmax, F.softmax, F.scaled_dot_product_attention, F.layer_norm, F.gelu,
+                 F.interpolate)
     _reference_and_rewritten(lambda: torch.ones(2).softmax(0))
-    assert (torch.Tensor.softmax, torch.softmax, F.softmax, F.scaled_dot_product_attention, F.layer_norm, F.gelu) == originals
+    assert (torch.Tensor.softmax, torch.softmax, F.softmax, F.scaled_dot_product_attention, F.layer_norm, F.gelu,
+            F.interpolate) == originals
     assert "softmax" not in torch.Tensor.__dict__
 
 

@@ -52,6 +52,41 @@ def _repeat_to(x, lead: tuple):
     return x
 
 
+def _copies(x, count: int, axis: int):
+    """`count` copies of `x` along a new axis at `axis`, by two-input concatenations."""
+    import torch
+
+    x = x.unsqueeze(axis)
+    while x.shape[axis] < count:
+        x = torch.cat([x, x.narrow(axis, 0, min(x.shape[axis], count - x.shape[axis]))], axis)
+    return x
+
+
+def _nearest_factors(x, size, scale_factor) -> tuple[int, int] | None:
+    """Whole-number (height, width) upsampling factors of a 4-D nearest resize, else None."""
+    if x.dim() != 4:
+        return None
+    h, w = x.shape[-2:]
+    if size is not None:
+        sh, sw = (size, size) if isinstance(size, int) else tuple(size)
+        factors = (sh / h, sw / w)
+    elif scale_factor is not None:
+        factors = (scale_factor, scale_factor) if isinstance(scale_factor, (int, float)) else tuple(scale_factor)
+    else:
+        return None
+    if any(float(f) != int(f) or int(f) < 1 for f in factors) or factors == (1, 1):
+        return None
+    return int(factors[0]), int(factors[1])
+
+
+def _nearest_upsample(x, sh: int, sw: int):
+    """Nearest upsampling by whole factors as copies and reshapes: litert-torch's RESIZE_NEAREST_NEIGHBOR
+    is not taken by XNNPACK (FP32 or INT8), CONCATENATION and RESHAPE are."""
+    b, c, h, w = x.shape
+    x = _copies(x, sw, 4).reshape(b, c, h, w * sw) if sw > 1 else x
+    return _copies(x, sh, 3).reshape(b, c, h * sh, w * sw) if sh > 1 else x
+
+
 def _layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5):
     """Layer norm over the last axis as MEAN, SUB, MUL, a FULLY_CONNECTED that averages with eps as its
     bias (XNNPACK refuses an INT8 ADD of a constant this small), SQRT, DIV, then the affine; the
@@ -90,13 +125,20 @@ def _gelu(x, approximate: str = "none"):
 
 @contextlib.contextmanager
 def delegate_functions():
-    """Inside the block, torch's softmax (function, method, F.softmax) and F.scaled_dot_product_attention
-    compute the forms above; restored after."""
+    """Inside the block, torch's softmax (function, method, F.softmax), F.scaled_dot_product_attention,
+    F.layer_norm, F.gelu and nearest F.interpolate by whole factors compute the forms above; restored after."""
     import torch
     import torch.nn.functional as F
 
     originals = {"tensor": torch.Tensor.softmax, "torch": torch.softmax, "F": F.softmax,
-                 "sdpa": F.scaled_dot_product_attention, "layer_norm": F.layer_norm, "gelu": F.gelu}
+                 "sdpa": F.scaled_dot_product_attention, "layer_norm": F.layer_norm, "gelu": F.gelu,
+                 "interpolate": F.interpolate}
+
+    def interpolate(x, size=None, scale_factor=None, mode="nearest", *args, **kwargs):
+        factors = _nearest_factors(x, size, scale_factor) if mode == "nearest" and x.is_floating_point() else None
+        if factors is None:
+            return originals["interpolate"](x, size, scale_factor, mode, *args, **kwargs)
+        return _nearest_upsample(x, *factors)
 
     def gelu(x, approximate="none"):
         return _gelu(x, approximate) if x.is_floating_point() else originals["gelu"](x, approximate=approximate)
@@ -133,6 +175,7 @@ def delegate_functions():
     F.scaled_dot_product_attention = attention
     F.layer_norm = layer_norm
     F.gelu = gelu
+    F.interpolate = interpolate
     try:
         yield
     finally:
@@ -145,3 +188,4 @@ def delegate_functions():
         F.scaled_dot_product_attention = originals["sdpa"]
         F.layer_norm = originals["layer_norm"]
         F.gelu = originals["gelu"]
+        F.interpolate = originals["interpolate"]
