@@ -43,6 +43,19 @@ class _SoftmaxOne(nn.Module):  # softmax over one token (a pooled query): ones
         return x * x.mean((2, 3), keepdim=True).softmax(-1)
 
 
+class _RmsNorm2d(nn.Module):  # timm's RmsNorm2d, by hand: mean(x * x) over the channels + eps
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(1, keepdim=True) + 1e-6)
+
+
+class _TokenRmsNorm(nn.Module):  # the same over the last axis of tokens
+    def forward(self, x):
+        b, c, h, w = x.shape
+        t = x.flatten(2).transpose(1, 2)
+        t = t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return t.transpose(1, 2).reshape(b, c, h, w)
+
+
 class _TokenLayerNormGelu(nn.Module):
     def __init__(self):
         super().__init__()
@@ -85,7 +98,7 @@ class _ConcatMany(nn.Module):  # 8 inputs: XNNPACK takes at most 5 in one CONCAT
 OPS = {"gather": _Gather, "avg_pool": _AvgPool, "concat_many": _ConcatMany, "gelu": nn.GELU, "l2_normalize": _L2Normalize, "l2_norm": _L2Norm, "instance_norm": lambda: nn.InstanceNorm2d(C, affine=True), "group_norm": lambda: nn.GroupNorm(4, C),
        "layer_norm_2d": _LayerNorm2d, "layer_norm_tokens": _TokenLayerNormGelu, "prelu": lambda: nn.PReLU(C),
        "prelu_one": nn.PReLU, "nearest": _Nearest, "softmax": _Softmax,
-       "softmax_one": _SoftmaxOne}
+       "softmax_one": _SoftmaxOne, "rms_norm": _RmsNorm2d, "rms_norm_tokens": _TokenRmsNorm}
 
 
 def _net(*ops) -> nn.Module:
@@ -139,14 +152,15 @@ def test_every_op_converts_to_one_xnnpack_partition_fp32_and_int8(tmp_path):
     from toolkit.runtime.tflite_check import XNNPACK_FLOAT_ISLAND_OPS, custom_ops, require_full_integer
 
     model = _net("gelu", "instance_norm", "prelu", "group_norm", "prelu_one", "layer_norm_2d", "nearest",
-                 "layer_norm_tokens", "softmax", "softmax_one", "l2_normalize", "gather", "avg_pool", "concat_many")
+                 "layer_norm_tokens", "softmax", "softmax_one", "l2_normalize", "gather", "avg_pool", "concat_many",
+                 "rms_norm", "rms_norm_tokens")
     calib = np.random.default_rng(0).random((16, 20, 20, 3), dtype=np.float32)
     onnx_path = torch_to_onnx(model, (1, 3, 20, 20), tmp_path / "all.onnx")
     out = onnx_to_tflite(onnx_path, tmp_path, calib, (0.0,) * 3, (1.0,) * 3, int8=True, io_dtype="int8",
                          rewrite_ops=rewrites_for("xnnpack"))
     assert {r.split()[0] for r in out.rewrites} == {"Erf", "InstanceNormalization", "PRelu", "LayerNormalization",
                                                      "Resize", "Softmax", "Clip", "Gather", "AveragePool",
-                                                     "Concat"}, out.rewrites
+                                                     "Concat", "Add", "Div"}, out.rewrites
     require_full_integer(out.int8, "int8", float_ops=XNNPACK_FLOAT_ISLAND_OPS)
     for path in (out.float32, out.int8):
         report = delegate_report(path)

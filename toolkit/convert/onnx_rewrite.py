@@ -31,7 +31,7 @@ partition ("keep them float in the INT8 file"); so those forms are used for XNNP
 
 from __future__ import annotations
 
-REWRITE_VERSION = "4"  # part of the conversion cache key: bump when a rewrite changes what onnx2tf gets
+REWRITE_VERSION = "5"  # part of the conversion cache key: bump when a rewrite changes what onnx2tf gets
 # erf(z) ~= tanh(z * (C1 + z^2 * (C3 + z^2 * C5))) for |z| <= 3 (minimax fit; |error| < 3.7e-5, and
 # < 5.9e-5 beyond the clamp, where erf(3) = 1 - 2.2e-5): GELU within 1.9e-5 of |x|
 ERF_TANH = (1.1281433855, 0.1040811810, -0.0017864676)
@@ -118,16 +118,55 @@ def _erf(g: _Graph, node) -> bool:
     return True
 
 
-def _plus_eps(g: _Graph, var: str, eps: float, shape) -> str:
+def _plus_eps(g: _Graph, var: str, eps: float, shape, *, out: str = "") -> str:
     """var + eps. As a depthwise 1x1 convolution with bias eps where the shape allows (rank 3-4,
     a known axis 1): XNNPACK refuses an INT8 ADD of a constant this small (its scale ratio)."""
     import numpy as np
 
     if shape is None or len(shape) not in (3, 4) or not shape[1]:
-        return g.op("Add", [var, g.const(eps)])
+        return g.op("Add", [var, g.const(eps)], out=out)
     c, rank = int(shape[1]), len(shape)
     weight = g.const(np.ones((c, 1) + (1,) * (rank - 2), np.float32))
-    return g.op("Conv", [var, weight, g.const(np.full((c,), eps, np.float32))], group=c, kernel_shape=[1] * (rank - 2))
+    return g.op("Conv", [var, weight, g.const(np.full((c,), eps, np.float32))], out=out, group=c,
+                kernel_shape=[1] * (rank - 2))
+
+
+def _reciprocal_root(g: _Graph, node) -> bool:
+    """1 / sqrt(y) (torch.rsqrt as exported: Div(1, Sqrt) or Reciprocal(Sqrt)) as 1 / (sqrt(y) * 2) * 2:
+    onnx2tf otherwise emits RSQRT, which XNNPACK does not take in INT8; SQRT and DIV stay float inside
+    its partition."""
+    import numpy as np
+
+    if node.op_type == "Div":
+        one = g.inits.get(node.input[0])
+        if one is None or np.asarray(one).size != 1 or float(np.asarray(one).reshape(-1)[0]) != 1.0:
+            return False
+    source = g.producers.get(node.input[-1])
+    if source is None or source.op_type != "Sqrt":
+        return False
+    root = g.op("Mul", [node.input[-1], g.const(2.0)])
+    g.op("Mul", [g.op("Div", [g.const(1.0), root]), g.const(2.0)], out=node.output[0])
+    return True
+
+
+def _eps_after_mean(g: _Graph, node) -> bool:
+    """mean + eps (an RMS norm's mean(x * x) + eps, written by hand: timm's RmsNorm2d, nn.RMSNorm) with
+    eps by a depthwise conv's bias, for a mean over the channels of an image or the last axis of
+    tokens (other layouts make onnx2tf guess wrongly)."""
+    import numpy as np
+
+    consts = [i for i in node.input if i in g.inits and np.asarray(g.inits[i]).size == 1]
+    others = [i for i in node.input if i not in consts]
+    if len(consts) != 1 or len(others) != 1:
+        return False
+    source = g.producers.get(others[0])
+    if source is None or source.op_type != "ReduceMean" or not _attr(source, "keepdims", 1):
+        return False
+    shape, axes = g.shapes.get(others[0]), _reduce_axes(g, source)
+    if not shape or None in shape or axes not in ([1] if len(shape) == 4 else [2] if len(shape) == 3 else None, ):
+        return False
+    _plus_eps(g, others[0], float(np.asarray(g.inits[consts[0]]).reshape(-1)[0]), shape, out=node.output[0])
+    return True
 
 
 def _normalise(g: _Graph, x: str, axes: list, eps: float) -> str:
@@ -392,9 +431,10 @@ def _reduce_axes(g: _Graph, node):
 
 REWRITES = {"Erf": _erf, "LayerNormalization": _layer_norm, "InstanceNormalization": _instance_norm,
             "PRelu": _prelu, "Resize": _resize_nearest, "Softmax": _softmax, "Clip": _l2_norm, "ReduceL2": _l2_norm,
-            "Gather": _gather, "AveragePool": _average_pool, "Concat": _concat}
-FULL_INTEGER_REWRITES = ("Erf", "PRelu", "Resize", "Gather", "AveragePool", "Concat")  # INT8 files stay full-integer: for every runtime
-FLOAT_ISLAND_REWRITES = ("LayerNormalization", "InstanceNormalization", "Softmax", "Clip", "ReduceL2")  # INT8: DIV/SQRT run in float
+            "Gather": _gather, "AveragePool": _average_pool, "Concat": _concat, "Add": _eps_after_mean,
+            "Reciprocal": _reciprocal_root, "Div": _reciprocal_root}
+FULL_INTEGER_REWRITES = ("Erf", "PRelu", "Resize", "Gather", "AveragePool", "Concat", "Add")  # INT8 files stay full-integer: for every runtime
+FLOAT_ISLAND_REWRITES = ("LayerNormalization", "InstanceNormalization", "Softmax", "Clip", "ReduceL2", "Reciprocal", "Div")  # INT8: DIV/SQRT run in float
 
 
 def rewrites_for(delegate) -> tuple[str, ...]:
