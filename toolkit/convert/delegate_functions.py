@@ -134,11 +134,13 @@ def delegate_functions():
                  "sdpa": F.scaled_dot_product_attention, "layer_norm": F.layer_norm, "gelu": F.gelu,
                  "interpolate": F.interpolate}
 
-    def interpolate(x, size=None, scale_factor=None, mode="nearest", *args, **kwargs):
-        factors = _nearest_factors(x, size, scale_factor) if mode == "nearest" and x.is_floating_point() else None
+    def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corners=None,  # noqa: PLR0917 - torch's signature
+                    recompute_scale_factor=None, antialias=False):
+        plain = mode == "nearest" and not align_corners and not antialias and (size is None or scale_factor is None)
+        factors = _nearest_factors(input, size, scale_factor) if plain and input.is_floating_point() else None
         if factors is None:
-            return originals["interpolate"](x, size, scale_factor, mode, *args, **kwargs)
-        return _nearest_upsample(x, *factors)
+            return originals["interpolate"](input, size, scale_factor, mode, align_corners, recompute_scale_factor, antialias)
+        return _nearest_upsample(input, *factors)
 
     def gelu(x, approximate="none"):
         return _gelu(x, approximate) if x.is_floating_point() else originals["gelu"](x, approximate=approximate)
@@ -148,10 +150,12 @@ def delegate_functions():
             return originals["layer_norm"](x, normalized_shape, *args, **kwargs)
         return _layer_norm(x, normalized_shape, *args, **kwargs)
 
-    def softmax(x, dim=None, *args, dtype=None, **kwargs):
-        if dim is None or dtype is not None or not x.is_floating_point():
-            return originals["torch"](x, dim, dtype=dtype) if dim is not None else originals["F"](x, dim, *args, **kwargs)
-        return _sigmoid_softmax(x, dim)
+    def softmax(input, dim=None, *args, dtype=None, **kwargs):  # torch's signature
+        if dim is None or dtype is not None or not input.is_floating_point() or input.dim() == 0:
+            if dim is not None:
+                return originals["torch"](input, dim, dtype=dtype)
+            return originals["F"](input, dim, *args, **kwargs)
+        return _sigmoid_softmax(input, dim)
 
     def attention(query, key, value, *args, **kwargs):
         options = dict(zip(("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa"), args), **kwargs)

@@ -163,7 +163,7 @@ def _eps_after_mean(g: _Graph, node) -> bool:
     if source is None or source.op_type != "ReduceMean" or not _attr(source, "keepdims", 1):
         return False
     shape, axes = g.shapes.get(others[0]), _reduce_axes(g, source)
-    if not shape or None in shape or axes not in ([1] if len(shape) == 4 else [2] if len(shape) == 3 else None, ):
+    if not shape or None in shape or len(shape) not in (3, 4) or axes != ([1] if len(shape) == 4 else [2]):
         return False
     _plus_eps(g, others[0], float(np.asarray(g.inits[consts[0]]).reshape(-1)[0]), shape, out=node.output[0])
     return True

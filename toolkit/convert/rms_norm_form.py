@@ -52,20 +52,26 @@ def _shape_of(module) -> int | None:
 
 
 def _computes_rms_norm(module: nn.Module, *, channels: int, eps: float, weight, axis: str, then=None) -> bool:
+    if weight is not None and weight.dtype != torch.float32:  # the form is float32 (what litert-torch converts)
+        return False
     generator = torch.Generator().manual_seed(0)
     shape = (2, channels, 3, 3) if axis == "channels" else (2, 5, channels)
     x = torch.randn(*shape, generator=generator) * 3.0
     dim = 1 if axis == "channels" else -1
-    expected = x * torch.rsqrt(x.pow(2).mean(dim, keepdim=True) + eps)
-    if weight is not None:
-        expected = expected * (weight.reshape(1, -1, 1, 1) if axis == "channels" else weight)
+    was_training = module.training
     try:
         with torch.no_grad():
+            expected = x * torch.rsqrt(x.pow(2).mean(dim, keepdim=True) + eps)
+            if weight is not None:
+                expected = expected * (weight.reshape(1, -1, 1, 1) if axis == "channels" else weight)
             expected = then(expected) if then is not None else expected
-            got = module(x)
-    except Exception:  # noqa: BLE001 - a module that cannot take this layout does not compute it
+            got = module.eval()(x)
+            return (isinstance(got, torch.Tensor) and got.shape == expected.shape
+                    and torch.allclose(got, expected, rtol=1e-4, atol=1e-5))
+    except Exception:  # noqa: BLE001 - a module that cannot take this layout (or dtype) does not compute it
         return False
-    return isinstance(got, torch.Tensor) and got.shape == expected.shape and torch.allclose(got, expected, rtol=1e-4, atol=1e-5)
+    finally:
+        module.train(was_training)
 
 
 def rms_norm_forms(model: nn.Module) -> tuple[nn.Module, list[str]]:
@@ -84,14 +90,15 @@ def rms_norm_forms(model: nn.Module) -> tuple[nn.Module, list[str]]:
                 continue
             act = getattr(child, "act", None)  # timm's norm + activation layers (RmsNormAct2d): the norm, then .act
             tries = [(a, None) for a in AXES] + ([(a, act) for a in AXES] if isinstance(act, nn.Module) else [])
-            found = next(((a, then) for a, then in tries if _computes_rms_norm(child.eval(), channels=channels, eps=eps, weight=weight,
+            found = next(((a, then) for a, then in tries if _computes_rms_norm(child, channels=channels, eps=eps, weight=weight,
                                                              axis=a, then=then)),
                          None)
             if found is None:
                 continue
             axis, then = found
             form = DelegateRmsNorm(channels, eps, weight, axis)
-            setattr(parent, child_name, form if then is None else nn.Sequential(form, then))
+            form = form if then is None else nn.Sequential(form, then)
+            setattr(parent, child_name, form.train(child.training))
             full = f"{parent_name}.{child_name}" if parent_name else child_name
             changes.append(f"{full}: {type(child).__name__} -> DelegateRmsNorm({axis})" + (f" + {type(then).__name__}" if then else ""))
     return model, changes

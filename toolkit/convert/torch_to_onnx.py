@@ -90,6 +90,8 @@ def torch_to_onnx(model, input_shape: tuple[int, ...], path: str | Path, *, opse
             torch.onnx.export(model, (example,), buffer, opset_version=opset, input_names=[input_name],
                               output_names=[output_name], dynamo=False, do_constant_folding=True)
         proto = onnx.load_from_string(buffer.getvalue())
+    except MemoryError:
+        raise
     except Exception as refused:  # the TorchScript exporter's limits; torch.export may trace what it cannot
         proto = _export_with_torch_export(model, example, opset=opset, input_name=input_name,
                                           output_name=output_name, refused=refused)
