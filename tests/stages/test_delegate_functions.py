@@ -1,8 +1,10 @@
 """Softmax, scaled-dot-product attention, layer norm and GELU in XNNPACK's forms for litert-torch
 (toolkit.convert.delegate_functions): the same maths, torch's own functions back afterwards, and a
 small token net (LayerNorm, F.scaled_dot_product_attention, attention over one token, one key/value
-head shared by all query heads, Tensor.softmax, both GELUs, a nearest upsampling) whose litert-torch
-INT8 file is full-integer (XNNPACK's float DIV/SQRT islands excepted) in one XNNPACK partition.
+head shared by all query heads, Tensor.softmax, both GELUs, a nearest upsampling, a channels-last 4-D
+LayerNorm) whose litert-torch
+INT8 file is full-integer (XNNPACK's float DIV/SQRT islands excepted) in one XNNPACK partition; a
+layer norm on a pooled 1x1 channels-last map (ConvNeXt's head) converts and keeps parity.
 Without the forms litert-torch's INT8 file keeps EXP and REDUCE_MAX float (not full-integer), and
 its LayerNorm's RSQRT, SQUARED_DIFFERENCE and ADD of eps split it (MobileViT-XXS: 67 partitions)."""
 
@@ -31,12 +33,14 @@ TOKEN_NET = textwrap.dedent('''
             self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
             self.mix, self.fc1, self.fc2 = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
             self.kv = nn.Linear(dim, 2 * dim // heads)  # one key/value head that every query head shares
+            self.norm0 = nn.LayerNorm(dim)  # ConvNeXt's LayerNorm2d: over the channels of a 4-D channels-last map
             self.act = nn.GELU()
             self.head = nn.Linear(dim, 4)
 
         def forward(self, x):
             s = self.stem(x)
             s = s + F.interpolate(F.max_pool2d(s, 2), scale_factor=2)  # nearest, a whole factor
+            s = self.norm0(s.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
             t = F.gelu(s, approximate="tanh").flatten(2).transpose(1, 2)
             b, n, c = t.shape
             q, k, v = self.qkv(self.norm1(t)).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
@@ -119,4 +123,40 @@ def test_litert_int8_token_net_is_one_xnnpack_partition(tmp_path):
         reference = model(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
     runner = TFLiteRunner(out.float32, threads=1)
     got = np.concatenate([runner(x[i:i + 1].transpose(0, 3, 1, 2)) for i in range(2)])
+    assert np.abs(got - reference).max() <= 1e-4 * np.abs(reference).max()
+
+
+POOLED_NET = textwrap.dedent('''
+    import torch.nn as nn
+
+
+    class PooledNorm(nn.Module):
+        def __init__(self, dim=16):
+            super().__init__()
+            self.stem, self.norm, self.head = nn.Conv2d(3, dim, 4, stride=4), nn.LayerNorm(dim), nn.Linear(dim, 4)
+
+        def forward(self, x):
+            pooled = self.stem(x).mean((2, 3), keepdim=True).permute(0, 2, 3, 1)  # (B, 1, 1, C)
+            return self.head(self.norm(pooled).flatten(1))
+''')
+
+
+def test_litert_layer_norm_on_a_pooled_map_converts(tmp_path):
+    """The layer norm's mean as a FULLY_CONNECTED over 2-D rows: on (B, 1, 1, C) it became a
+    BATCH_MATMUL the converter rejected ("invalid output rank, expected 3 but got 4"; timm's ConvNeXt)."""
+    from toolkit.convert.checkpoint_to_litert import checkpoint_to_litert
+    from toolkit.models.architectures import build_model, card_code
+    from toolkit.models.checkpoint import save_checkpoint
+    from toolkit.runtime.tflite import TFLiteRunner
+
+    (tmp_path / "pooled.py").write_text(POOLED_NET)
+    with card_code("pooled.py:PooledNorm", tmp_path):
+        torch.manual_seed(0)
+        model = build_model("pooled.py:PooledNorm", {}).eval()
+        save_checkpoint(tmp_path / "m.pt", model, "pooled.py:PooledNorm", {})
+        out = checkpoint_to_litert(tmp_path / "m.pt", (1, 3, 16, 16), tmp_path / "litert", None, delegate_rewrites=True)
+    x = np.random.default_rng(0).normal(size=(1, 3, 16, 16)).astype(np.float32)
+    with torch.no_grad():
+        reference = model(torch.from_numpy(x)).numpy()
+    got = TFLiteRunner(out.float32, threads=1)(x)
     assert np.abs(got - reference).max() <= 1e-4 * np.abs(reference).max()

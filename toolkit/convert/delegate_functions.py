@@ -97,7 +97,9 @@ def _layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5):
     n = x.shape[-1]
     d = x - x.mean(-1, keepdim=True)
     average = torch.full((1, n), 1.0 / n, dtype=x.dtype)
-    var = F.linear(d * d, average, torch.full((1,), float(eps), dtype=x.dtype))
+    # over 2-D rows: on a 4-D input (ConvNeXt's channels-last LayerNorm2d) the FULLY_CONNECTED became a
+    # BATCH_MATMUL the converter rejects ("invalid output rank")
+    var = F.linear((d * d).reshape(-1, n), average, torch.full((1,), float(eps), dtype=x.dtype)).reshape(*x.shape[:-1], 1)
     y = d / (torch.sqrt(var) * 2.0) * 2.0
     if weight is not None:
         y = y * weight
