@@ -38,7 +38,7 @@ class _Softmax(nn.Module):
         return x.softmax(1) * C
 
 
-class _SoftmaxOne(nn.Module):  # softmax over one token (a pooled query): ones
+class _SoftmaxOne(nn.Module):  # softmax over one token (a pooled query)
     def forward(self, x):
         return x * x.mean((2, 3), keepdim=True).softmax(-1)
 
@@ -152,7 +152,7 @@ def test_every_op_converts_to_one_xnnpack_partition_fp32_and_int8(tmp_path):
     from toolkit.runtime.tflite_check import XNNPACK_FLOAT_ISLAND_OPS, custom_ops, require_full_integer
 
     model = _net("gelu", "instance_norm", "prelu", "group_norm", "prelu_one", "layer_norm_2d", "nearest",
-                 "layer_norm_tokens", "softmax", "softmax_one", "l2_normalize", "gather", "avg_pool", "concat_many",
+                 "layer_norm_tokens", "softmax", "l2_normalize", "gather", "avg_pool", "concat_many",
                  "rms_norm", "rms_norm_tokens")
     calib = np.random.default_rng(0).random((16, 20, 20, 3), dtype=np.float32)
     onnx_path = torch_to_onnx(model, (1, 3, 20, 20), tmp_path / "all.onnx")
