@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import textwrap
 
-import numpy as np
 import torch
 import torch.nn as nn
 
@@ -65,28 +64,6 @@ def test_rms_norms_are_found_by_what_they_compute():
 
 
 def test_litert_int8_rms_net_is_one_xnnpack_partition(tmp_path):
-    from toolkit.convert.checkpoint_to_litert import checkpoint_to_litert
-    from toolkit.models.architectures import build_model, card_code
-    from toolkit.models.checkpoint import save_checkpoint
-    from toolkit.runtime.delegate import delegate_report
-    from toolkit.runtime.tflite import TFLiteRunner
-    from toolkit.runtime.tflite_check import XNNPACK_FLOAT_ISLAND_OPS, require_full_integer
+    from tests.stages.litert_helpers import assert_litert_int8_one_partition
 
-    (tmp_path / "rms.py").write_text(RMS_NET)
-    with card_code("rms.py:RmsNet", tmp_path):
-        torch.manual_seed(0)
-        model = build_model("rms.py:RmsNet", {}).eval()
-        save_checkpoint(tmp_path / "m.pt", model, "rms.py:RmsNet", {})
-        calibration = np.random.default_rng(0).random((8, 32, 32, 3), dtype=np.float32)
-        out = checkpoint_to_litert(tmp_path / "m.pt", (1, 3, 32, 32), tmp_path / "litert", calibration,
-                                   mean=(0.5,) * 3, std=(0.25,) * 3, delegate_rewrites=True)
-    require_full_integer(out.int8, "int8", float_ops=XNNPACK_FLOAT_ISLAND_OPS)
-    for path in (out.float32, out.int8):
-        report = delegate_report(path)
-        assert (report["partitions"], report["undelegated_ops"]) == (1, {}), (path.name, report)
-    x = (calibration[:2] - 0.5) / 0.25
-    with torch.no_grad():
-        reference = model(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
-    runner = TFLiteRunner(out.float32, threads=1)
-    got = np.concatenate([runner(x[i:i + 1].transpose(0, 3, 1, 2)) for i in range(2)])
-    assert np.abs(got - reference).max() <= 1e-4 * np.abs(reference).max()
+    assert_litert_int8_one_partition(tmp_path, RMS_NET, "rms.py:RmsNet")
