@@ -19,6 +19,8 @@ TensorFlow 2.19 + ai-edge-litert 2.1.0 (tests/stages/test_onnx_rewrite.py; parti
 | Gather of a constant index (`qkv[0]`, `x[:, 0]`) | GATHER | 2 / 2 | Slice, Reshape without the axis | 1 / 1 |
 | AveragePool, every window full (DenseNet transitions) | AVERAGE_POOL_2D (FP32 only) | 1 / 2 | depthwise conv, weights 1 / (kh * kw) | 1 / 1 |
 | Concat of more than 5 inputs (DenseNet) | CONCATENATION (not even in FP32) | 2 / 2 | nested concats of at most 5 | 1 / 1 |
+| ReduceMean + eps (a hand-written RMS norm: timm's RmsNorm2d) | ADD of eps | 1 / 4 | eps by a depthwise conv's bias | 1 / 1 |
+| Div(1, Sqrt) or Reciprocal(Sqrt) (torch.rsqrt) | RSQRT | 1 / 3 | 1 / (sqrt * 2) * 2 | 1 / 1 |
 
 FP32 parity of every rewritten file against torch: < 1.1e-5 of the output scale. XNNPACK takes in
 INT8 SQRT, LOGISTIC, LEAKY_RELU, ADD(+RELU/RELU6), MUL, REDUCE_MAX, SUM, MEAN and DEPTH_TO_SPACE,
@@ -31,80 +33,16 @@ partition ("keep them float in the INT8 file"); so those forms are used for XNNP
 
 from __future__ import annotations
 
+from toolkit.convert.onnx_graph import Graph as _Graph
+from toolkit.convert.onnx_graph import attr as _attr
+from toolkit.convert.onnx_graph import reduce_axes as _reduce_axes
+
 REWRITE_VERSION = "6"  # part of the conversion cache key: bump when a rewrite changes what onnx2tf gets
 # erf(z) ~= tanh(z * (C1 + z^2 * (C3 + z^2 * C5))) for |z| <= 3 (minimax fit; |error| < 3.7e-5, and
 # < 5.9e-5 beyond the clamp, where erf(3) = 1 - 2.2e-5): GELU within 1.9e-5 of |x|
 ERF_TANH = (1.1281433855, 0.1040811810, -0.0017864676)
 XNNPACK_CONCAT_INPUTS = 5  # the most inputs of one CONCATENATION that XNNPACK takes (LiteRT 2.1.0, measured)
 ERF_CLAMP = 3.0  # relu6(z + 3) - 3: the clamp in ops XNNPACK takes in INT8 (MINIMUM/MAXIMUM it does not)
-
-
-class _Graph:
-    """Emits replacement nodes with unique names; constants become initializers."""
-
-    def __init__(self, proto):
-        from onnx import numpy_helper, shape_inference
-
-        self.proto, self.graph, self.count = proto, proto.graph, 0
-        self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 17)
-        self.inits = {t.name: numpy_helper.to_array(t) for t in self.graph.initializer}
-        try:
-            inferred = shape_inference.infer_shapes(proto).graph
-        except Exception:  # noqa: BLE001 - shapes are only needed to match some rewrites
-            inferred = self.graph
-        self.shapes = {}
-        for v in [*inferred.value_info, *inferred.input, *inferred.output]:
-            dims = v.type.tensor_type.shape.dim
-            self.shapes[v.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
-        self.nodes: list = []
-        self.producers = {out: n for n in self.graph.node for out in n.output}
-        self.readers: dict = {}  # tensor name -> the nodes reading it (a graph output counts as None)
-        for n in self.graph.node:
-            for name in n.input:
-                self.readers.setdefault(name, []).append(n)
-            if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-                self.inits.setdefault(n.output[0], numpy_helper.to_array(n.attribute[0].t))
-        for v in self.graph.output:
-            self.readers.setdefault(v.name, []).append(None)
-
-    def fresh(self, base: str) -> str:
-        self.count += 1
-        return f"es_rw_{base}_{self.count}"
-
-    def const(self, value, dtype="float32") -> str:
-        import numpy as np
-        from onnx import numpy_helper
-
-        name = self.fresh("c")
-        self.graph.initializer.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
-        return name
-
-    def op(self, op_type: str, inputs: list, *, out: str = "", **attrs) -> str:
-        from onnx import helper
-
-        out = out or self.fresh(op_type.lower())
-        self.nodes.append(helper.make_node(op_type, inputs, [out], name=self.fresh(op_type), **attrs))
-        return out
-
-    def reduce(self, op_type: str, x: str, axes: list, *, out: str = "") -> str:
-        """ReduceMean/ReduceMax/ReduceSum over `axes`, keepdims, in this opset's form."""
-        as_input = op_type == "ReduceSum" and self.opset >= 13 or self.opset >= 18
-        if as_input:
-            return self.op(op_type, [x, self.const(axes, "int64")], out=out, keepdims=1)
-        return self.op(op_type, [x], out=out, axes=list(axes), keepdims=1)
-
-    def rank(self, name: str):
-        shape = self.shapes.get(name)
-        return len(shape) if shape is not None else None
-
-
-def _attr(node, name: str, default=None):
-    from onnx import helper
-
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
 
 
 def _erf(g: _Graph, node) -> bool:
@@ -410,17 +348,6 @@ def _clip_of_norm(g: _Graph, node) -> bool:
     return (source is not None and source.op_type == "ReduceL2" and low is not None and low > 0 and not high
             and len(g.readers.get(source.output[0], [])) == 1 and _reduce_axes(g, source) is not None
             and bool(_attr(source, "keepdims", 1)))
-
-
-def _reduce_axes(g: _Graph, node):
-    """A reduction's axes (attribute or constant input), non-negative; None when not known."""
-    rank = g.rank(node.input[0])
-    axes = _attr(node, "axes")
-    if axes is None and len(node.input) > 1 and node.input[1] in g.inits:
-        axes = g.inits[node.input[1]].reshape(-1).tolist()
-    if axes is None or rank is None:
-        return None
-    return sorted(int(a) % rank for a in axes)
 
 
 REWRITES = {"Erf": _erf, "LayerNormalization": _layer_norm, "InstanceNormalization": _instance_norm,
