@@ -125,6 +125,26 @@ def _gelu(x, approximate: str = "none"):
     return x * 0.5 * (1.0 + torch.tanh(z * (c1 + z2 * (c3 + z2 * c5))))
 
 
+_MISSING = object()
+
+
+def _written_out_attention(query, key, value, options: dict):
+    """Scaled-dot-product attention as matmuls around the sigmoid-form softmax; key and value
+    repeated to the query's heads (see _repeat_to); a boolean or additive mask, or causal."""
+    import torch
+
+    scale = options.get("scale")
+    lead = torch.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
+    query, key, value = (_repeat_to(t, lead) for t in (query, key, value))
+    scores = (query * (scale if scale is not None else 1.0 / math.sqrt(query.shape[-1]))) @ key.transpose(-2, -1)
+    mask = options.get("attn_mask")
+    if options.get("is_causal"):
+        mask = torch.ones(scores.shape[-2], scores.shape[-1], dtype=torch.bool, device=scores.device).tril()
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    return _sigmoid_softmax(scores, -1) @ value
+
+
 @contextlib.contextmanager
 def delegate_functions():
     """Inside the block, torch's softmax (function, method, F.softmax), F.scaled_dot_product_attention,
@@ -132,7 +152,7 @@ def delegate_functions():
     import torch
     import torch.nn.functional as F
 
-    originals = {"tensor": torch.Tensor.softmax, "torch": torch.softmax, "F": F.softmax,
+    originals = {"torch": torch.softmax, "F": F.softmax,
                  "sdpa": F.scaled_dot_product_attention, "layer_norm": F.layer_norm, "gelu": F.gelu,
                  "interpolate": F.interpolate}
 
@@ -163,35 +183,19 @@ def delegate_functions():
         options = dict(zip(("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa"), args), **kwargs)
         if options.get("dropout_p") or options.get("enable_gqa"):
             return originals["sdpa"](query, key, value, *args, **kwargs)
-        scale = options.get("scale")
-        lead = torch.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
-        query, key, value = (_repeat_to(t, lead) for t in (query, key, value))
-        scores = (query * (scale if scale is not None else 1.0 / math.sqrt(query.shape[-1]))) @ key.transpose(-2, -1)
-        mask = options.get("attn_mask")
-        if options.get("is_causal"):
-            mask = torch.ones(scores.shape[-2], scores.shape[-1], dtype=torch.bool, device=scores.device).tril()
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
-        return _sigmoid_softmax(scores, -1) @ value
+        return _written_out_attention(query, key, value, options)
 
-    own_method = "softmax" in torch.Tensor.__dict__
-    torch.Tensor.softmax = softmax
-    torch.softmax = softmax
-    F.softmax = softmax
-    F.scaled_dot_product_attention = attention
-    F.layer_norm = layer_norm
-    F.gelu = gelu
-    F.interpolate = interpolate
+    patches = [(torch.Tensor, "softmax", softmax), (torch, "softmax", softmax), (F, "softmax", softmax),
+               (F, "scaled_dot_product_attention", attention), (F, "layer_norm", layer_norm), (F, "gelu", gelu),
+               (F, "interpolate", interpolate)]
+    saved = [(owner, name, vars(owner).get(name, _MISSING)) for owner, name, _ in patches]
+    for owner, name, replacement in patches:
+        setattr(owner, name, replacement)
     try:
         yield
     finally:
-        if own_method:
-            torch.Tensor.softmax = originals["tensor"]
-        else:
-            del torch.Tensor.softmax
-        torch.softmax = originals["torch"]
-        F.softmax = originals["F"]
-        F.scaled_dot_product_attention = originals["sdpa"]
-        F.layer_norm = originals["layer_norm"]
-        F.gelu = originals["gelu"]
-        F.interpolate = originals["interpolate"]
+        for owner, name, before in saved:  # Tensor.softmax lives on a base class: delete the patch to uncover it
+            if before is _MISSING:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, before)
