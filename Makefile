@@ -9,7 +9,7 @@ REMOTE_PYTHON ?=
 TARGET ?= host
 EPOCHS ?= 30
 # Values reach recipes through the environment and are used as "$$VAR": never pasted into a shell line.
-export MODEL TARGET HOST REMOTE_PYTHON FINETUNE_EPOCHS DATA MACS SCOPES EPOCHS FPS ZOO_MODELS ZOO_SIZE SOURCE
+export MODEL TARGET HOST REMOTE_PYTHON FINETUNE_EPOCHS DATA MACS SCOPES EPOCHS FPS ZOO_MODELS ZOO_SIZE ZOO_OUT SOURCE
 
 .PHONY: setup setup-litert setup-quant test test-slow deploy bench sweep train zoo clean help
 
@@ -22,7 +22,8 @@ help:
 	@echo "make test-slow                                    end-to-end runs on the real data (minutes)"
 	@echo "make zoo [ZOO_MODELS=a,b] [ZOO_SIZE=64]            prune/reload/ONNX/parity over torchvision classifiers -> dist/zoo/zoo.json"
 	@echo "make zoo SOURCE=timm [ZOO_MODELS=a,b]              every timm family + MONAI 2-D segmentation nets through the deploy"
-	@echo "                                                  chain (resumable) -> dist/zoo/zoo_timm.json (SOURCE=monai: MONAI only)"
+	@echo "                                                  chain (resumable) -> dist/zoo/zoo_timm.json (SOURCE=monai: MONAI only);"
+	@echo "                                                  ZOO_OUT=docs/zoo resumes the committed table"
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -90,7 +91,7 @@ train: setup
 
 zoo: setup
 	$(BIN)/python -m toolkit.studies.zoo --threads 1 $${SOURCE:+--source "$$SOURCE"} $${ZOO_MODELS:+--models "$$ZOO_MODELS"} \
-	  $${ZOO_SIZE:+--size "$$ZOO_SIZE"} --out dist/zoo
+	  $${ZOO_SIZE:+--size "$$ZOO_SIZE"} --out "$${ZOO_OUT:-dist/zoo}"
 
 clean:
 	rm -rf dist .pytest_cache

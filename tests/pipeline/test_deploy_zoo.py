@@ -37,6 +37,9 @@ def test_timm_hard_cases_give_verified_delegated_bundles(tmp_path):
         assert name in proc.stdout  # the table
     assert "litert-torch: made 2, FP32 parity" in proc.stdout
     assert all(set(c["partition_counts"]) == {"fp32", "int8"} for r in rows.values() for c in r["converters"].values())
+    text = (tmp_path / "zoo_timm.json").read_text()
+    assert str(tmp_path) not in text and "/tmp/" not in text  # rows can be committed and resumed elsewhere
+    assert all(r["ran_with"]["commit"] and r["ran_with"]["timm"] for r in rows.values())
 
     again = _zoo(tmp_path)  # resumable: rows already there are not run again
     assert again.returncode == 0 and json.loads((tmp_path / "zoo_timm.json").read_text())["models"] == list(rows.values())

@@ -7,8 +7,12 @@ Each stage of each model is ok / refused (a one-line EdgeShrinkError: declined s
 message) / failed (anything else: a bug to fix) / skipped. Pruning never blocks: a refused prune
 goes on with the dense model. The FP32 file of the first converter whose file passes parity is
 the one deployed ("converter"); a model has a verified bundle when that file exists and its INT8
-twin is integer (XNNPACK's float islands excepted) with no Flex op. Rows are written to JSON after
-every model; models already there are skipped (resumable), and a table is printed last.
+twin is integer (XNNPACK's float islands excepted) with no Flex op; where both converters' files
+verify, the one whose INT8 file XNNPACK runs in fewer partitions is deployed, as a run does.
+
+Rows are written to JSON after every model; models already there are skipped (resumable, also
+across machines: a row names the commit and libraries it ran with, and holds no machine path), and
+a table is printed last.
 
     make zoo SOURCE=timm [ZOO_MODELS=a,b] [ZOO_SIZE=64]     (python -m toolkit.studies.zoo --source timm)"""
 
@@ -300,12 +304,14 @@ def _verify(state: dict, converter: str) -> dict:
 
 def _finish(state: dict, row: dict) -> None:
     """Every converter's files verified (row["converters"]: what the default converter is chosen
-    from); the first converter whose files verify is the one deployed, else the first whose FP32
-    file passes parity; the bundle verdict."""
+    from); of the converters whose files verify, the one whose INT8 file runs in the fewest XNNPACK
+    partitions is deployed (the first on a tie: what a run does, runner's `fewer_partitions`), else
+    the first whose FP32 file passes parity; the bundle verdict."""
     subs = {converter: _verify(state, converter) for converter in state["files"]}
     row["converters"] = {c: {"verified": s["verified"], "partition_counts": s["partitions"],
                              **{stage: s["stages"][stage] for stage in VERIFY}} for c, s in subs.items()}
-    chosen = (next((s for s in subs.values() if s["verified"]), None)
+    verified = [s for s in subs.values() if s["verified"]]
+    chosen = (min(verified, key=_int8_partitions, default=None)  # the first of the fewest INT8 partitions
               or next((s for s in subs.values() if s["stages"]["parity"]["status"] == "ok"), None))
     if chosen is None:
         tried = "; ".join(f"{c}: {s['stages']['parity']['message']}" for c, s in subs.items())
@@ -320,10 +326,57 @@ def _finish(state: dict, row: dict) -> None:
         row["int8_rel_error"] = chosen["int8_rel_error"]
     for stage in VERIFY:
         entry = dict(chosen["stages"][stage])
-        if stage == "parity" and chosen["converter"] != next(iter(subs)):
-            entry["message"] = f"{chosen['converter']}: {entry['message']} (after {next(iter(subs))} did not verify)"
+        first = next(iter(subs))
+        if stage == "parity" and chosen["converter"] != first:
+            why = ("did not verify" if not subs[first]["verified"] else
+                   f"ran its INT8 file in {_int8_partitions(subs[first])} XNNPACK partitions, "
+                   f"{chosen['converter']} in {_int8_partitions(chosen)}")
+            entry["message"] = f"{chosen['converter']}: {entry['message']} (after {first} {why})"
         row["stages"][stage] = entry
     row["bundle"] = chosen["verified"]
+
+
+def _path_free(value, *, work: Path):
+    """`value` (a row) with this machine's folders in its messages replaced: the model's work folder
+    by <work>, the current folder by ., the home folder by ~."""
+    if isinstance(value, dict):
+        return {k: _path_free(v, work=work) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_path_free(v, work=work) for v in value]
+    if not isinstance(value, str):
+        return value
+    for folder, mark in ((str(work), "<work>"), (str(Path.cwd()), "."), (str(Path.home()), "~")):
+        if len(folder) > 1:
+            value = value.replace(folder, mark)
+    return value
+
+
+def _ran_with() -> dict:
+    """The code and libraries a row was made with: the git commit (with "+changes" when the tree
+    differs from it) and the converter and model libraries' versions."""
+    import subprocess
+    from importlib import metadata
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "", ""
+    versions = {}
+    for name in ("torch", "timm", "monai", "onnx2tf", "ai-edge-litert"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return {"commit": (commit or "unknown") + ("+changes" if dirty else ""), **versions}
+
+
+def _int8_partitions(sub: dict) -> int:
+    """A converter's INT8 XNNPACK partitions (a large number when they were not counted)."""
+    return int((sub.get("partitions") or {}).get("int8") or 10**6)
 
 
 def _load_rows(path: Path) -> list[dict]:
@@ -352,11 +405,14 @@ def run_deploy_zoo(source: str, names: Optional[list[str]] = None, *, size: int 
     wanted = {e.name for e in todo}
     rows = [r for r in _load_rows(path) if not (redo and r["model"] in wanted)]
     done = {r["model"] for r in rows}
+    ran_with = _ran_with()
     for entry in (e for e in todo if e.name not in done):
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="edgeshrink-zoo-") as work:
             row = zoo_one(entry, size=size, work_dir=Path(work), **limits)
         row["seconds"] = round(time.monotonic() - started, 1)
+        row = _path_free(row, work=Path(work))
+        row["ran_with"] = ran_with
         rows.append(row)
         _write_json_atomic(path, {"source": source, "size": size, "threads": torch.get_num_threads(), "models": rows})
         if progress:
