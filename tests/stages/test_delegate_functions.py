@@ -1,8 +1,8 @@
 """Softmax, scaled-dot-product attention, layer norm and GELU in XNNPACK's forms for litert-torch
 (toolkit.convert.delegate_functions): the same maths, torch's own functions back afterwards, and a
 small token net (LayerNorm, F.scaled_dot_product_attention, attention over one token, one key/value
-head shared by all query heads, Tensor.softmax, both GELUs, a nearest upsampling, a channels-last 4-D
-LayerNorm) whose litert-torch
+head shared by all query heads, Tensor.softmax, both GELUs, a nearest upsampling, average pools,
+a channels-last 4-D LayerNorm) whose litert-torch
 INT8 file is full-integer (XNNPACK's float DIV/SQRT islands excepted) in one XNNPACK partition; a
 layer norm on a pooled 1x1 channels-last map (ConvNeXt's head) converts and keeps parity.
 Without the forms litert-torch's INT8 file keeps EXP and REDUCE_MAX float (not full-integer), and
@@ -40,6 +40,7 @@ TOKEN_NET = textwrap.dedent('''
         def forward(self, x):
             s = self.stem(x)
             s = s + F.interpolate(F.max_pool2d(s, 2), scale_factor=2)  # nearest, a whole factor
+            s = s * torch.sigmoid(F.interpolate(nn.AvgPool2d(2)(s), scale_factor=2)) + F.avg_pool2d(s, 3, 1, 1)
             s = self.norm0(s.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
             t = F.gelu(s, approximate="tanh").flatten(2).transpose(1, 2)
             b, n, c = t.shape
@@ -67,7 +68,8 @@ def _reference_and_rewritten(fn):
 
 @pytest.mark.parametrize("case", ["softmax_method", "softmax_function", "torch_softmax", "sdpa", "sdpa_causal",
                                   "sdpa_mask", "layer_norm", "gelu", "gelu_tanh", "softmax_one",
-                                  "sdpa_shared_kv", "nearest", "upsample"])
+                                  "sdpa_shared_kv", "nearest", "upsample", "avg_pool", "avg_pool_padded",
+                                  "avg_pool_ceil", "avg_pool_partial"])
 def test_each_form_keeps_the_maths(case):
     torch.manual_seed(0)
     x = torch.randn(2, 3, 5, 8) * 20
@@ -84,17 +86,20 @@ def test_each_form_keeps_the_maths(case):
              "gelu": lambda: nn.GELU()(x / 4), "gelu_tanh": lambda: F.gelu(x / 4, approximate="tanh"),
              "softmax_one": lambda: x[..., :1].softmax(-1),
              "sdpa_shared_kv": lambda: F.scaled_dot_product_attention(q, k[:, :1], v[:1, :1]),
-             "nearest": lambda: F.interpolate(x, size=(15, 16)), "upsample": lambda: nn.Upsample(scale_factor=(2, 3))(x)}
+             "nearest": lambda: F.interpolate(x, size=(15, 16)), "upsample": lambda: nn.Upsample(scale_factor=(2, 3))(x),
+             "avg_pool": lambda: F.avg_pool2d(x, 2), "avg_pool_padded": lambda: nn.AvgPool2d(3, 1, 1)(x),
+             "avg_pool_ceil": lambda: F.avg_pool2d(x, 2, ceil_mode=True),  # a last window of one row: kept
+             "avg_pool_partial": lambda: F.avg_pool2d(x, 3, 2, 1, count_include_pad=False)}
     reference, rewritten = _reference_and_rewritten(cases[case])
     assert torch.allclose(reference, rewritten, atol=2e-5 * float(reference.abs().max()), rtol=1e-5), case
 
 
 def test_torch_functions_are_restored():
     originals = (torch.Tensor.softmax, torch.softmax, F.softmax, F.scaled_dot_product_attention, F.layer_norm, F.gelu,
-                 F.interpolate)
+                 F.interpolate, F.avg_pool2d)
     _reference_and_rewritten(lambda: torch.ones(2).softmax(0))
     assert (torch.Tensor.softmax, torch.softmax, F.softmax, F.scaled_dot_product_attention, F.layer_norm, F.gelu,
-            F.interpolate) == originals
+            F.interpolate, F.avg_pool2d) == originals
     assert "softmax" not in torch.Tensor.__dict__
 
 

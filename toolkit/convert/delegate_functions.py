@@ -1,5 +1,5 @@
-"""Softmax, scaled-dot-product attention, layer norm and GELU in the forms XNNPACK takes, for
-litert-torch's files.
+"""Softmax, scaled-dot-product attention, layer norm, GELU, nearest upsampling and average pooling
+in the forms XNNPACK takes, for litert-torch's files.
 
 litert-torch lowers `F.scaled_dot_product_attention` (timm's fused attention) into EXP and
 REDUCE_MAX that ai-edge-quantizer leaves float, so the INT8 file is not full-integer (MobileViT-XXS,
@@ -125,6 +125,34 @@ def _gelu(x, approximate: str = "none"):
     return x * 0.5 * (1.0 + torch.tanh(z * (c1 + z2 * (c3 + z2 * c5))))
 
 
+def _pool_windows_full(x, *, kernel, stride, padding, ceil_mode: bool, count_include_pad: bool,
+                       divisor_override) -> tuple | None:
+    """(kernel, stride, padding) as pairs when every window of a 4-D average pool is full (each
+    divides by kh * kw: no padding, or padding counted), else None."""
+    def pair(v):
+        return tuple(v) * (2 // len(v)) if isinstance(v, (tuple, list)) else (v, v)
+
+    kernel = pair(kernel)
+    stride = pair(stride if stride not in (None, [], ()) else kernel)
+    padding = pair(padding)
+    if x.dim() != 4 or divisor_override is not None or (any(padding) and not count_include_pad):
+        return None
+    if ceil_mode and any((n + 2 * p - k) % s for n, k, s, p in zip(x.shape[-2:], kernel, stride, padding)):
+        return None  # ceil mode: a last window past the padded edge
+    return kernel, stride, padding
+
+
+def _depthwise_average(x, kernel: tuple, stride: tuple, padding: tuple):
+    """An average pool with full windows as a depthwise convolution with weights 1 / (kh * kw), as
+    the ONNX rewrite does for onnx2tf: XNNPACK does not take litert-torch's INT8 AVERAGE_POOL_2D."""
+    import torch
+    import torch.nn.functional as F
+
+    c = x.shape[1]
+    weight = torch.full((c, 1, *kernel), 1.0 / (kernel[0] * kernel[1]), dtype=x.dtype)
+    return F.conv2d(x, weight, None, stride, padding, 1, c)
+
+
 _MISSING = object()
 
 
@@ -148,13 +176,14 @@ def _written_out_attention(query, key, value, options: dict):
 @contextlib.contextmanager
 def delegate_functions():
     """Inside the block, torch's softmax (function, method, F.softmax), F.scaled_dot_product_attention,
-    F.layer_norm, F.gelu and nearest F.interpolate by whole factors compute the forms above; restored after."""
+    F.layer_norm, F.gelu, nearest F.interpolate by whole factors and F.avg_pool2d with full windows
+    (nn.AvgPool2d calls it) compute the forms above; restored after."""
     import torch
     import torch.nn.functional as F
 
     originals = {"torch": torch.softmax, "F": F.softmax,
                  "sdpa": F.scaled_dot_product_attention, "layer_norm": F.layer_norm, "gelu": F.gelu,
-                 "interpolate": F.interpolate}
+                 "interpolate": F.interpolate, "avg_pool2d": F.avg_pool2d}
 
     def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corners=None,  # noqa: PLR0917 - torch's signature
                     recompute_scale_factor=None, antialias=False):
@@ -163,6 +192,16 @@ def delegate_functions():
         if factors is None:
             return originals["interpolate"](input, size, scale_factor, mode, align_corners, recompute_scale_factor, antialias)
         return _nearest_upsample(input, *factors)
+
+    def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,  # noqa: PLR0917 - torch's signature
+                   divisor_override=None):
+        full = (_pool_windows_full(input, kernel=kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode,
+                                   count_include_pad=count_include_pad, divisor_override=divisor_override)
+                if input.is_floating_point() else None)
+        if full is None:
+            return originals["avg_pool2d"](input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                           divisor_override)
+        return _depthwise_average(input, *full)
 
     def gelu(x, approximate="none"):
         return _gelu(x, approximate) if x.is_floating_point() else originals["gelu"](x, approximate=approximate)
@@ -187,7 +226,7 @@ def delegate_functions():
 
     patches = [(torch.Tensor, "softmax", softmax), (torch, "softmax", softmax), (F, "softmax", softmax),
                (F, "scaled_dot_product_attention", attention), (F, "layer_norm", layer_norm), (F, "gelu", gelu),
-               (F, "interpolate", interpolate)]
+               (F, "interpolate", interpolate), (F, "avg_pool2d", avg_pool2d)]
     saved = [(owner, name, vars(owner).get(name, _MISSING)) for owner, name, _ in patches]
     for owner, name, replacement in patches:
         setattr(owner, name, replacement)

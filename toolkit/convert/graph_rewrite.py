@@ -96,6 +96,33 @@ class ConvInstanceNorm2d(nn.Module):
         return _depthwise_affine(y, self.weight, self.bias)
 
 
+class ConvGroupNorm(nn.Module):
+    """nn.GroupNorm (and subclasses computing it, timm's GroupNorm / GroupNorm1) on 4-D maps in the
+    form of ConvInstanceNorm2d, the per-channel means averaged over each group by a 1x1 convolution
+    with block-diagonal weights 1 / (C / G) (eps as its bias for the variance): litert-torch's own
+    form reshapes to groups and back with BROADCAST_TO, which XNNPACK takes in neither FP32 nor INT8,
+    and has RSQRT and an ADD of eps."""
+
+    def __init__(self, norm: nn.GroupNorm):
+        super().__init__()
+        self.groups, self.eps = int(norm.num_groups), float(norm.eps)
+        self.weight, self.bias = norm.weight, norm.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            return F.group_norm(x, self.groups, self.weight, self.bias, self.eps)
+        channels = x.shape[1]
+        per = channels // self.groups
+        average = torch.block_diag(*[torch.full((per, per), 1.0 / per, dtype=x.dtype)] * self.groups)
+        average = average.reshape(channels, channels, 1, 1)
+        d = x - F.conv2d(x.mean((2, 3), keepdim=True), average)
+        var = F.conv2d((d * d).mean((2, 3), keepdim=True), average, torch.full((channels,), self.eps, dtype=x.dtype))
+        y = d / (torch.sqrt(var) * 2.0) * 2.0
+        if self.weight is None:
+            return y
+        return _depthwise_affine(y, self.weight, self.bias)
+
+
 class ConvPReLU(nn.Module):
     """PReLU as relu(x + x) * ((1 - a) / 2) + a * x, the per-channel scales as depthwise convs
     (litert-torch INT8: its PRELU is not taken by XNNPACK in INT8)."""
@@ -115,6 +142,29 @@ _REPLACEMENTS = {nn.Hardsigmoid: DelegateHardsigmoid, nn.Hardswish: DelegateHard
 _CONV_SHIFT = {DelegateHardsigmoid: ConvShiftHardsigmoid, DelegateHardswish: ConvShiftHardswish}
 # litert-torch INT8 only (shift="conv"): onnx2tf's files get the same forms from toolkit.convert.onnx_rewrite
 _CONV_ONLY = {nn.InstanceNorm2d: ConvInstanceNorm2d, nn.PReLU: ConvPReLU}
+
+
+def _conv_only_form(module: nn.Module):
+    """The litert-torch INT8 form replacing `module`, or None (InstanceNorm with running statistics
+    keeps its own; a GroupNorm subclass only when it computes group norm)."""
+    if isinstance(module, nn.InstanceNorm2d) and module.track_running_stats:
+        return None
+    if isinstance(module, nn.GroupNorm):
+        return ConvGroupNorm if _computes_group_norm(module) else None
+    return _CONV_ONLY.get(type(module))
+
+
+def _computes_group_norm(norm: nn.GroupNorm) -> bool:
+    """Whether `norm` (a GroupNorm subclass may change its forward) gives F.group_norm's output on a
+    random 4-D map."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, norm.num_channels, 5, 6, generator=generator)
+    try:
+        with torch.no_grad():
+            got, want = norm(x), F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+    except Exception:  # noqa: BLE001 - a subclass that takes other inputs: keep it as it is
+        return False
+    return got.shape == want.shape and torch.allclose(got, want, atol=1e-5, rtol=1e-4)
 
 
 def delegate_hardsigmoid(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
@@ -170,8 +220,8 @@ def rewrite_for_delegates(model: nn.Module, *, hardswish: bool = True, shift: st
     changes: list[str] = []
     for parent_name, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):
-            conv_only = _CONV_ONLY.get(type(child)) if shift == "conv" else None
-            if conv_only is not None and not (isinstance(child, nn.InstanceNorm2d) and child.track_running_stats):
+            conv_only = _conv_only_form(child) if shift == "conv" else None
+            if conv_only is not None:
                 setattr(parent, child_name, conv_only(child))
                 full = f"{parent_name}.{child_name}" if parent_name else child_name
                 changes.append(f"{full}: {type(child).__name__} -> {conv_only.__name__}")

@@ -21,6 +21,7 @@ TensorFlow 2.19 + ai-edge-litert 2.1.0 (tests/stages/test_onnx_rewrite.py; parti
 | Concat of more than 5 inputs (DenseNet) | CONCATENATION (not even in FP32) | 2 / 2 | nested concats of at most 5 | 1 / 1 |
 | ReduceMean + eps (a hand-written RMS norm: timm's RmsNorm2d) | ADD of eps | 1 / 4 | eps by a depthwise conv's bias | 1 / 1 |
 | Div(1, Sqrt) or Reciprocal(Sqrt) (torch.rsqrt) | RSQRT | 1 / 3 | 1 / (sqrt * 2) * 2 | 1 / 1 |
+| Relu of a tensor also read elsewhere (a residual sum kept and rectified) | a lone RELU | 1 / 2 | the fused ReLU of a depthwise 1x1 conv, weights 1 | 1 / 1 |
 
 FP32 parity of every rewritten file against torch: < 1.1e-5 of the output scale. XNNPACK takes in
 INT8 SQRT, LOGISTIC, LEAKY_RELU, ADD(+RELU/RELU6), MUL, REDUCE_MAX, SUM, MEAN and DEPTH_TO_SPACE,
@@ -37,7 +38,7 @@ from toolkit.convert.onnx_graph import Graph as _Graph
 from toolkit.convert.onnx_graph import attr as _attr
 from toolkit.convert.onnx_graph import reduce_axes as _reduce_axes
 
-REWRITE_VERSION = "6"  # part of the conversion cache key: bump when a rewrite changes what onnx2tf gets
+REWRITE_VERSION = "7"  # part of the conversion cache key: bump when a rewrite changes what onnx2tf gets
 # erf(z) ~= tanh(z * (C1 + z^2 * (C3 + z^2 * C5))) for |z| <= 3 (minimax fit; |error| < 3.7e-5, and
 # < 5.9e-5 beyond the clamp, where erf(3) = 1 - 2.2e-5): GELU within 1.9e-5 of |x|
 ERF_TANH = (1.1281433855, 0.1040811810, -0.0017864676)
@@ -350,19 +351,44 @@ def _clip_of_norm(g: _Graph, node) -> bool:
             and bool(_attr(source, "keepdims", 1)))
 
 
+# ops TFLite fuses a following ReLU into (onnx2tf folds BatchNormalization into the conv before it)
+FUSES_RELU = ("Conv", "ConvTranspose", "Add", "Sub", "Mul", "Gemm", "MatMul", "BatchNormalization")
+
+
+def _lone_relu(g: _Graph, node) -> bool:
+    """A ReLU that no op can take as its fused activation (its input is also read elsewhere, e.g. a
+    residual sum that is both kept and rectified, or comes from an op without one) as the fused
+    ReLU of a depthwise 1x1 convolution with weights 1: XNNPACK takes no lone INT8 RELU (its
+    output range is not its input's)."""
+    import numpy as np
+
+    x = node.input[0]
+    shape = g.shapes.get(x)
+    producer = g.producers.get(x)
+    if shape is None or len(shape) != 4 or not shape[1] or producer is None:
+        return False
+    if producer.op_type in FUSES_RELU and len(g.readers.get(x, [])) == 1:
+        return False
+    g.op("Relu", [_channel_scale(g, x, np.ones(shape[1], np.float32), rank=len(shape))], out=node.output[0])
+    return True
+
+
 REWRITES = {"Erf": _erf, "LayerNormalization": _layer_norm, "InstanceNormalization": _instance_norm,
             "PRelu": _prelu, "Resize": _resize_nearest, "Softmax": _softmax, "Clip": _l2_norm, "ReduceL2": _l2_norm,
             "Gather": _gather, "AveragePool": _average_pool, "Concat": _concat, "Add": _eps_after_mean,
-            "Reciprocal": _reciprocal_root, "Div": _reciprocal_root}
+            "Reciprocal": _reciprocal_root, "Div": _reciprocal_root, "Relu": _lone_relu}
 FULL_INTEGER_REWRITES = ("Erf", "PRelu", "Resize", "Gather", "AveragePool", "Concat", "Add")  # INT8 files stay full-integer: for every runtime
 FLOAT_ISLAND_REWRITES = ("LayerNormalization", "InstanceNormalization", "Softmax", "Clip", "ReduceL2", "Reciprocal", "Div")  # INT8: DIV/SQRT run in float
 
 
+XNNPACK_REWRITES = ("Relu",)  # a conv more, for a delegate that takes no lone INT8 RELU
+
+
 def rewrites_for(delegate) -> tuple[str, ...]:
     """The ONNX ops to rewrite for a target's delegate: FlexErf never loads anywhere, so Erf always;
-    the float-island forms only for XNNPACK (which runs the float DIV/SQRT inside its partition;
-    an NPU delegate wants full-integer files)."""
-    return FULL_INTEGER_REWRITES + (FLOAT_ISLAND_REWRITES if delegate == "xnnpack" else ())
+    the float-island forms and the lone-ReLU conv only for XNNPACK (which runs the float DIV/SQRT
+    inside its partition; an NPU delegate wants full-integer files)."""
+    return FULL_INTEGER_REWRITES + ((*FLOAT_ISLAND_REWRITES, *XNNPACK_REWRITES) if delegate == "xnnpack" else ())
 
 
 def rewrite_onnx_for_xnnpack(proto, *, ops=tuple(REWRITES)) -> tuple[object, dict]:

@@ -6,6 +6,8 @@ after-steps and background jobs. Adding a format is a row there and its function
 - CHECKS[edge.check](runner, path): refuses a structurally wrong file.
 - AFTER[edge.after](runner, family, edge=, made=) -> Outcome | None: runs once the kept file is
   verified; its files replace the edge's file (a fallback), its records go into the manifest.
+- RECOVER[edge.recover] / IMPROVE[edge.improve](runner, family, edge=, made=, [error=,] check=) ->
+  Outcome: after the file failed / passed its check; may replace it with a checked file.
 - BACKGROUND[edge.job](runner, family, edges=) -> job | None: started at export in a worker.
 
 The functions read the runner (plan, target, work folder, calibration data, artifacts so far);
@@ -129,8 +131,17 @@ def int8_other_converter(runner, family, *, edge, made: dict, error, check) -> O
     return int8_after_failed_check(runner, family, made, error=error, check=check)
 
 
+def int8_fewer_partitions(runner, family, *, edge, made: dict, check) -> Outcome:
+    """A checked INT8 TFLite file split into several XNNPACK partitions: the other converter's when
+    it runs in fewer (toolkit.pipeline.tflite_converters.int8_with_fewer_partitions)."""
+    from toolkit.pipeline.tflite_converters import int8_with_fewer_partitions
+
+    return int8_with_fewer_partitions(runner, family, made, check=check)
+
+
 CONVERTERS = {"torch_to_onnx": exported_onnx, "onnx_to_qdq_int8": qdq_int8, "onnx_to_tflite": tflite_files}
 CHECKS = {"full_integer": full_integer, "builtin_ops": builtin_ops}
 AFTER = {"parity_retry": parity_retry, "int8_fallback": int8_fallback}
 RECOVER = {"int8_other_converter": int8_other_converter}
+IMPROVE = {"fewer_partitions": int8_fewer_partitions}
 BACKGROUND = {"onnx2tf": start_onnx2tf}

@@ -30,6 +30,7 @@ class Edge:
     check: Optional[str] = None
     after: Optional[str] = None
     recover: Optional[str] = None  # key of edge_steps.RECOVER: what to do when the file fails its check
+    improve: Optional[str] = None  # key of edge_steps.IMPROVE: may offer a file the target runs better, once checked
     stages: tuple[str, ...] = ("dense", "pruned")
 
     @property
@@ -43,7 +44,8 @@ EDGES: tuple[Edge, ...] = (
     Edge("tflite", "fp32", source="onnx-fp32", converter="onnx_to_tflite", job="onnx2tf", background=True,
          check="builtin_ops", after="parity_retry"),
     Edge("tflite", "int8", source="onnx-fp32", converter="onnx_to_tflite", job="onnx2tf", background=True,
-         check="full_integer", after="int8_fallback", recover="int8_other_converter", stages=("pruned",)),
+         check="full_integer", after="int8_fallback", recover="int8_other_converter", improve="fewer_partitions",
+         stages=("pruned",)),
 )
 
 

@@ -83,13 +83,15 @@ class Pruning(Record):
 class TfliteChoice(Record):
     """Which TFLite converter made a family's files, and why not the chosen one when it fell back."""
 
-    OPTIONAL = ("fallback_reason", "fallback_failed", "int8", "int8_dropped")
+    OPTIONAL = ("fallback_reason", "fallback_failed", "int8", "int8_dropped", "int8_partitions")
     primary: str
     used: str
     fallback_reason: Optional[str] = None
     fallback_failed: Optional[str] = None
-    int8: Optional["TfliteChoice"] = None  # the INT8 file from the other converter: the first one's failed its check
+    # the INT8 file from the other converter: the first one's failed its check, or XNNPACK ran it in more partitions
+    int8: Optional["TfliteChoice"] = None
     int8_dropped: Optional[str] = None  # no INT8 file: why (both converters' INT8 files failed their check)
+    int8_partitions: Optional[Json] = None  # the first INT8 file kept although split: the other converter's was not fewer
 
 
 class SpeedupRequest(Record):

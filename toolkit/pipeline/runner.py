@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -300,18 +301,24 @@ class Runner:
 
     def _checked(self, edge: Edge, family: Family, made: dict) -> bool:
         """Check the edge's file. One that fails is recovered by the edge's RECOVER step when it has
-        one (a TFLite INT8 file: the other converter's, or none with the reason); False when the
-        file was dropped."""
+        one (a TFLite INT8 file: the other converter's, or none with the reason); one that passes
+        may be replaced by its IMPROVE step (a TFLite INT8 file split into several XNNPACK
+        partitions: the other converter's when it runs in fewer). False when the file was dropped."""
         from toolkit.pipeline.edge_steps import RECOVER
 
+        from toolkit.pipeline.edge_steps import IMPROVE
+
+        check = functools.partial(self._check, edge)
         try:
             self._check(edge, made[edge.key])
-            return True
         except EdgeShrinkError as exc:
             if not edge.recover:
                 raise
-            outcome = RECOVER[edge.recover](self, family, edge=edge, made=made, error=exc,
-                                            check=lambda path: self._check(edge, path))
+            outcome = RECOVER[edge.recover](self, family, edge=edge, made=made, error=exc, check=check)
+        else:
+            if not edge.improve:
+                return True
+            outcome = IMPROVE[edge.improve](self, family, edge=edge, made=made, check=check)
         self._keep(family, Made(outcome.files, outcome.records, outcome.converter), made)
         return edge.key in made
 

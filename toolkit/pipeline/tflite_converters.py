@@ -190,6 +190,47 @@ def int8_after_failed_check(runner, family, made: dict, *, error: EdgeShrinkErro
     return Outcome(records={"tflite_converters": {**before, "int8_dropped": reason[:600]}})
 
 
+def int8_with_fewer_partitions(runner, family, made: dict, *, check) -> Outcome:
+    """An INT8 file that passed its check but that XNNPACK runs in several partitions (each split
+    is a hand-off between the delegate and the interpreter): the other converter's INT8 file is
+    made and checked, and kept when XNNPACK runs it in fewer partitions (the first file stays on a
+    tie, or when the other converter fails, with the reason recorded). Only for XNNPACK targets
+    whose profile allows a fallback; each converter's form suits other models (e.g. LCNet,
+    RepViT: litert-torch; GhostNetV2, MobileViTv2: onnx2tf)."""
+    key = "tflite-int8"
+    if runner.target.runtime.delegate != "xnnpack" or not runner.target.conversion.fallback:
+        return Outcome()
+    used = family.made_by.get(key, runner.target.conversion.tflite)
+    before = runner.records.of_family("tflite_converters", family.stage) or {}
+    if before.get("int8"):  # this INT8 file already is the other converter's
+        return Outcome()
+    count = runner.delegate_report(made[key]).get("partitions", 0)
+    if count <= 1:
+        return Outcome()
+    other = other_converter(used)
+    _say(runner, family, f"{used}'s INT8 file runs in {count} XNNPACK partitions; trying {other}'s")
+    current = made[key]
+    aside = current.rename(current.with_name(f".{used}-{current.name}"))
+    try:
+        path = _other_int8(runner, family, made, converter=other)
+        check(path)
+        other_count = runner.delegate_report(path).get("partitions", 0)
+    except EdgeShrinkError as exc:
+        current.unlink(missing_ok=True)
+        aside.rename(current)
+        record = {"kept": used, "compared": f"{used}'s INT8 file runs in {count} XNNPACK partitions; {other}'s: {exc}"[:400]}
+        return Outcome(records={"tflite_converters": {**before, "int8_partitions": record}})
+    compared = f"{used}'s INT8 file runs in {count} XNNPACK partitions, {other}'s in {other_count}"
+    if 0 < other_count < count:
+        aside.unlink()
+        _say(runner, family, f"{compared}: the INT8 file is {other}'s")
+        record = {**before, "int8": choice(primary=used, used=other, reason=compared)}
+        return Outcome(records={"tflite_converters": record}, files={key: path}, converter=other, checked=True)
+    path.unlink()
+    aside.rename(current)
+    return Outcome(records={"tflite_converters": {**before, "int8_partitions": {"kept": used, "compared": compared}}})
+
+
 def _other_int8(runner, family, made: dict, *, converter: str) -> Path:
     """`converter`'s INT8 file for the family; its FP32 twin is dropped and the family's FP32 file kept."""
     fp32 = made["tflite-fp32"]

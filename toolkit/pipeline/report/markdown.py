@@ -192,6 +192,9 @@ def converter_lines(manifest: dict) -> list[str]:
             lines.append(f"- {stage} INT8 TFLite file: made by **{c['int8']['used']}**: {c['int8']['fallback_reason']}")
         if c.get("int8_dropped"):
             lines.append(f"- {stage}: **no INT8 TFLite file**: {c['int8_dropped']}")
+        kept = c.get("int8_partitions") or {}
+        if kept:
+            lines.append(f"- {stage} INT8 TFLite file: kept {kept['kept']}'s: {kept['compared']}")
     return ["TFLite converters:", *lines, ""] if lines else []
 
 
