@@ -2,7 +2,7 @@
 (toolkit.convert.delegate_functions): the same maths, torch's own functions back afterwards, and a
 small token net (LayerNorm, F.scaled_dot_product_attention, attention over one token, one key/value
 head shared by all query heads, Tensor.softmax, both GELUs, a nearest upsampling, average pools,
-a channels-last 4-D LayerNorm) whose litert-torch
+reflect and replicate padding, a channels-last 4-D LayerNorm) whose litert-torch
 INT8 file is full-integer (XNNPACK's float DIV/SQRT islands excepted) in one XNNPACK partition; a
 layer norm on a pooled 1x1 channels-last map (ConvNeXt's head) converts and keeps parity.
 Without the forms litert-torch's INT8 file keeps EXP and REDUCE_MAX float (not full-integer), and
@@ -35,12 +35,14 @@ TOKEN_NET = textwrap.dedent('''
             self.kv = nn.Linear(dim, 2 * dim // heads)  # one key/value head that every query head shares
             self.norm0 = nn.LayerNorm(dim)  # ConvNeXt's LayerNorm2d: over the channels of a 4-D channels-last map
             self.act = nn.GELU()
+            self.reflect = nn.Conv2d(dim, dim, 3, padding=1, padding_mode="reflect")  # MONAI's FlexibleUNet
             self.head = nn.Linear(dim, 4)
 
         def forward(self, x):
             s = self.stem(x)
             s = s + F.interpolate(F.max_pool2d(s, 2), scale_factor=2)  # nearest, a whole factor
             s = s * torch.sigmoid(F.interpolate(nn.AvgPool2d(2)(s), scale_factor=2)) + F.avg_pool2d(s, 3, 1, 1)
+            s = s + self.reflect(s) + F.pad(s, (1, 1, 2, 0), mode="replicate")[:, :, :-2, 1:-1]
             s = self.norm0(s.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
             t = F.gelu(s, approximate="tanh").flatten(2).transpose(1, 2)
             b, n, c = t.shape
@@ -69,7 +71,8 @@ def _reference_and_rewritten(fn):
 @pytest.mark.parametrize("case", ["softmax_method", "softmax_function", "torch_softmax", "sdpa", "sdpa_causal",
                                   "sdpa_mask", "layer_norm", "gelu", "gelu_tanh", "softmax_one",
                                   "sdpa_shared_kv", "nearest", "upsample", "avg_pool", "avg_pool_padded",
-                                  "avg_pool_ceil", "avg_pool_partial"])
+                                  "avg_pool_ceil", "avg_pool_partial", "reflect", "replicate", "reflect_conv",
+                                  "pad_constant"])
 def test_each_form_keeps_the_maths(case):
     torch.manual_seed(0)
     x = torch.randn(2, 3, 5, 8) * 20
@@ -79,6 +82,7 @@ def test_each_form_keeps_the_maths(case):
     norm = nn.LayerNorm(8)
     nn.init.uniform_(norm.weight, 0.5, 1.5)
     nn.init.uniform_(norm.bias, -0.3, 0.3)
+    reflect_conv = nn.Conv2d(3, 4, 3, padding=2, padding_mode="reflect")
     cases = {"softmax_method": lambda: x.softmax(-1), "softmax_function": lambda: F.softmax(x, dim=1),
              "torch_softmax": lambda: torch.softmax(x, 2), "sdpa": lambda: F.scaled_dot_product_attention(q, k, v),
              "sdpa_causal": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True),
@@ -89,17 +93,21 @@ def test_each_form_keeps_the_maths(case):
              "nearest": lambda: F.interpolate(x, size=(15, 16)), "upsample": lambda: nn.Upsample(scale_factor=(2, 3))(x),
              "avg_pool": lambda: F.avg_pool2d(x, 2), "avg_pool_padded": lambda: nn.AvgPool2d(3, 1, 1)(x),
              "avg_pool_ceil": lambda: F.avg_pool2d(x, 2, ceil_mode=True),  # a last window of one row: kept
-             "avg_pool_partial": lambda: F.avg_pool2d(x, 3, 2, 1, count_include_pad=False)}
+             "avg_pool_partial": lambda: F.avg_pool2d(x, 3, 2, 1, count_include_pad=False),
+             "reflect": lambda: F.pad(x, (2, 1, 4, 3), mode="reflect"),
+             "replicate": lambda: F.pad(x, (0, 6, 1, 1), mode="replicate"),
+             "reflect_conv": lambda: reflect_conv(x),
+             "pad_constant": lambda: F.pad(x, (1, 1), value=-1.0)}
     reference, rewritten = _reference_and_rewritten(cases[case])
     assert torch.allclose(reference, rewritten, atol=2e-5 * float(reference.abs().max()), rtol=1e-5), case
 
 
 def test_torch_functions_are_restored():
     originals = (torch.Tensor.softmax, torch.softmax, F.softmax, F.scaled_dot_product_attention, F.layer_norm, F.gelu,
-                 F.interpolate, F.avg_pool2d)
+                 F.interpolate, F.avg_pool2d, F.pad)
     _reference_and_rewritten(lambda: torch.ones(2).softmax(0))
     assert (torch.Tensor.softmax, torch.softmax, F.softmax, F.scaled_dot_product_attention, F.layer_norm, F.gelu,
-            F.interpolate, F.avg_pool2d) == originals
+            F.interpolate, F.avg_pool2d, F.pad) == originals
     assert "softmax" not in torch.Tensor.__dict__
 
 

@@ -16,7 +16,7 @@ def test_every_key_an_edge_names_has_its_step():
     for edge in EDGES:
         assert edge.converter in CONVERTERS, edge
         assert edge.check is None or edge.check in CHECKS, edge
-        assert edge.after is None or edge.after in AFTER, edge
+        assert all(step in AFTER for step in edge.after), edge
         assert edge.recover is None or (edge.recover in RECOVER and edge.check), edge
         assert not edge.background or edge.job in BACKGROUND, edge
 

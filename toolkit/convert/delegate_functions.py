@@ -1,5 +1,5 @@
-"""Softmax, scaled-dot-product attention, layer norm, GELU, nearest upsampling and average pooling
-in the forms XNNPACK takes, for litert-torch's files.
+"""Softmax, scaled-dot-product attention, layer norm, GELU, nearest upsampling, average pooling and
+reflect / replicate padding in the forms XNNPACK takes, for litert-torch's files.
 
 litert-torch lowers `F.scaled_dot_product_attention` (timm's fused attention) into EXP and
 REDUCE_MAX that ai-edge-quantizer leaves float, so the INT8 file is not full-integer (MobileViT-XXS,
@@ -125,6 +125,36 @@ def _gelu(x, approximate: str = "none"):
     return x * 0.5 * (1.0 + torch.tanh(z * (c1 + z2 * (c3 + z2 * c5))))
 
 
+XNNPACK_CONCAT_INPUTS = 4  # at most this many inputs per CONCATENATION (XNNPACK takes up to 5)
+
+
+def _concat(parts: list, axis: int):
+    """torch.cat of `parts` as nested concatenations of at most XNNPACK_CONCAT_INPUTS inputs."""
+    import torch
+
+    while len(parts) > 1:
+        parts = [torch.cat(parts[i:i + XNNPACK_CONCAT_INPUTS], axis) if len(parts[i:i + XNNPACK_CONCAT_INPUTS]) > 1
+                 else parts[i] for i in range(0, len(parts), XNNPACK_CONCAT_INPUTS)]
+    return parts[0]
+
+
+def _edge_pad(x, pads: tuple, mode: str):
+    """Reflect or replicate padding of the last two axes of a 4-D map (pads: left, right, top,
+    bottom) as one-row slices concatenated around it: litert-torch's MIRROR_PAD (a reflect-padded
+    conv, MONAI's FlexibleUNet) is not taken by XNNPACK in FP32 or INT8; SLICE and CONCATENATION are."""
+    pads = tuple(pads) + (0,) * (4 - len(pads))
+    for axis, before, after in ((3, pads[0], pads[1]), (2, pads[2], pads[3])):
+        n = x.shape[axis]
+        if mode == "reflect":
+            head = [x.narrow(axis, i, 1) for i in range(before, 0, -1)]
+            tail = [x.narrow(axis, n - 1 - i, 1) for i in range(1, after + 1)]
+        else:
+            head, tail = [x.narrow(axis, 0, 1)] * before, [x.narrow(axis, n - 1, 1)] * after
+        if head or tail:
+            x = _concat([*head, x, *tail], axis)
+    return x
+
+
 def _pool_windows_full(x, *, kernel, stride, padding, ceil_mode: bool, count_include_pad: bool,
                        divisor_override) -> tuple | None:
     """(kernel, stride, padding) as pairs when every window of a 4-D average pool is full (each
@@ -176,14 +206,15 @@ def _written_out_attention(query, key, value, options: dict):
 @contextlib.contextmanager
 def delegate_functions():
     """Inside the block, torch's softmax (function, method, F.softmax), F.scaled_dot_product_attention,
-    F.layer_norm, F.gelu, nearest F.interpolate by whole factors and F.avg_pool2d with full windows
-    (nn.AvgPool2d calls it) compute the forms above; restored after."""
+    F.layer_norm, F.gelu, nearest F.interpolate by whole factors, F.avg_pool2d with full windows
+    (nn.AvgPool2d calls it) and reflect / replicate F.pad (so do convs with such a padding_mode)
+    compute the forms above; restored after."""
     import torch
     import torch.nn.functional as F
 
     originals = {"torch": torch.softmax, "F": F.softmax,
                  "sdpa": F.scaled_dot_product_attention, "layer_norm": F.layer_norm, "gelu": F.gelu,
-                 "interpolate": F.interpolate, "avg_pool2d": F.avg_pool2d}
+                 "interpolate": F.interpolate, "avg_pool2d": F.avg_pool2d, "pad": F.pad}
 
     def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corners=None,  # noqa: PLR0917 - torch's signature
                     recompute_scale_factor=None, antialias=False):
@@ -202,6 +233,13 @@ def delegate_functions():
             return originals["avg_pool2d"](input, kernel_size, stride, padding, ceil_mode, count_include_pad,
                                            divisor_override)
         return _depthwise_average(input, *full)
+
+    def pad(input, pad, mode="constant", value=None):
+        edge = (mode in ("reflect", "replicate") and input.dim() == 4 and len(pad) in (2, 4) and input.is_floating_point()
+                and all(0 <= p < (input.shape[3 - i // 2] if mode == "reflect" else 1 << 30) for i, p in enumerate(pad)))
+        if not edge:
+            return originals["pad"](input, pad, mode, value)
+        return _edge_pad(input, tuple(pad), mode)
 
     def gelu(x, approximate="none"):
         return _gelu(x, approximate) if x.is_floating_point() else originals["gelu"](x, approximate=approximate)
@@ -226,7 +264,7 @@ def delegate_functions():
 
     patches = [(torch.Tensor, "softmax", softmax), (torch, "softmax", softmax), (F, "softmax", softmax),
                (F, "scaled_dot_product_attention", attention), (F, "layer_norm", layer_norm), (F, "gelu", gelu),
-               (F, "interpolate", interpolate), (F, "avg_pool2d", avg_pool2d)]
+               (F, "interpolate", interpolate), (F, "avg_pool2d", avg_pool2d), (F, "pad", pad)]
     saved = [(owner, name, vars(owner).get(name, _MISSING)) for owner, name, _ in patches]
     for owner, name, replacement in patches:
         setattr(owner, name, replacement)

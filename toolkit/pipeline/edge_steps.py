@@ -4,10 +4,11 @@ after-steps and background jobs. Adding a format is a row there and its function
 - CONVERTERS[edge.converter](runner, family, edge=, made=, job=) -> Made: the files it made
   (edge key -> path) and their records (manifest section -> this family's record).
 - CHECKS[edge.check](runner, path): refuses a structurally wrong file.
-- AFTER[edge.after](runner, family, edge=, made=) -> Outcome | None: runs once the kept file is
-  verified; its files replace the edge's file (a fallback), its records go into the manifest.
-- RECOVER[edge.recover] / IMPROVE[edge.improve](runner, family, edge=, made=, [error=,] check=) ->
-  Outcome: after the file failed / passed its check; may replace it with a checked file.
+- AFTER[step](runner, family, edge=, made=) -> Outcome | None, for each step of edge.after in
+  turn: runs once the kept file is verified; its files replace the edge's file (the other
+  converter's, a fallback), its records go into the manifest.
+- RECOVER[edge.recover](runner, family, edge=, made=, error=, check=) -> Outcome: after the file
+  failed its check; may replace it with a checked file, or drop it.
 - BACKGROUND[edge.job](runner, family, edges=) -> job | None: started at export in a worker.
 
 The functions read the runner (plan, target, work folder, calibration data, artifacts so far);
@@ -33,12 +34,14 @@ class Made:
 @dataclass(frozen=True)
 class Outcome:
     """What an after-step returns: records, and files replacing the edge's file (none: keep it).
-    `checked`: the step checked its files itself (the edge's check does not apply to them)."""
+    `checked`: the step checked its files itself (the edge's check does not apply to them);
+    `verified`: it also verified the edge's file (runner.verify_file), which need not run again."""
 
     records: dict = field(default_factory=dict)
     files: dict = field(default_factory=dict)
     converter: Optional[str] = None
     checked: bool = False
+    verified: Optional[tuple] = None  # the step verified its file too: (outputs, metrics, parity)
 
 
 def exported_onnx(runner, family, *, edge, made: dict, job=None) -> Made:
@@ -131,17 +134,25 @@ def int8_other_converter(runner, family, *, edge, made: dict, error, check) -> O
     return int8_after_failed_check(runner, family, made, error=error, check=check)
 
 
-def int8_fewer_partitions(runner, family, *, edge, made: dict, check) -> Outcome:
-    """A checked INT8 TFLite file split into several XNNPACK partitions: the other converter's when
-    it runs in fewer (toolkit.pipeline.tflite_converters.int8_with_fewer_partitions)."""
+def fewer_partitions(runner, family, *, edge, made: dict) -> Optional[Outcome]:
+    """A verified INT8 TFLite file split into several XNNPACK partitions: the other converter's,
+    when XNNPACK runs it in fewer and its metric passes the gate or is no worse
+    (toolkit.pipeline.tflite_converters.int8_with_fewer_partitions)."""
+    from toolkit.pipeline.optional_stages import gate_keeps
     from toolkit.pipeline.tflite_converters import int8_with_fewer_partitions
 
-    return int8_with_fewer_partitions(runner, family, made, check=check)
+    current = runner.artifact(f"{family.stage}-{edge.key}")
+
+    def acceptable(metrics: dict) -> bool:
+        return gate_keeps(runner, metrics=metrics, current=current.metrics)
+
+    return int8_with_fewer_partitions(runner, family, made, partitions=(current.delegate or {}).get("partitions", 0),
+                                      check=lambda path: CHECKS[edge.check](runner, path),
+                                      verify=lambda path: runner.verify_file(edge, family, path), acceptable=acceptable)
 
 
 CONVERTERS = {"torch_to_onnx": exported_onnx, "onnx_to_qdq_int8": qdq_int8, "onnx_to_tflite": tflite_files}
 CHECKS = {"full_integer": full_integer, "builtin_ops": builtin_ops}
-AFTER = {"parity_retry": parity_retry, "int8_fallback": int8_fallback}
+AFTER = {"parity_retry": parity_retry, "fewer_partitions": fewer_partitions, "int8_fallback": int8_fallback}
 RECOVER = {"int8_other_converter": int8_other_converter}
-IMPROVE = {"fewer_partitions": int8_fewer_partitions}
 BACKGROUND = {"onnx2tf": start_onnx2tf}

@@ -17,9 +17,9 @@ class Edge:
     converter: key of edge_steps.CONVERTERS; job: edges with the same job come out of one converter
     call (onnx2tf writes FP32 and INT8 at once); background: that job starts in a worker process at
     export (edge_steps.BACKGROUND) while the parent verifies and prunes; check: key of
-    edge_steps.CHECKS, a structural check of the produced file; after: key of edge_steps.AFTER, a
-    step run once the kept file is verified that may replace it (a fallback); stages: families
-    that get this file."""
+    edge_steps.CHECKS, a structural check of the produced file; after: keys of edge_steps.AFTER,
+    steps run in turn once the kept file is verified, each of which may replace it (the other
+    converter's file, a fallback); stages: families that get this file."""
 
     format: str
     precision: str
@@ -28,9 +28,8 @@ class Edge:
     job: str
     background: bool = False
     check: Optional[str] = None
-    after: Optional[str] = None
+    after: tuple[str, ...] = ()
     recover: Optional[str] = None  # key of edge_steps.RECOVER: what to do when the file fails its check
-    improve: Optional[str] = None  # key of edge_steps.IMPROVE: may offer a file the target runs better, once checked
     stages: tuple[str, ...] = ("dense", "pruned")
 
     @property
@@ -42,9 +41,9 @@ EDGES: tuple[Edge, ...] = (
     Edge("onnx", "fp32", source="torch-fp32", converter="torch_to_onnx", job="export"),
     Edge("onnx", "int8", source="onnx-fp32", converter="onnx_to_qdq_int8", job="qdq", stages=("pruned",)),
     Edge("tflite", "fp32", source="onnx-fp32", converter="onnx_to_tflite", job="onnx2tf", background=True,
-         check="builtin_ops", after="parity_retry"),
+         check="builtin_ops", after=("parity_retry",)),
     Edge("tflite", "int8", source="onnx-fp32", converter="onnx_to_tflite", job="onnx2tf", background=True,
-         check="full_integer", after="int8_fallback", recover="int8_other_converter", improve="fewer_partitions",
+         check="full_integer", after=("fewer_partitions", "int8_fallback"), recover="int8_other_converter",
          stages=("pruned",)),
 )
 

@@ -176,6 +176,18 @@ def int8_fallback(runner, family, *, edge, made: dict):
                    converter=f"{family.made_by.get('tflite-fp32')} FP32 + ai-edge-quantizer ({result['chosen']})")
 
 
+def gate_keeps(runner, *, metrics: dict, current: dict) -> bool:
+    """Whether a file with `metrics` may take the place of a file with `current` metrics: its
+    primary metric passes the gate against the dense FP32 file, or is no worse than the current
+    file's (a run without a metric compares nothing: True)."""
+    metric = runner.task.primary_metric
+    value, now = metrics.get(metric), current.get(metric)
+    if value is None or now is None:
+        return value is None and now is None
+    dense = _dense_metric(runner, metric)
+    return (dense is not None and dense - value <= runner.target.gate.max_metric_drop) or value >= now
+
+
 def _why_skipped(runner, family, *, metric: str, dense: float) -> str:
     """Why the ladder cannot help ('' when it may): its FP32 twin fails the gate, or no quantizer."""
     from toolkit.core.errors import EdgeShrinkError

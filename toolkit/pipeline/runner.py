@@ -270,8 +270,8 @@ class Runner:
                 continue
             if keeps(self.target, edge):
                 self._verify_and_record(edge, family, made[edge.key])
-                if edge.after:
-                    self._after(edge, family, made, AFTER[edge.after](self, family, edge=edge, made=made))
+                for step in edge.after:
+                    self._after(edge, family, made, AFTER[step](self, family, edge=edge, made=made))
         if "onnx" not in self.target.formats:
             family.onnx.unlink()
 
@@ -287,38 +287,33 @@ class Runner:
             return
         self._keep(family, Made(outcome.files, outcome.records, outcome.converter), made)
         if edge.key in outcome.files:
-            self.replace(edge, family, made[edge.key], checked=outcome.checked)
+            self.replace(edge, family, made[edge.key], checked=outcome.checked, verified=outcome.verified)
 
-    def replace(self, edge: Edge, family: Family, path: Path, *, checked: bool) -> None:
+    def replace(self, edge: Edge, family: Family, path: Path, *, checked: bool, verified=None) -> None:
         """A file made again (a fallback): the old file's record and outputs give way to the new
-        file's, checked (unless its step did) and verified like any file."""
+        file's, checked (unless its step did) and verified like any file (unless its step did:
+        `verified`, what verify_file returned)."""
         name = f"{family.stage}-{edge.key}"
         self.artifacts = [a for a in self.artifacts if a.name != name]
         self.outputs.pop(name, None)
         if not checked:
             self._check(edge, path)
-        self._verify_and_record(edge, family, path)
+        self._verify_and_record(edge, family, path, verified=verified)
 
     def _checked(self, edge: Edge, family: Family, made: dict) -> bool:
         """Check the edge's file. One that fails is recovered by the edge's RECOVER step when it has
-        one (a TFLite INT8 file: the other converter's, or none with the reason); one that passes
-        may be replaced by its IMPROVE step (a TFLite INT8 file split into several XNNPACK
-        partitions: the other converter's when it runs in fewer). False when the file was dropped."""
+        one (a TFLite INT8 file: the other converter's, or none with the reason); False when the
+        file was dropped."""
         from toolkit.pipeline.edge_steps import RECOVER
 
-        from toolkit.pipeline.edge_steps import IMPROVE
-
-        check = functools.partial(self._check, edge)
         try:
             self._check(edge, made[edge.key])
+            return True
         except EdgeShrinkError as exc:
             if not edge.recover:
                 raise
-            outcome = RECOVER[edge.recover](self, family, edge=edge, made=made, error=exc, check=check)
-        else:
-            if not edge.improve:
-                return True
-            outcome = IMPROVE[edge.improve](self, family, edge=edge, made=made, check=check)
+            outcome = RECOVER[edge.recover](self, family, edge=edge, made=made, error=exc,
+                                            check=functools.partial(self._check, edge))
         self._keep(family, Made(outcome.files, outcome.records, outcome.converter), made)
         return edge.key in made
 
@@ -328,16 +323,19 @@ class Runner:
         if edge.check:
             CHECKS[edge.check](self, path)
 
-    def _verify_and_record(self, edge: Edge, family: Family, path: Path) -> None:
+    def verify_file(self, edge: Edge, family: Family, path: Path) -> tuple:
+        """(outputs, metrics, parity) of one of the edge's files on the run's evaluation data."""
         from toolkit.runtime.verify import verify
 
-        name = f"{family.stage}-{edge.key}"
         source = family.torch_out if edge.precision == "fp32" else None
         with self.clock("verify"):
-            outputs, metrics, parity = verify(path, edge.format, edge.precision, self.task,
-                                              reference=self.outputs["dense-torch-fp32"], source_torch_outputs=source,
-                                              threads=self.threads, progress=self.plan.progress,
-                                              desc=f"{family.stage} {edge.format} {edge.precision}")
+            return verify(path, edge.format, edge.precision, self.task, reference=self.outputs["dense-torch-fp32"],
+                          source_torch_outputs=source, threads=self.threads, progress=self.plan.progress,
+                          desc=f"{family.stage} {edge.format} {edge.precision}")
+
+    def _verify_and_record(self, edge: Edge, family: Family, path: Path, *, verified=None) -> None:
+        name = f"{family.stage}-{edge.key}"
+        outputs, metrics, parity = verified or self.verify_file(edge, family, path)
         self.outputs[name] = outputs
         delegate = self.delegate_report(path) if edge.format == "tflite" else {}
         self.record(path, stage=family.stage, fmt=edge.format, precision=edge.precision, macs=family.macs,

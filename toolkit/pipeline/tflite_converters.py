@@ -190,45 +190,55 @@ def int8_after_failed_check(runner, family, made: dict, *, error: EdgeShrinkErro
     return Outcome(records={"tflite_converters": {**before, "int8_dropped": reason[:600]}})
 
 
-def int8_with_fewer_partitions(runner, family, made: dict, *, check) -> Outcome:
-    """An INT8 file that passed its check but that XNNPACK runs in several partitions (each split
-    is a hand-off between the delegate and the interpreter): the other converter's INT8 file is
-    made and checked, and kept when XNNPACK runs it in fewer partitions (the first file stays on a
-    tie, or when the other converter fails, with the reason recorded). Only for XNNPACK targets
-    whose profile allows a fallback; each converter's form suits other models (e.g. LCNet,
-    RepViT: litert-torch; GhostNetV2, MobileViTv2: onnx2tf)."""
+def int8_with_fewer_partitions(runner, family, made: dict, *, partitions: int, check, verify, acceptable) -> Outcome:
+    """A verified INT8 file that XNNPACK runs in `partitions` > 1 partitions (each split is a
+    hand-off between the delegate and the interpreter): the other converter's INT8 file is made,
+    checked (`check(path)`) and counted; when XNNPACK runs it in fewer partitions it is verified
+    (`verify(path)` -> outputs, metrics, parity) and kept if `acceptable(metrics)` (the gate). Else
+    the first file stays, with the reason recorded. Only for XNNPACK targets whose profile allows
+    a fallback: each converter's forms suit other models (e.g. timm's LCNet, RepViT: litert-torch;
+    GhostNetV2, MobileViTv2: onnx2tf)."""
     key = "tflite-int8"
-    if runner.target.runtime.delegate != "xnnpack" or not runner.target.conversion.fallback:
+    if runner.target.runtime.delegate != "xnnpack" or not runner.target.conversion.fallback or partitions <= 1:
         return Outcome()
     used = family.made_by.get(key, runner.target.conversion.tflite)
     before = runner.records.of_family("tflite_converters", family.stage) or {}
     if before.get("int8"):  # this INT8 file already is the other converter's
         return Outcome()
-    count = runner.delegate_report(made[key]).get("partitions", 0)
-    if count <= 1:
-        return Outcome()
     other = other_converter(used)
-    _say(runner, family, f"{used}'s INT8 file runs in {count} XNNPACK partitions; trying {other}'s")
+    _say(runner, family, f"{used}'s INT8 file runs in {partitions} XNNPACK partitions; trying {other}'s")
     current = made[key]
     aside = current.rename(current.with_name(f".{used}-{current.name}"))
+    compared = f"{used}'s INT8 file runs in {partitions} XNNPACK partitions"
+    path, verified = None, None
     try:
         path = _other_int8(runner, family, made, converter=other)
         check(path)
-        other_count = runner.delegate_report(path).get("partitions", 0)
+        count = runner.delegate_report(path).get("partitions", 0)
+        compared += f", {other}'s in {count}"
+        if 0 < count < partitions:
+            verified = verify(path)
+            if not acceptable(verified[1]):
+                compared += f", but its metric does not pass the gate ({_metric_text(runner, verified[1])})"
+                verified = None
     except EdgeShrinkError as exc:
-        current.unlink(missing_ok=True)
+        compared += f"; {other}'s: {exc}"
+    if verified is None:
+        if path is not None:
+            path.unlink(missing_ok=True)
         aside.rename(current)
-        record = {"kept": used, "compared": f"{used}'s INT8 file runs in {count} XNNPACK partitions; {other}'s: {exc}"[:400]}
-        return Outcome(records={"tflite_converters": {**before, "int8_partitions": record}})
-    compared = f"{used}'s INT8 file runs in {count} XNNPACK partitions, {other}'s in {other_count}"
-    if 0 < other_count < count:
-        aside.unlink()
-        _say(runner, family, f"{compared}: the INT8 file is {other}'s")
-        record = {**before, "int8": choice(primary=used, used=other, reason=compared)}
-        return Outcome(records={"tflite_converters": record}, files={key: path}, converter=other, checked=True)
-    path.unlink()
-    aside.rename(current)
-    return Outcome(records={"tflite_converters": {**before, "int8_partitions": {"kept": used, "compared": compared}}})
+        return Outcome(records={"tflite_converters": {**before, "int8_partitions": {"kept": used, "compared": compared[:400]}}})
+    aside.unlink()
+    _say(runner, family, f"{compared}: the INT8 file is {other}'s")
+    record = {**before, "int8": choice(primary=used, used=other, reason=compared)}
+    return Outcome(records={"tflite_converters": record}, files={key: path}, converter=other, checked=True,
+                   verified=verified)
+
+
+def _metric_text(runner, metrics: dict) -> str:
+    metric = runner.task.primary_metric
+    value = metrics.get(metric)
+    return f"{metric} {value:.4f}" if isinstance(value, (int, float)) else f"no {metric}"
 
 
 def _other_int8(runner, family, made: dict, *, converter: str) -> Path:
