@@ -6,13 +6,7 @@ TFLite has no INT8 kernel for in either converter's file."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
-import yaml
-
-from toolkit.core.paths import REPO_ROOT
 
 SINE_NET = '''
 import torch
@@ -34,22 +28,9 @@ class SineNet(nn.Module):
 
 
 def test_int8_files_failing_their_check_are_dropped_with_the_reason(tmp_path):
-    import torch
+    from tests.pipeline.user_card import run_user_card
 
-    from tests.conftest import write_module
-
-    module = write_module(tmp_path / "sinenet.py", SINE_NET, f"sinenet_{tmp_path.name}")
-    torch.manual_seed(0)
-    torch.save(module.SineNet().state_dict(), tmp_path / "weights.pt")
-    card = {"name": "sinenet", "architecture": "sinenet.py:SineNet", "arguments": {"num_classes": 4},
-            "task": "classification", "dataset": "synthetic", "metric": "top1", "checkpoint": {"path": "weights.pt"},
-            "input": {"size": [32, 32], "channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3}, "labels": list("abcd")}
-    (tmp_path / "card.yaml").write_text(yaml.safe_dump(card))
-    proc = subprocess.run([sys.executable, "-m", "toolkit", "run", "--model", str(tmp_path / "card.yaml"), "--target",
-                           "rpi4", "--synthetic-data", "--finetune-epochs", "0", "--no-bench", "--out", str(tmp_path / "out")],
-                          capture_output=True, text=True, env=dict(os.environ), cwd=REPO_ROOT, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    bundle = tmp_path / "out" / "sinenet-rpi4"
+    bundle = run_user_card(tmp_path, source=SINE_NET, file="sinenet.py", cls="SineNet")
     manifest = json.loads((bundle / "manifest.json").read_text())
     dropped = manifest["tflite_converters"]["pruned"]["int8_dropped"]
     assert "onnx2tf's INT8 file" in dropped and "litert-torch's INT8 file" in dropped and "SIN" in dropped, dropped

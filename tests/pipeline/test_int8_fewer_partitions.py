@@ -1,5 +1,6 @@
-"""An INT8 TFLite file that passes its check but that XNNPACK runs in several partitions gives way
-to the other converter's INT8 file when that one runs in fewer; the manifest and report say so.
+"""A verified INT8 TFLite file that XNNPACK runs in several partitions gives way
+to the other converter's INT8 file when that one runs in fewer and passes the gate; the manifest
+and report say so.
 The net keeps a residual sum and rectifies it too (LCNet, MobileViTv2): no op can take that ReLU
 as its fused activation, and XNNPACK takes no lone INT8 RELU. In onnx2tf's file EdgeShrink's ONNX
 rewrite makes it the fused ReLU of an identity depthwise convolution; litert-torch's keeps it."""
@@ -7,13 +8,7 @@ rewrite makes it the fused ReLU of an identity depthwise convolution; litert-tor
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
-import yaml
-
-from toolkit.core.paths import REPO_ROOT
 
 SHARED_SUM_NET = '''
 import torch
@@ -37,23 +32,9 @@ class SharedSumNet(nn.Module):
 
 
 def test_the_int8_file_in_fewer_xnnpack_partitions_is_kept(tmp_path):
-    import torch
+    from tests.pipeline.user_card import run_user_card
 
-    from tests.conftest import write_module
-
-    module = write_module(tmp_path / "sharedsum.py", SHARED_SUM_NET, f"sharedsum_{tmp_path.name}")
-    torch.manual_seed(0)
-    torch.save(module.SharedSumNet().state_dict(), tmp_path / "weights.pt")
-    card = {"name": "sharedsum", "architecture": "sharedsum.py:SharedSumNet", "arguments": {"num_classes": 4},
-            "task": "classification", "dataset": "synthetic", "metric": "top1", "checkpoint": {"path": "weights.pt"},
-            "input": {"size": [32, 32], "channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3}, "labels": list("abcd"),
-            "tflite_converter": "litert-torch"}
-    (tmp_path / "card.yaml").write_text(yaml.safe_dump(card))
-    proc = subprocess.run([sys.executable, "-m", "toolkit", "run", "--model", str(tmp_path / "card.yaml"), "--target",
-                           "rpi4", "--synthetic-data", "--finetune-epochs", "0", "--no-bench", "--out", str(tmp_path / "out")],
-                          capture_output=True, text=True, env=dict(os.environ), cwd=REPO_ROOT, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    bundle = tmp_path / "out" / "sharedsum-rpi4"
+    bundle = run_user_card(tmp_path, source=SHARED_SUM_NET, file="sharedsum.py", cls="SharedSumNet", tflite_converter="litert-torch")
     manifest = json.loads((bundle / "manifest.json").read_text())
     chosen = manifest["tflite_converters"]["pruned"]
     assert chosen["used"] == "litert-torch" and chosen["int8"]["used"] == "onnx2tf", chosen
