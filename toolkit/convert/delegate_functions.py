@@ -209,6 +209,23 @@ def delegate_functions():
     F.layer_norm, F.gelu, nearest F.interpolate by whole factors, F.avg_pool2d with full windows
     (nn.AvgPool2d calls it) and reflect / replicate F.pad (so do convs with such a padding_mode)
     compute the forms above; restored after."""
+    patches = _patches()
+    saved = [(owner, name, vars(owner).get(name, _MISSING)) for owner, name, _ in patches]
+    for owner, name, replacement in patches:
+        setattr(owner, name, replacement)
+    try:
+        yield
+    finally:
+        for owner, name, before in saved:  # Tensor.softmax lives on a base class: delete the patch to uncover it
+            if before is _MISSING:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, before)
+
+
+def _patches() -> list:
+    """(owner, attribute, replacement) for each torch function delegate_functions replaces; each
+    replacement computes the form above where it applies and calls torch's own function otherwise."""
     import torch
     import torch.nn.functional as F
 
@@ -262,17 +279,6 @@ def delegate_functions():
             return originals["sdpa"](query, key, value, *args, **kwargs)
         return _written_out_attention(query, key, value, options)
 
-    patches = [(torch.Tensor, "softmax", softmax), (torch, "softmax", softmax), (F, "softmax", softmax),
-               (F, "scaled_dot_product_attention", attention), (F, "layer_norm", layer_norm), (F, "gelu", gelu),
-               (F, "interpolate", interpolate), (F, "avg_pool2d", avg_pool2d), (F, "pad", pad)]
-    saved = [(owner, name, vars(owner).get(name, _MISSING)) for owner, name, _ in patches]
-    for owner, name, replacement in patches:
-        setattr(owner, name, replacement)
-    try:
-        yield
-    finally:
-        for owner, name, before in saved:  # Tensor.softmax lives on a base class: delete the patch to uncover it
-            if before is _MISSING:
-                delattr(owner, name)
-            else:
-                setattr(owner, name, before)
+    return [(torch.Tensor, "softmax", softmax), (torch, "softmax", softmax), (F, "softmax", softmax),
+            (F, "scaled_dot_product_attention", attention), (F, "layer_norm", layer_norm), (F, "gelu", gelu),
+            (F, "interpolate", interpolate), (F, "avg_pool2d", avg_pool2d), (F, "pad", pad)]
