@@ -205,8 +205,12 @@ class LatencyTable:
         return float(sum(self.lookup(specs)))
 
 
-def measure_specs(specs: list[LayerSpec], threads: int, *, progress: bool = True, timeout: float = 1800) -> list[float]:
-    """Measure `specs` in a child process (TensorFlow builds the templates there). Returns ms per spec."""
+def measure_specs(specs: list[LayerSpec], threads: int, *, progress: bool = True,
+                  cpu_limit_s: float = 3600) -> list[float]:
+    """Measure `specs` in a child process (TensorFlow builds the templates there; at most `cpu_limit_s`
+    CPU seconds). Returns ms per spec."""
+    from toolkit.core.work_limit import run_limited
+
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="edgeshrink-lut-") as tmp:
@@ -215,8 +219,10 @@ def measure_specs(specs: list[LayerSpec], threads: int, *, progress: bool = True
         cmd = [sys.executable, "-m", "toolkit.bench.latency_lut", str(src), str(dst), "--threads", str(threads)]
         if not progress:
             cmd.append("--quiet")
-        proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=None if progress else subprocess.PIPE, text=True,
-                              timeout=timeout, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        proc = run_limited(cmd, cpu_seconds=cpu_limit_s, what="the latency table measurement",
+                           fix="measure fewer layer kinds", stdout=subprocess.DEVNULL,
+                           stderr=None if progress else subprocess.PIPE, text=True,
+                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
         if proc.returncode != 0 or not dst.is_file():
             tail = ((proc.stderr or "").strip().splitlines() or ["see the output above"])[-1]
             raise EdgeShrinkError(f"latency table measurement failed: {tail}; check that tensorflow and ai-edge-litert import")

@@ -20,26 +20,17 @@ from typing import Optional
 
 from toolkit.core.atomic import remove_dead_job_folders
 from toolkit.core.errors import EdgeShrinkError
+from toolkit.core.work_limit import backstop_s, child_setup, children_cpu_s, spent_cpu_limit
 
 JOB_PREFIX = "edgeshrink-job-"
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: ask the kernel for SIGTERM when the parent exits (Linux only)."""
-    import ctypes
-    import signal
-
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 class BackgroundConversion:
-    """One ONNX -> TFLite conversion in a child process; `result()` waits for its TFLiteOutputs."""
+    """One ONNX -> TFLite conversion in a child process; `result()` waits for its TFLiteOutputs.
+    `cpu_seconds` limits the child's work (toolkit.core.work_limit; None: no limit)."""
 
     def __init__(self, onnx_path: Path, out_dir: Path, *, calib01, mean, std, int8: bool, io_dtype: str, cache: bool,
-                 rewrite_ops=None):
+                 rewrite_ops=None, cpu_seconds: Optional[float] = None):
         import numpy as np
 
         remove_dead_job_folders(Path(tempfile.gettempdir()), JOB_PREFIX)
@@ -53,23 +44,29 @@ class BackgroundConversion:
         (job / "job.json").write_text(json.dumps(spec))
         self._log = open(job / "stderr.log", "w+")
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        self._cpu_seconds, self._children_cpu_before = cpu_seconds, children_cpu_s()
         self._proc = subprocess.Popen([sys.executable, "-m", "toolkit.convert.background", str(job / "job.json")],
                                       stdout=subprocess.PIPE, stderr=self._log, text=True, env=env,
-                                      preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+                                      preexec_fn=child_setup(cpu_seconds))
 
-    def result(self, timeout: Optional[float] = None):
-        """(TFLiteOutputs, seconds); the child's failure, or its running past `timeout` seconds (it is
-        then killed), is a one-line EdgeShrinkError."""
+    def result(self):
+        """(TFLiteOutputs, seconds); the child's failure, or its spending its CPU seconds (or waiting
+        past the wall-clock backstop; it is then killed), is a one-line EdgeShrinkError."""
         from toolkit.convert.onnx_to_tflite import TFLiteOutputs
 
         try:
-            out, _ = self._proc.communicate(timeout=timeout)
+            out, _ = self._proc.communicate(timeout=backstop_s(self._cpu_seconds))
         except subprocess.TimeoutExpired:
             self.kill()
-            raise EdgeShrinkError(f"TFLite conversion (onnx2tf) ran past {timeout:.0f} s and was stopped") from None
+            raise EdgeShrinkError(f"TFLite conversion (onnx2tf) waited {backstop_s(self._cpu_seconds):.0f} s without "
+                                  "finishing and was stopped") from None
         self._log.seek(0)
         tail = [line for line in self._log.read().splitlines() if line.strip()]
         self.close()
+        if spent_cpu_limit(self._proc.returncode, cpu_seconds=self._cpu_seconds,
+                           spent_s=children_cpu_s() - self._children_cpu_before):
+            raise EdgeShrinkError(f"TFLite conversion (onnx2tf) spent its {self._cpu_seconds:.0f} CPU seconds and was "
+                                  "stopped; raise the limit or convert a smaller model")
         lines = [line for line in out.splitlines() if line.startswith("{")]
         if self._proc.returncode != 0 or not lines:
             raise EdgeShrinkError(f"TFLite conversion failed: {tail[-1] if tail else f'exit {self._proc.returncode}'}")

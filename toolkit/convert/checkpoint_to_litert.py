@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 
 from toolkit.core.errors import EdgeShrinkError
 from toolkit.core.paths import child_pythonpath, side_venv_python
+from toolkit.core.work_limit import run_limited
 
 SETUP = "make setup-litert"
 
@@ -46,7 +46,7 @@ def _child_error(stderr: str, code: int) -> str:
 
 def checkpoint_to_litert(checkpoint: str | Path, input_shape: tuple[int, ...], out_dir: str | Path,
                          calibration_nhwc: Optional[np.ndarray] = None, *, mean: tuple = (0.0,), std: tuple = (1.0,),
-                         stem: str = "model", threads: int = 1, timeout_s: float = 1800,
+                         stem: str = "model", threads: int = 1, cpu_limit_s: float = 3600,
                          delegate_rewrites: bool = False) -> LiteRTOutputs:
     """Write `<stem>_float32.tflite` and, with `calibration_nhwc` (real NHWC images in [0, 1], before
     mean/std), the full-integer `<stem>_int8.tflite` under `out_dir`, converted by litert-torch in
@@ -58,6 +58,7 @@ def checkpoint_to_litert(checkpoint: str | Path, input_shape: tuple[int, ...], o
     (measured on MONAI's 2-D UNet, random weights, 64 px: INT8 40 XNNPACK partitions -> 1); softmax,
     scaled-dot-product attention and layer norm in the forms of toolkit.convert.delegate_functions
     (MobileViT-XXS: INT8 not full-integer, 67 partitions -> full-integer, 4), GELU too.
+    The child gets `cpu_limit_s` CPU seconds (toolkit.core.work_limit: work, not wall-clock time).
     Refuses when the converter venv is missing, and names the child's one-line error when conversion fails."""
     python = litert_python()
     out_dir = Path(out_dir).resolve()
@@ -80,11 +81,9 @@ def checkpoint_to_litert(checkpoint: str | Path, input_shape: tuple[int, ...], o
         program = _exported_program(checkpoint, input_shape, Path(work), delegate_rewrites=delegate_rewrites)
         if program is not None:  # the child then needs neither the model's library nor its code
             cmd += ["--program", str(program)]
-        try:
-            done = subprocess.run(cmd, env=env, cwd=work, capture_output=True, text=True, timeout=timeout_s, check=False)
-        except subprocess.TimeoutExpired:
-            raise EdgeShrinkError(f"litert-torch conversion of {Path(checkpoint).name} ran past {timeout_s:.0f} s; "
-                                  "raise timeout_s or convert a smaller model") from None
+        done = run_limited(cmd, cpu_seconds=cpu_limit_s, what=f"litert-torch conversion of {Path(checkpoint).name}",
+                           fix="raise cpu_limit_s or convert a smaller model", env=env, cwd=work, capture_output=True,
+                           text=True)
     (out_dir / "litert-child.log").write_text(done.stdout + done.stderr)
     if done.returncode != 0:
         raise EdgeShrinkError(f"litert-torch could not convert {Path(checkpoint).name}: {_child_error(done.stderr, done.returncode)}; "

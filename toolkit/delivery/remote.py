@@ -96,9 +96,18 @@ class Ssh:
                                f"device really was reinstalled, remove the old key with `ssh-keygen -R '{name}' -f "
                                f"{store}` and deliver again")
 
+    def _waited(self, cmd: list[str], *, what: str, timeout: float, **run_options) -> subprocess.CompletedProcess:
+        """subprocess.run with a wall-clock limit: the time is the network's and the device's, not work
+        this host does, so it is not counted in CPU seconds (toolkit.core.work_limit)."""
+        try:
+            return subprocess.run(cmd, timeout=timeout, check=False, **run_options)
+        except subprocess.TimeoutExpired:
+            raise EdgeShrinkError(f"{what} on {self.target} did not finish in {timeout:.0f} s; check the device is up "
+                                  "and not busy, then deliver again") from None
+
     def run(self, command: str, what: str, timeout: float = 900) -> str:
-        proc = subprocess.run([*self.ssh_cmd(), "--", self.target.login, command], capture_output=True, text=True,
-                              timeout=timeout)
+        proc = self._waited([*self.ssh_cmd(), "--", self.target.login, command], what=what, timeout=timeout,
+                            capture_output=True, text=True)
         if proc.returncode == 255:
             raise self.host_key_changed(proc.stderr) or EdgeShrinkError(
                 f"cannot reach {self.target} over SSH ({_last(proc.stderr)}); check HOST, that sshd runs "
@@ -117,15 +126,15 @@ class Ssh:
         else:
             cmd = ["scp", "-q", "-p", "-P", str(self.target.port), *self.opts, "--", *(str(local / f) for f in files),
                    f"{self.target.login}:{remote}/"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+        proc = self._waited(cmd, what=f"copying {local.name}", timeout=1800, capture_output=True, text=True)
         if proc.returncode != 0:
             raise self.host_key_changed(proc.stderr) or EdgeShrinkError(
                 f"copying {local.name} to {self.target} failed: {_last(proc.stderr)}")
 
     def pull_file(self, remote: str, local: Path) -> None:
         """Fetch with `ssh cat` (works without an SFTP subsystem, which modern scp needs)."""
-        proc = subprocess.run([*self.ssh_cmd(), "--", self.target.login, f"cat -- {shlex.quote(remote)}"],
-                              capture_output=True, timeout=300)
+        proc = self._waited([*self.ssh_cmd(), "--", self.target.login, f"cat -- {shlex.quote(remote)}"],
+                            what=f"fetching {remote}", timeout=300, capture_output=True)
         if proc.returncode != 0:
             stderr = proc.stderr.decode(errors="replace")
             raise self.host_key_changed(stderr) or EdgeShrinkError(f"fetching {remote} from {self.target} failed: {_last(stderr)}")

@@ -8,20 +8,23 @@ get no figure rather than one made from already-decoded arrays."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Optional
 
+from toolkit.core.errors import EdgeShrinkError
+from toolkit.core.work_limit import run_limited
+
 INCLUDES = {"detection": "decode + resize + inference + box decoding + NMS"}  # by task; others: decode + resize + inference
 
 
 def measure_end_to_end(bundle: Path, task, *, artifact: str, threads: int, count: int = 20,
-                       timeout_s: float = 600) -> Optional[dict]:
+                       cpu_limit_s: float = 600) -> Optional[dict]:
     """{artifact, images, p50_ms, p90_ms, fps, includes, measured_on} from the device script run on
     up to `count` held-out files (the first call's warm-up included in the percentiles, as a device
-    run would); {"error": ...} when the script refuses; None when the task has no files to offer."""
+    run would); {"error": ...} when the script refuses or spends `cpu_limit_s` CPU seconds; None when the
+    task has no files to offer."""
     offer = getattr(task, "end_to_end_inputs", None)
     files = [str(p) for p in (offer(count) if offer else [])]
     if not files:
@@ -31,9 +34,10 @@ def measure_end_to_end(bundle: Path, task, *, artifact: str, threads: int, count
         cmd = [sys.executable, str(bundle / "edgeshrink_run.py"), "--bundle", str(bundle), "--artifact", artifact,
                "--input", *files, "--json", str(out), "--threads", str(threads)]
         try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, cwd=tmp, check=False)
-        except subprocess.TimeoutExpired:
-            return {"artifact": artifact, "error": f"the device script ran past {timeout_s:.0f} s on {len(files)} images"}
+            done = run_limited(cmd, cpu_seconds=cpu_limit_s, what=f"the device script on {len(files)} images",
+                               fix="measure fewer images", capture_output=True, text=True, cwd=tmp)
+        except EdgeShrinkError as exc:
+            return {"artifact": artifact, "error": str(exc)}
         if done.returncode != 0 or not out.is_file():
             lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
             return {"artifact": artifact, "error": (lines[-1] if lines else f"exit status {done.returncode}")[:300]}

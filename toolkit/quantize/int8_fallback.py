@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import numpy as np
 
 from toolkit.core.errors import EdgeShrinkError
 from toolkit.core.paths import child_pythonpath, side_venv_python
+from toolkit.core.work_limit import run_limited
 
 SETUP = "make setup-quant"
 RUNTIME_REFUSED = "the target runtime cannot run it"  # the start of a Trial's reason when the runtime cannot load a file
@@ -43,19 +43,18 @@ def quant_python() -> Path:
     return side_venv_python(env="EDGESHRINK_QUANT_VENV", default=".venv-quant", setup=SETUP, what="ai-edge-quantizer")
 
 
-def _child(spec: dict, *, timeout_s: float = 1800) -> dict:
-    """Run toolkit.quantize.aeq_child with `spec`; its JSON record, or a one-line error."""
+def _child(spec: dict, *, cpu_limit_s: float = 3600) -> dict:
+    """Run toolkit.quantize.aeq_child with `spec` (at most `cpu_limit_s` CPU seconds); its JSON record,
+    or a one-line error."""
     python = quant_python()
     with tempfile.TemporaryDirectory(prefix="aeq-") as work:
         spec_path, record = Path(work) / "spec.json", Path(work) / "record.json"
         spec_path.write_text(json.dumps(spec))
         env = {**os.environ, "PYTHONPATH": str(child_pythonpath()), "OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
-        try:
-            done = subprocess.run([str(python), "-m", "toolkit.quantize.aeq_child", "--spec", str(spec_path),
-                                   "--record", str(record)], env=env, cwd=work, capture_output=True, text=True,
-                                  timeout=timeout_s, check=False)
-        except subprocess.TimeoutExpired:
-            raise EdgeShrinkError(f"ai-edge-quantizer ({spec['command']}) ran past {timeout_s:.0f} s") from None
+        done = run_limited([str(python), "-m", "toolkit.quantize.aeq_child", "--spec", str(spec_path), "--record",
+                            str(record)], cpu_seconds=cpu_limit_s, what=f"ai-edge-quantizer ({spec['command']})",
+                           fix="quantize a smaller model or set conversion.fallback: false", env=env, cwd=work,
+                           capture_output=True, text=True)
         if done.returncode != 0:
             lines = [ln.strip() for ln in done.stderr.splitlines() if ln.strip()]
             why = next((ln[len("error: "):] for ln in reversed(lines) if ln.startswith("error: ")),

@@ -152,22 +152,23 @@ def _onnx(state: dict, work: Path) -> None:
     state["onnx"] = torch_to_onnx(model, (1, state["channels"], state["side"], state["side"]), work / "model.onnx")
 
 
-def _onnx2tf(state: dict, work: Path, *, time_box_s: float) -> str:
+def _onnx2tf(state: dict, work: Path, *, cpu_limit_s: float) -> str:
     from toolkit.convert.background import BackgroundConversion
     from toolkit.convert.onnx_rewrite import rewrites_for
 
     mean, std = _mean_std(state["channels"])
     job = BackgroundConversion(state["onnx"], work / "onnx2tf", calib01=state["x01"], mean=mean, std=std, int8=True,
-                               io_dtype="int8", cache=False, rewrite_ops=rewrites_for("xnnpack"))
+                               io_dtype="int8", cache=False, rewrite_ops=rewrites_for("xnnpack"),
+                               cpu_seconds=cpu_limit_s)
     try:
-        out, seconds = job.result(timeout=time_box_s)
+        out, seconds = job.result()
     finally:
         job.kill()
     state["files"]["onnx2tf"] = (out.float32, out.int8)
     return f"{seconds:.0f} s" + (f"; rewritten: {', '.join(out.rewrites)}" if out.rewrites else "")
 
 
-def _litert(state: dict, entry, work: Path) -> str:
+def _litert(state: dict, entry, work: Path, *, cpu_limit_s: float) -> str:
     """litert-torch from the model's portable checkpoint, in .venv-litert (refused when not installed)."""
     from toolkit.convert.checkpoint_to_litert import checkpoint_to_litert
     from toolkit.models.architectures import card_code
@@ -178,7 +179,8 @@ def _litert(state: dict, entry, work: Path) -> str:
     mean, std = _mean_std(state["channels"])
     with card_code(entry.architecture, work):
         out = checkpoint_to_litert(checkpoint, (1, state["channels"], state["side"], state["side"]), work / "litert",
-                                   state["x01"], mean=mean, std=std, stem="model", timeout_s=900, delegate_rewrites=True)
+                                   state["x01"], mean=mean, std=std, stem="model", cpu_limit_s=cpu_limit_s,
+                                   delegate_rewrites=True)
     state["files"]["litert-torch"] = (out.float32, out.int8)
     return ""
 
@@ -255,8 +257,9 @@ def _litert_installed() -> Optional[str]:
 
 
 def zoo_one(entry, *, size: int, work_dir: Path, target_macs: float = 0.6, trials: int = 60, cnn_trials: int = 600,
-            time_box_s: float = 900.0) -> dict:
-    """One model through every stage; returns its row (never raises for the model's sake)."""
+            cpu_limit_s: float = 900.0) -> dict:
+    """One model through every stage; returns its row (never raises for the model's sake). Each
+    converter child gets `cpu_limit_s` CPU seconds (toolkit.core.work_limit)."""
     row: dict = {"model": entry.name, "family": entry.family, "source": entry.source, "task": entry.task,
                  "size": size, "stages": {}, "converter": None, "partitions": {}}
     state: dict = {"channels": entry.channels, "files": {}}
@@ -273,14 +276,14 @@ def zoo_one(entry, *, size: int, work_dir: Path, target_macs: float = 0.6, trial
     _calibration(state)
     _run(row, "onnx", lambda: _onnx(state, work_dir))
     if "onnx" in state:
-        _run(row, "onnx2tf", lambda: _onnx2tf(state, work_dir, time_box_s=time_box_s))
+        _run(row, "onnx2tf", lambda: _onnx2tf(state, work_dir, cpu_limit_s=cpu_limit_s))
     else:
         _skip(row, "onnx2tf", "no ONNX file")
     missing = _litert_installed()
     if missing:
         _skip(row, "litert-torch", missing)
     else:
-        _run(row, "litert-torch", lambda: _litert(state, entry, work_dir))
+        _run(row, "litert-torch", lambda: _litert(state, entry, work_dir, cpu_limit_s=cpu_limit_s))
     _finish(state, row)
     return row
 
@@ -392,7 +395,7 @@ def run_deploy_zoo(source: str, names: Optional[list[str]] = None, *, size: int 
                    progress: bool = True, redo: bool = False, **limits) -> list[dict]:
     """Run the `source` zoo (toolkit.studies.zoo_sources.entries), skipping models already in
     `out`/zoo_<source>.json unless `redo`; writes the JSON after every model, prints the table last
-    and returns every row. `limits`: zoo_one's target_macs, trials, cnn_trials, time_box_s."""
+    and returns every row. `limits`: zoo_one's target_macs, trials, cnn_trials, cpu_limit_s."""
     import tempfile
 
     import torch

@@ -8,28 +8,22 @@ and after. Prints a table last and writes zoo.json (atomically, after every mode
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
-import signal
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
 from toolkit.core.errors import EdgeShrinkError
+from toolkit.core.work_limit import WorkLimitExceeded, cpu_time_box
 
 STAGES = ("build", "prune", "forward", "reload", "onnx", "parity")
 # inception_v3 needs >= 75 px; AlexNet / VGG end in an adaptive pool to 6x6 / 7x7 that ONNX exports
 # only when it divides the feature map evenly, i.e. at 224 px
 _MIN_SIZE = {"inception_v3": 96, "alexnet": 224, **{f"vgg{d}{bn}": 224 for d in (11, 13, 16, 19) for bn in ("", "_bn")}}
 _DIVISOR = {"vit_h_14": 14, "maxvit_t": 224}  # a multiple of the patch size; MaxViT: 7x7 partitions at /32
-
-
-class _ModelTimeout(BaseException):
-    """The per-model time box ran out (BaseException: library code must not swallow it)."""
 
 
 def zoo_models() -> list[str]:
@@ -78,24 +72,6 @@ def _randomize_zero_layers(model) -> None:
         for module in model.modules():
             if isinstance(module, (nn.Linear, nn.Conv2d)) and not module.weight.any():
                 module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * 0.02)
-
-
-@contextlib.contextmanager
-def _model_time_box(seconds: Optional[float]):
-    """Raise _ModelTimeout in the main thread after `seconds` (no-op elsewhere or without a limit)."""
-    if not seconds or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def expire(signum, frame):
-        raise _ModelTimeout()
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def _run_stage(row: dict, stage: str, work: Callable[[], Optional[str]]) -> bool:
@@ -282,10 +258,11 @@ def format_table(rows: list[dict]) -> str:
 
 
 def run_zoo(models: Optional[list[str]] = None, *, size: int = 64, out: str | Path = "dist/zoo",
-            progress: bool = True, model_time_box_s: float = 900.0, prune_trials: int = 60,
+            progress: bool = True, model_cpu_limit_s: float = 900.0, prune_trials: int = 60,
             cnn_prune_trials: int = 600, max_params: int = 700_000_000) -> list[dict]:
-    """Run `models` (default: every torchvision classifier) through the zoo stages; each model is
-    time-boxed. Writes `out`/zoo.json after every model, prints the table last, returns the rows.
+    """Run `models` (default: every torchvision classifier) through the zoo stages; each model gets
+    `model_cpu_limit_s` CPU seconds (toolkit.core.work_limit: work, not wall-clock time). Writes
+    `out`/zoo.json after every model, prints the table last, returns the rows.
     Refuses unknown model names (one line)."""
     import torch
 
@@ -301,13 +278,13 @@ def run_zoo(models: Optional[list[str]] = None, *, size: int = 64, out: str | Pa
         started = time.monotonic()
         with tempfile.TemporaryDirectory() as work:
             try:
-                with _model_time_box(model_time_box_s):
+                with cpu_time_box(model_cpu_limit_s):
                     row = zoo_one(name, size=size, work_dir=Path(work), prune_trials=prune_trials,
                                   cnn_prune_trials=cnn_prune_trials, max_params=max_params)
-            except _ModelTimeout:
+            except WorkLimitExceeded:
                 row = {"model": name, "size": input_size_for(name, size), "stages": {}, "excluded": []}
-                _skip_rest(row, f"model ran past the zoo's {model_time_box_s:.0f} s time box")
-                row["stages"]["build"] = {"status": "failed", "message": "time box", "seconds": model_time_box_s}
+                _skip_rest(row, f"model spent the zoo's {model_cpu_limit_s:.0f} CPU seconds")
+                row["stages"]["build"] = {"status": "failed", "message": "CPU limit", "cpu_seconds": model_cpu_limit_s}
         row["seconds"] = round(time.monotonic() - started, 2)
         rows.append(row)
         _write_json_atomic(out / "zoo.json", {"size": size, "threads": torch.get_num_threads(), "models": rows})
@@ -326,10 +303,10 @@ def _cmd_zoo(args) -> int:
         from toolkit.studies.deploy_zoo import run_deploy_zoo
 
         rows = run_deploy_zoo(args.source, models, size=args.size, out=args.out, progress=not args.quiet, redo=args.redo,
-                              trials=args.prune_budget, cnn_trials=args.cnn_prune_budget, time_box_s=args.time_box)
+                              trials=args.prune_budget, cnn_trials=args.cnn_prune_budget, cpu_limit_s=args.cpu_limit)
         print(f"wrote {Path(args.out) / f'zoo_{args.source}.json'}")
         return 0 if not any(s.get("status") == "failed" for r in rows for s in r["stages"].values()) else 1
-    rows = run_zoo(models, size=args.size, out=args.out, progress=not args.quiet, model_time_box_s=args.time_box,
+    rows = run_zoo(models, size=args.size, out=args.out, progress=not args.quiet, model_cpu_limit_s=args.cpu_limit,
                    prune_trials=args.prune_budget, cnn_prune_trials=args.cnn_prune_budget,
                    max_params=int(args.max_params * 1e6))
     print(f"wrote {Path(args.out) / 'zoo.json'}")
@@ -347,7 +324,9 @@ def register_cli(subparsers) -> None:
     p.add_argument("--redo", action="store_true", help="timm/monai: run models again that zoo_<source>.json already holds")
     p.add_argument("--size", type=int, default=64, help="input side in px (raised where a model needs it)")
     p.add_argument("--out", default="dist/zoo", help="folder for zoo.json")
-    p.add_argument("--time-box", type=float, default=900.0, help="seconds per model before it is abandoned")
+    p.add_argument("--cpu-limit", type=float, default=900.0,
+                   help="CPU seconds (work, not wall-clock time) per conversion child (timm/monai) or per model "
+                        "(torchvision) before it is stopped")
     p.add_argument("--prune-budget", type=int, default=60,
                    help="pruning trials (dry runs + pruning sub-steps) a model with attention gets to be pruned or refused")
     p.add_argument("--cnn-prune-budget", type=int, default=600, help="pruning trials a CNN gets to be pruned")
