@@ -165,10 +165,10 @@ class Deploy(Record):
 class Manifest(Record):
     """manifest.json: the record devices read. Sections a run did not make are absent from the JSON.
     Per-family sections (graph_rewrites, onnx2tf_options, tflite_converters, litert_torch,
-    onnx_int8_same_on_every_cpu, int8_fallback) map a family ("dense", "pruned") to its record."""
+    onnx_int8_same_on_every_cpu, int8_fallback, int8_requantized) map a family ("dense", "pruned") to its record."""
 
     OPTIONAL = ("reparameterization", "graph_rewrites", "onnx_rewrites", "latency_budget", "sparsify", "onnx2tf_options",
-                "tflite_converters", "litert_torch", "onnx_int8_same_on_every_cpu", "int8_fallback", "sparsity",
+                "tflite_converters", "litert_torch", "onnx_int8_same_on_every_cpu", "int8_fallback", "int8_requantized", "sparsity",
                 "full_slice_benchmarks", "task_extras", "deploy", "device_files")
     schema_id: str = Field(MANIFEST_SCHEMA, alias="schema")
     model: str
@@ -192,6 +192,7 @@ class Manifest(Record):
     litert_torch: Optional[dict[str, Json]] = None
     onnx_int8_same_on_every_cpu: Optional[dict[str, Json]] = None
     int8_fallback: Optional[dict[str, Json]] = None
+    int8_requantized: Optional[dict[str, Json]] = None  # ADD inputs requantized for XNNPACK (convert.int8_add_scales)
     sparsity: Optional[Json] = None
     full_slice_benchmarks: Optional[Json] = None
     task_extras: Optional[Json] = None
@@ -227,7 +228,7 @@ class FailedManifest(Record):
 
 
 PER_FAMILY = ("graph_rewrites", "onnx_rewrites", "onnx2tf_options", "tflite_converters", "litert_torch", "onnx_int8_same_on_every_cpu",
-              "int8_fallback")
+              "int8_fallback", "int8_requantized")
 
 
 @dataclass
@@ -250,12 +251,16 @@ class RunRecords:
     per_family: dict = field(default_factory=lambda: {name: {} for name in PER_FAMILY})
 
     def keep(self, stage: str, records: dict) -> None:
-        """Store a stage's per-family records ({section: record}) for family `stage`."""
+        """Store a stage's per-family records ({section: record}) for family `stage`; a None record
+        removes the family's entry of that section."""
         unknown = set(records) - set(PER_FAMILY)
         if unknown:
             raise ValueError(f"undeclared manifest sections {sorted(unknown)}; declare them in toolkit.pipeline.records")
         for section, record in records.items():
-            self.per_family[section][stage] = record
+            if record is None:  # the family's files no longer have what an earlier record said
+                self.per_family[section].pop(stage, None)
+            else:
+                self.per_family[section][stage] = record
 
     def of_family(self, section: str, stage: str):
         return self.per_family[section].get(stage)

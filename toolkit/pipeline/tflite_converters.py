@@ -95,12 +95,32 @@ def litert_files(runner, family, *, int8: bool, job=None) -> Made:
 
 
 def convert_tflite(runner, family, *, converter: str, int8: bool, job=None) -> Made:
-    """The family's TFLite files from `converter` (a job started at export is onnx2tf's)."""
+    """The family's TFLite files from `converter` (a job started at export is onnx2tf's), the INT8
+    file's too-fine ADD inputs requantized for an XNNPACK target."""
     if converter == "onnx2tf":
-        return onnx2tf_files(runner, family, int8=int8, job=job)
-    if job is not None:
-        job.kill()
-    return litert_files(runner, family, int8=int8)
+        made = onnx2tf_files(runner, family, int8=int8, job=job)
+    else:
+        if job is not None:
+            job.kill()
+        made = litert_files(runner, family, int8=int8)
+    return _adds_requantized(runner, family, made)
+
+
+def _adds_requantized(runner, family, made: Made) -> Made:
+    """XNNPACK refuses an INT8 ADD/SUB whose input is quantized over 1024x finer than its output; such
+    inputs get a QUANTIZE in front when that makes fewer partitions (toolkit.convert.int8_add_scales)."""
+    from toolkit.convert.int8_add_scales import requantize_add_inputs
+
+    q8 = made.files.get("tflite-int8")
+    if q8 is None or runner.target.runtime.delegate != "xnnpack":
+        return made
+    change = requantize_add_inputs(q8)
+    if change is None:  # None drops a record an earlier file of the family left
+        return Made(made.files, records={**made.records, "int8_requantized": None}, converter=made.converter)
+    _say(runner, family, f"{made.converter}'s INT8 file: {change['requantized']} ADD input(s) requantized for XNNPACK, "
+         f"{change['partitions_before']} -> {change['partitions_after']} partitions")
+    return Made(made.files, records={**made.records, "int8_requantized": {**change, "converter": made.converter}},
+                converter=made.converter)
 
 
 def tflite_with_fallback(runner, family, *, int8: bool, job=None) -> Made:
@@ -176,7 +196,7 @@ def int8_after_failed_check(runner, family, made: dict, *, error: EdgeShrinkErro
     if runner.target.conversion.fallback:
         fallback, path = other_converter(used), None
         try:
-            path = _other_int8(runner, family, made, converter=fallback)
+            path, requantized = _other_int8(runner, family, made, converter=fallback)
             check(path)
         except EdgeShrinkError as exc:
             reason = f"{reason}; {fallback}'s INT8 file: {exc}"
@@ -185,7 +205,8 @@ def int8_after_failed_check(runner, family, made: dict, *, error: EdgeShrinkErro
         else:
             _say(runner, family, f"{reason[:200]}; the INT8 file is {fallback}'s")
             record = {**before, "int8": choice(primary=used, used=fallback, reason=reason)}
-            return Outcome(records={"tflite_converters": record}, files={key: path}, converter=fallback, checked=True)
+            return Outcome(records={"tflite_converters": record, **requantized}, files={key: path}, converter=fallback,
+                           checked=True)
     _say(runner, family, f"no INT8 file: {reason[:300]}")
     return Outcome(records={"tflite_converters": {**before, "int8_dropped": reason[:600]}})
 
@@ -210,9 +231,9 @@ def int8_with_fewer_partitions(runner, family, made: dict, *, partitions: int, c
     current = made[key]
     aside = current.rename(current.with_name(f".{used}-{current.name}"))
     compared = f"{used}'s INT8 file runs in {partitions} XNNPACK partitions"
-    path, verified = None, None
+    path, verified, requantized = None, None, {}
     try:
-        path = _other_int8(runner, family, made, converter=other)
+        path, requantized = _other_int8(runner, family, made, converter=other)
         check(path)
         count = runner.delegate_report(path).get("partitions", 0)
         compared += f", {other}'s in {count}"
@@ -231,8 +252,8 @@ def int8_with_fewer_partitions(runner, family, made: dict, *, partitions: int, c
     aside.unlink()
     _say(runner, family, f"{compared}: the INT8 file is {other}'s")
     record = {**before, "int8": choice(primary=used, used=other, reason=compared)}
-    return Outcome(records={"tflite_converters": record}, files={key: path}, converter=other, checked=True,
-                   verified=verified)
+    return Outcome(records={"tflite_converters": record, **requantized}, files={key: path}, converter=other,
+                   checked=True, verified=verified)
 
 
 def _metric_text(runner, metrics: dict) -> str:
@@ -241,14 +262,15 @@ def _metric_text(runner, metrics: dict) -> str:
     return f"{metric} {value:.4f}" if isinstance(value, (int, float)) else f"no {metric}"
 
 
-def _other_int8(runner, family, made: dict, *, converter: str) -> Path:
-    """`converter`'s INT8 file for the family; its FP32 twin is dropped and the family's FP32 file kept."""
+def _other_int8(runner, family, made: dict, *, converter: str) -> tuple[Path, dict]:
+    """`converter`'s INT8 file for the family and its `int8_requantized` record (None: the section is
+    dropped); its FP32 twin is dropped and the family's FP32 file kept."""
     fp32 = made["tflite-fp32"]
     aside = fp32.rename(fp32.with_name(f".kept-{fp32.name}"))
     try:
         new = convert_tflite(runner, family, converter=converter, int8=True)
         new.files.pop("tflite-fp32").unlink(missing_ok=True)
-        return new.files["tflite-int8"]
+        return new.files["tflite-int8"], {"int8_requantized": new.records.get("int8_requantized")}
     finally:
         aside.rename(fp32)
 

@@ -165,7 +165,8 @@ def _onnx2tf(state: dict, work: Path, *, cpu_limit_s: float) -> str:
     finally:
         job.kill()
     state["files"]["onnx2tf"] = (out.float32, out.int8)
-    return f"{seconds:.0f} s" + (f"; rewritten: {', '.join(out.rewrites)}" if out.rewrites else "")
+    return "; ".join([f"{seconds:.0f} s", *([f"rewritten: {', '.join(out.rewrites)}"] if out.rewrites else []),
+                      *_requantized(out.int8)])
 
 
 def _litert(state: dict, entry, work: Path, *, cpu_limit_s: float) -> str:
@@ -182,7 +183,17 @@ def _litert(state: dict, entry, work: Path, *, cpu_limit_s: float) -> str:
                                    state["x01"], mean=mean, std=std, stem="model", cpu_limit_s=cpu_limit_s,
                                    delegate_rewrites=True)
     state["files"]["litert-torch"] = (out.float32, out.int8)
-    return ""
+    return "; ".join(_requantized(out.int8))
+
+
+def _requantized(int8: Optional[Path]) -> list[str]:
+    """As a run does for an XNNPACK target: the INT8 file's too-fine ADD inputs requantized
+    (toolkit.convert.int8_add_scales); the note says so."""
+    from toolkit.convert.int8_add_scales import requantize_add_inputs
+
+    change = requantize_add_inputs(int8) if int8 else None
+    return [f"INT8 ADD inputs requantized: {change['requantized']}, partitions {change['partitions_before']} -> "
+            f"{change['partitions_after']}"] if change else []
 
 
 def _tflite_outputs(path: Path, x: np.ndarray) -> np.ndarray:

@@ -1,0 +1,150 @@
+"""INT8 ADD/SUB inputs quantized finer than XNNPACK takes, requantized to a scale it takes.
+
+XNNPACK delegates an INT8 ADD or SUB only when each input's scale is at least 1/1024 of the
+output's (tflite/delegates/xnnpack, CheckTensorsInputOutputScale). Calibration breaks that where a
+branch is tiny beside the sum it joins: a residual branch behind a small layer scale (CaiT, CoaT),
+the decoder sums of a randomly initialised U-Net whose output range is shared with a concatenation
+(MONAI FlexibleUNet, onnx2tf: inputs at 3.6e-7 and 7.9e-9 into sums at 5.0e-4 and 4.4e-4). Each
+such ADD runs outside XNNPACK and splits the graph.
+
+Such an input carries less than a quarter of one output step over its whole int8 range, so the ADD
+may read it on a coarser grid without changing what it computes: a QUANTIZE op (int8 -> int8,
+which XNNPACK delegates up to 256x coarser, so a chain of them when the gap is wider) gives the ADD
+the input at 1/1000 of the output's scale (its rounding error is then at most about 1/2000 of an
+output step). Other readers of the input keep its fine grid; no
+other op changes. `requantize_add_inputs` keeps the edited file only when XNNPACK runs it in fewer
+partitions, and says what it changed. Measured on MONAI FlexibleUNet (onnx2tf INT8, random weights,
+64 px): 3 partitions -> 1, int8 outputs identical on a random input."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+MIN_RATIO = 1.0 / 1024.0  # XNNPACK: input scale / output scale of INT8 ADD, SUB
+TARGET_RATIO = 1.0 / 1000.0  # what a requantized input gets: inside the range with a margin
+QUANTIZE_STEP = 200.0  # XNNPACK takes an int8 -> int8 QUANTIZE up to 256x coarser (measured: 255x yes, 257x no)
+SUMS = ("ADD", "SUB")
+
+
+def _op_names(model) -> list[str]:
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    return [names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM") for code in model.operatorCodes]
+
+
+def _scale(graph, index: int) -> Optional[float]:
+    """The per-tensor int8 scale of tensor `index`, or None (float, per-channel, unquantized)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    tensor = graph.tensors[index]
+    q = tensor.quantization
+    if tensor.type != schema.TensorType.INT8 or q is None or q.scale is None or len(q.scale) != 1:
+        return None
+    return float(q.scale[0])
+
+
+def _opcode_index(model, code: int) -> int:
+    """The index of builtin `code` in the model's operator codes, added when missing."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    for index, known in enumerate(model.operatorCodes):
+        if max(known.builtinCode, known.deprecatedBuiltinCode) == code:
+            return index
+    entry = schema.OperatorCodeT()
+    entry.builtinCode, entry.deprecatedBuiltinCode, entry.version = code, min(code, 127), 1
+    model.operatorCodes.append(entry)
+    return len(model.operatorCodes) - 1
+
+
+def _requantized_copy(model, graph, tensor: int, *, scale: float) -> int:
+    """A new activation tensor like `tensor` at `scale` (same zero point); returns its index."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    new = copy.deepcopy(graph.tensors[tensor])
+    new.name = (graph.tensors[tensor].name or b"") + f"/requantized_{len(graph.tensors)}".encode()
+    new.quantization.scale = [scale]
+    model.buffers.append(schema.BufferT())
+    new.buffer = len(model.buffers) - 1
+    graph.tensors.append(new)
+    return len(graph.tensors) - 1
+
+
+def _too_fine_inputs(model, graph, op_names: list[str], op) -> list[int]:
+    """The activation inputs of a sum `op` XNNPACK refuses for their scale (constants excluded)."""
+    if op_names[op.opcodeIndex] not in SUMS or _scale(graph, int(op.outputs[0])) is None:
+        return []
+    out_scale = _scale(graph, int(op.outputs[0]))
+    fine = []
+    for t in dict.fromkeys(int(i) for i in op.inputs if i >= 0):
+        scale, buffer = _scale(graph, t), model.buffers[graph.tensors[t].buffer]
+        if scale is not None and buffer.data is None and scale / out_scale < MIN_RATIO:
+            fine.append(t)
+    return fine
+
+
+def _chain_scales(fine: float, coarse: float) -> list[float]:
+    """Scales from `fine` up to `coarse` (the last one), each at most QUANTIZE_STEP times the one before."""
+    steps = max(1, math.ceil(math.log(coarse / fine) / math.log(QUANTIZE_STEP)))
+    return [fine * (coarse / fine) ** (i / steps) for i in range(1, steps + 1)]
+
+
+def requantize_in_model(model) -> int:
+    """Give every INT8 ADD/SUB input XNNPACK would refuse for its scale a chain of QUANTIZE ops in
+    front of that ADD/SUB, in the flatbuffer object `model` (tflite schema ModelT). Returns how many
+    inputs were requantized."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    op_names = _op_names(model)
+    quantize = None
+    requantized = 0
+    for graph in model.subgraphs:
+        at = 0
+        while at < len(graph.operators):
+            op = graph.operators[at]
+            for t in _too_fine_inputs(model, graph, op_names, op):
+                quantize = _opcode_index(model, schema.BuiltinOperator.QUANTIZE) if quantize is None else quantize
+                source = t
+                for scale in _chain_scales(_scale(graph, t), _scale(graph, int(op.outputs[0])) * TARGET_RATIO):
+                    step = schema.OperatorT()
+                    step.opcodeIndex, step.inputs = quantize, [source]
+                    source = _requantized_copy(model, graph, source, scale=scale)
+                    step.outputs = [source]
+                    graph.operators.insert(at, step)
+                    at += 1
+                op.inputs = [source if int(i) == t else int(i) for i in op.inputs]
+                requantized += 1
+            at += 1
+    return requantized
+
+
+def requantize_add_inputs(path: str | Path) -> Optional[dict]:
+    """Requantize the too-fine ADD/SUB inputs of the INT8 file at `path` (replaced in place, atomically)
+    when that makes XNNPACK run it in fewer partitions; {requantized, partitions_before,
+    partitions_after} when the file changed, else None."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from toolkit.runtime.delegate import xnnpack_report
+
+    path = Path(path)
+    model = flatbuffer_utils.read_model(str(path))
+    added = requantize_in_model(model)
+    if not added:
+        return None
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.stem}-", suffix=".tflite", delete=False) as tmp:
+        edited = Path(tmp.name)
+    try:
+        flatbuffer_utils.write_model(model, str(edited))
+        before, after = xnnpack_report(path)["partitions"], xnnpack_report(edited)["partitions"]
+        if after >= before:
+            return None
+        os.chmod(edited, path.stat().st_mode & 0o7777)
+        os.replace(edited, path)
+    finally:
+        edited.unlink(missing_ok=True)
+    return {"requantized": added, "partitions_before": before, "partitions_after": after}
