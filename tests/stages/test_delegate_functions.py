@@ -1,7 +1,7 @@
 """Softmax, scaled-dot-product attention, layer norm and GELU in XNNPACK's forms for litert-torch
 (toolkit.convert.delegate_functions): the same maths, torch's own functions back afterwards, and a
 small token net (LayerNorm, F.scaled_dot_product_attention, attention over one token, one key/value
-head shared by all query heads, Tensor.softmax, both GELUs, a nearest upsampling, average pools,
+head shared by all query heads, one head alone, Tensor.softmax, both GELUs, a nearest upsampling, average pools,
 reflect and replicate padding, a channels-last 4-D LayerNorm) whose litert-torch
 INT8 file is full-integer (XNNPACK's float DIV/SQRT islands excepted) in one XNNPACK partition; a
 layer norm on a pooled 1x1 channels-last map (ConvNeXt's head) converts and keeps parity.
@@ -53,6 +53,8 @@ TOKEN_NET = textwrap.dedent('''
             t = t + self.fc2(self.act(self.fc1(t))) + self.fc2(F.gelu(self.fc1(t), approximate="tanh"))
             g = self.qkv(t.mean(1, keepdim=True)).reshape(b, 1, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
             t = t + self.proj(F.scaled_dot_product_attention(g[0], g[1], g[2]).transpose(1, 2).reshape(b, 1, c))
+            one = F.scaled_dot_product_attention(q[:, :1], k[:, :1], v[:, :1])  # one head (timm's CPUBone)
+            t = t + self.proj(torch.cat([one] * self.heads, 1).transpose(1, 2).reshape(b, n, c))
             gate = (self.mix(self.norm2(t)) * 2.0).softmax(-1)
             return self.head((t * gate).mean(1))
 ''')
@@ -72,7 +74,7 @@ def _reference_and_rewritten(fn):
                                   "sdpa_mask", "layer_norm", "gelu", "gelu_tanh", "softmax_one",
                                   "sdpa_shared_kv", "nearest", "upsample", "avg_pool", "avg_pool_padded",
                                   "avg_pool_ceil", "avg_pool_partial", "reflect", "replicate", "reflect_conv",
-                                  "pad_constant"])
+                                  "pad_constant", "sdpa_one_head", "sdpa_one_head_3d", "sdpa_one_head_mask"])
 def test_each_form_keeps_the_maths(case):
     torch.manual_seed(0)
     x = torch.randn(2, 3, 5, 8) * 20
@@ -97,7 +99,10 @@ def test_each_form_keeps_the_maths(case):
              "reflect": lambda: F.pad(x, (2, 1, 4, 3), mode="reflect"),
              "replicate": lambda: F.pad(x, (0, 6, 1, 1), mode="replicate"),
              "reflect_conv": lambda: reflect_conv(x),
-             "pad_constant": lambda: F.pad(x, (1, 1), value=-1.0)}
+             "pad_constant": lambda: F.pad(x, (1, 1), value=-1.0),
+             "sdpa_one_head": lambda: F.scaled_dot_product_attention(q[:1, :1], k[:1, :1], v[:1, :1]),
+             "sdpa_one_head_3d": lambda: F.scaled_dot_product_attention(q[:1, 0], k[:1, 0], v[:1, 0]),
+             "sdpa_one_head_mask": lambda: F.scaled_dot_product_attention(q[:1, :1], k[:1, :1], v[:1, :1], attn_mask=mask)}
     reference, rewritten = _reference_and_rewritten(cases[case])
     assert torch.allclose(reference, rewritten, atol=2e-5 * float(reference.abs().max()), rtol=1e-5), case
 

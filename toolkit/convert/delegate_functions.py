@@ -188,19 +188,24 @@ _MISSING = object()
 
 def _written_out_attention(query, key, value, options: dict):
     """Scaled-dot-product attention as matmuls around the sigmoid-form softmax; key and value
-    repeated to the query's heads (see _repeat_to); a boolean or additive mask, or causal."""
+    repeated to the query's heads (see _repeat_to), one batch and head computed on two copies; a
+    boolean or additive mask, or causal."""
     import torch
 
     scale = options.get("scale")
     lead = torch.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
-    query, key, value = (_repeat_to(t, lead) for t in (query, key, value))
+    # one batch and one head: litert-torch makes each matmul a FULLY_CONNECTED whose filter is computed
+    # at run time, which XNNPACK refuses (timm's CPUBone); on two copies it is a BATCH_MATMUL
+    single = math.prod(lead) == 1
+    query, key, value = (_repeat_to(t, (2, *lead[1:]) if single else lead) for t in (query, key, value))
     scores = (query * (scale if scale is not None else 1.0 / math.sqrt(query.shape[-1]))) @ key.transpose(-2, -1)
     mask = options.get("attn_mask")
     if options.get("is_causal"):
         mask = torch.ones(scores.shape[-2], scores.shape[-1], dtype=torch.bool, device=scores.device).tril()
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
-    return _sigmoid_softmax(scores, -1) @ value
+    out = _sigmoid_softmax(scores, -1) @ value
+    return out.narrow(0, 0, 1).reshape(*lead, *out.shape[-2:]) if single else out
 
 
 @contextlib.contextmanager
