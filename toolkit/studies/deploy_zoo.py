@@ -366,8 +366,9 @@ def _path_free(value, *, work: Path):
 
 
 def _ran_with() -> dict:
-    """The code and libraries a row was made with: the git commit (with "+changes" when the tree
-    differs from it) and the converter and model libraries' versions."""
+    """The code and libraries a row was made with: the git commit (with "+changes" when the code
+    under toolkit/ differs from it; the zoo's own JSON files do not count) and the converter and
+    model libraries' versions."""
     import subprocess
     from importlib import metadata
 
@@ -375,8 +376,8 @@ def _ran_with() -> dict:
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, timeout=30).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
+                                "toolkit"], capture_output=True, text=True, timeout=30).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit, dirty = "", ""
     versions = {}
