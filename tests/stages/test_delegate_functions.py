@@ -42,6 +42,7 @@ TOKEN_NET = textwrap.dedent('''
             s = self.stem(x)
             s = s + F.interpolate(F.max_pool2d(s, 2), scale_factor=2)  # nearest, a whole factor
             s = s * torch.sigmoid(F.interpolate(nn.AvgPool2d(2)(s), scale_factor=2)) + F.avg_pool2d(s, 3, 1, 1)
+            s = s + F.avg_pool2d(s, 3, 1, 1, count_include_pad=False)  # ViTamin's, CoAtNet's downsampling
             s = s + self.reflect(s) + F.pad(s, (1, 1, 2, 0), mode="replicate")[:, :, :-2, 1:-1]
             s = self.norm0(s.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
             t = F.gelu(s, approximate="tanh").flatten(2).transpose(1, 2)
@@ -74,7 +75,8 @@ def _reference_and_rewritten(fn):
                                   "sdpa_mask", "layer_norm", "gelu", "gelu_tanh", "softmax_one",
                                   "sdpa_shared_kv", "nearest", "upsample", "avg_pool", "avg_pool_padded",
                                   "avg_pool_ceil", "avg_pool_partial", "reflect", "replicate", "reflect_conv",
-                                  "pad_constant", "sdpa_one_head", "sdpa_one_head_3d", "sdpa_one_head_mask"])
+                                  "pad_constant", "sdpa_one_head", "sdpa_one_head_3d", "sdpa_one_head_mask",
+                                  "avg_pool_uncounted", "avg_pool_uncounted_uneven"])
 def test_each_form_keeps_the_maths(case):
     torch.manual_seed(0)
     x = torch.randn(2, 3, 5, 8) * 20
@@ -96,6 +98,8 @@ def test_each_form_keeps_the_maths(case):
              "avg_pool": lambda: F.avg_pool2d(x, 2), "avg_pool_padded": lambda: nn.AvgPool2d(3, 1, 1)(x),
              "avg_pool_ceil": lambda: F.avg_pool2d(x, 2, ceil_mode=True),  # a last window of one row: kept
              "avg_pool_partial": lambda: F.avg_pool2d(x, 3, 2, 1, count_include_pad=False),
+             "avg_pool_uncounted": lambda: nn.AvgPool2d(3, 1, 1, count_include_pad=False)(x),
+             "avg_pool_uncounted_uneven": lambda: F.avg_pool2d(x, (2, 3), (1, 2), (1, 1), count_include_pad=False),
              "reflect": lambda: F.pad(x, (2, 1, 4, 3), mode="reflect"),
              "replicate": lambda: F.pad(x, (0, 6, 1, 1), mode="replicate"),
              "reflect_conv": lambda: reflect_conv(x),

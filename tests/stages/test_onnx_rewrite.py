@@ -85,9 +85,9 @@ class _Gather(nn.Module):  # timm's qkv[0], qkv[1] and a class-token-like x[:, 3
         return mixed + x[:, 3].unsqueeze(1)
 
 
-class _AvgPool(nn.Module):  # every window full (count_include_pad): a depthwise conv
+class _AvgPool(nn.Module):  # a depthwise conv; padding not counted: times a constant map of kh * kw / count
     def forward(self, x):
-        return F.avg_pool2d(x, 3, 1, 1)
+        return F.avg_pool2d(x, 3, 1, 1) + F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
 
 
 class _ConcatMany(nn.Module):  # 8 inputs: XNNPACK takes at most 5 in one CONCATENATION
@@ -193,15 +193,27 @@ def test_exact_gelu_without_the_rewrite_is_refused_as_flex(tmp_path):
         onnx_to_tflite(onnx_path, tmp_path, None, int8=False, rewrite_ops=())
 
 
-def test_an_average_pool_with_partial_windows_is_kept(tmp_path):
-    """count_include_pad=False with padding divides edge windows by fewer inputs than kh * kw, and
-    ceil_mode can add a partial window: no depthwise conv computes that, so the op stays."""
+def test_an_average_pool_whose_ceil_mode_adds_a_window_is_kept(tmp_path):
+    """ceil_mode can add a window past the padded edge, with its own divisor: that pool stays, while
+    the pool whose padding is not counted (edge windows divide by fewer inputs than kh * kw) becomes
+    a depthwise conv times a constant map, with the same outputs in onnxruntime."""
+    import onnx
+    import onnxruntime as ort
+
     from toolkit.convert.onnx_rewrite import rewrite_onnx_file
     from toolkit.convert.torch_to_onnx import torch_to_onnx
 
     class _Partial(nn.Module):
         def forward(self, x):
-            return F.avg_pool2d(x, 3, 1, 1, count_include_pad=False) + F.avg_pool2d(x, 2, 2, ceil_mode=True)[..., :1, :1]
+            return F.avg_pool2d(x, (3, 2), (2, 1), (1, 1), count_include_pad=False)[..., :1, :1] \
+                + F.avg_pool2d(x, 2, 2, ceil_mode=True)[..., :1, :1]
 
     path = torch_to_onnx(_Partial().eval(), (1, 4, 9, 9), tmp_path / "m.onnx")
-    assert "AveragePool" not in rewrite_onnx_file(path, tmp_path / "rw.onnx", ops=("AveragePool",))
+    assert rewrite_onnx_file(path, tmp_path / "rw.onnx", ops=("AveragePool",)) == {"AveragePool": 1}
+    assert [n.op_type for n in onnx.load(str(tmp_path / "rw.onnx")).graph.node].count("AveragePool") == 1
+    x = np.random.default_rng(0).normal(size=(1, 4, 9, 9)).astype(np.float32)
+    outputs = []
+    for file in (path, tmp_path / "rw.onnx"):
+        session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+        outputs.append(session.run(None, {session.get_inputs()[0].name: x})[0])
+    assert np.abs(outputs[0] - outputs[1]).max() <= 1e-5 * np.abs(outputs[0]).max()

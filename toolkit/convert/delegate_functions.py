@@ -155,32 +155,40 @@ def _edge_pad(x, pads: tuple, mode: str):
     return x
 
 
-def _pool_windows_full(x, *, kernel, stride, padding, ceil_mode: bool, count_include_pad: bool,
-                       divisor_override) -> tuple | None:
-    """(kernel, stride, padding) as pairs when every window of a 4-D average pool is full (each
-    divides by kh * kw: no padding, or padding counted), else None."""
+def _pool_windows(x, *, kernel, stride, padding, ceil_mode: bool, divisor_override) -> tuple | None:
+    """(kernel, stride, padding) as pairs of a 4-D average pool a depthwise convolution can compute
+    (ceil mode only where it adds no window), else None."""
     def pair(v):
         return tuple(v) * (2 // len(v)) if isinstance(v, (tuple, list)) else (v, v)
 
     kernel = pair(kernel)
     stride = pair(stride if stride not in (None, [], ()) else kernel)
     padding = pair(padding)
-    if x.dim() != 4 or divisor_override is not None or (any(padding) and not count_include_pad):
+    if x.dim() != 4 or divisor_override is not None:
         return None
     if ceil_mode and any((n + 2 * p - k) % s for n, k, s, p in zip(x.shape[-2:], kernel, stride, padding)):
         return None  # ceil mode: a last window past the padded edge
     return kernel, stride, padding
 
 
-def _depthwise_average(x, kernel: tuple, stride: tuple, padding: tuple):
-    """An average pool with full windows as a depthwise convolution with weights 1 / (kh * kw), as
-    the ONNX rewrite does for onnx2tf: XNNPACK does not take litert-torch's INT8 AVERAGE_POOL_2D."""
+def _depthwise_average(x, kernel: tuple, stride: tuple, padding: tuple, *, count_include_pad: bool):
+    """An average pool as a depthwise convolution with weights 1 / (kh * kw), as the ONNX rewrite
+    does for onnx2tf: XNNPACK does not take litert-torch's INT8 AVERAGE_POOL_2D, and ai-edge-quantizer
+    cannot quantize its padded pool (ViTamin). Padding not counted multiplies by the constant map
+    (kh * kw) / count (toolkit.convert.pool_windows)."""
     import torch
     import torch.nn.functional as F
 
     c = x.shape[1]
     weight = torch.full((c, 1, *kernel), 1.0 / (kernel[0] * kernel[1]), dtype=x.dtype)
-    return F.conv2d(x, weight, None, stride, padding, 1, c)
+    out = F.conv2d(x, weight, None, stride, padding, 1, c)
+    if count_include_pad or not any(padding):
+        return out
+    from toolkit.convert.pool_windows import divisor_correction
+
+    correction = divisor_correction(tuple(x.shape[-2:]), kernel=kernel, stride=stride, pads_before=padding,
+                                    pads_after=padding)
+    return out * torch.from_numpy(correction).to(x.dtype)
 
 
 _MISSING = object()
@@ -211,7 +219,7 @@ def _written_out_attention(query, key, value, options: dict):
 @contextlib.contextmanager
 def delegate_functions():
     """Inside the block, torch's softmax (function, method, F.softmax), F.scaled_dot_product_attention,
-    F.layer_norm, F.gelu, nearest F.interpolate by whole factors, F.avg_pool2d with full windows
+    F.layer_norm, F.gelu, nearest F.interpolate by whole factors, F.avg_pool2d (ceil mode adding no window)
     (nn.AvgPool2d calls it) and reflect / replicate F.pad (so do convs with such a padding_mode)
     compute the forms above; restored after."""
     patches = _patches()
@@ -248,13 +256,12 @@ def _patches() -> list:
 
     def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,  # noqa: PLR0917 - torch's signature
                    divisor_override=None):
-        full = (_pool_windows_full(input, kernel=kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode,
-                                   count_include_pad=count_include_pad, divisor_override=divisor_override)
-                if input.is_floating_point() else None)
-        if full is None:
+        windows = (_pool_windows(input, kernel=kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode,
+                                 divisor_override=divisor_override) if input.is_floating_point() else None)
+        if windows is None:
             return originals["avg_pool2d"](input, kernel_size, stride, padding, ceil_mode, count_include_pad,
                                            divisor_override)
-        return _depthwise_average(input, *full)
+        return _depthwise_average(input, *windows, count_include_pad=count_include_pad)
 
     def pad(input, pad, mode="constant", value=None):
         edge = (mode in ("reflect", "replicate") and input.dim() == 4 and len(pad) in (2, 4) and input.is_floating_point()

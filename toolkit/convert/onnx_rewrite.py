@@ -17,7 +17,7 @@ TensorFlow 2.19 + ai-edge-litert 2.1.0 (tests/stages/test_onnx_rewrite.py; parti
 | Softmax | SOFTMAX | 1 / 2 | exp(y) = sigmoid(y) / sigmoid(-y) of y = x - max, over its sum | 1 / 1 |
 | ReduceL2 + Clip(min=eps) (F.normalize) | SQUARE (no INT8 kernel), SUM, SQRT, MAXIMUM | INT8 not full-integer | sqrt(sum(x * x) + eps^2) | 1 / 1 |
 | Gather of a constant index (`qkv[0]`, `x[:, 0]`) | GATHER | 2 / 2 | Slice, Reshape without the axis | 1 / 1 |
-| AveragePool, every window full (DenseNet transitions) | AVERAGE_POOL_2D (FP32 only) | 1 / 2 | depthwise conv, weights 1 / (kh * kw) | 1 / 1 |
+| AveragePool (DenseNet transitions; padding not counted: ViTamin) | AVERAGE_POOL_2D (FP32 only) | 1 / 2 | depthwise conv, weights 1 / (kh * kw); uncounted padding: times a constant kh * kw / count | 1 / 1 |
 | Concat of more than 5 inputs (DenseNet) | CONCATENATION (not even in FP32) | 2 / 2 | nested concats of at most 5 | 1 / 1 |
 | ReduceMean + eps (a hand-written RMS norm: timm's RmsNorm2d) | ADD of eps | 1 / 4 | eps by a depthwise conv's bias | 1 / 1 |
 | Div(1, Sqrt) or Reciprocal(Sqrt) (torch.rsqrt) | RSQRT | 1 / 3 | 1 / (sqrt * 2) * 2 | 1 / 1 |
@@ -38,7 +38,7 @@ from toolkit.convert.onnx_graph import Graph as _Graph
 from toolkit.convert.onnx_graph import attr as _attr
 from toolkit.convert.onnx_graph import reduce_axes as _reduce_axes
 
-REWRITE_VERSION = "7"  # part of the conversion cache key: bump when a rewrite changes what onnx2tf gets
+REWRITE_VERSION = "8"  # part of the conversion cache key: bump when a rewrite changes what onnx2tf gets
 # erf(z) ~= tanh(z * (C1 + z^2 * (C3 + z^2 * C5))) for |z| <= 3 (minimax fit; |error| < 3.7e-5, and
 # < 5.9e-5 beyond the clamp, where erf(3) = 1 - 2.2e-5): GELU within 1.9e-5 of |x|
 ERF_TANH = (1.1281433855, 0.1040811810, -0.0017864676)
@@ -267,8 +267,9 @@ def _gather(g: _Graph, node) -> bool:
 
 def _average_pool(g: _Graph, node) -> bool:
     """A 2-D AveragePool as a depthwise convolution with weights 1 / (kh * kw): XNNPACK does not take
-    INT8 AVERAGE_POOL_2D (DenseNet's transitions, ResNet-D shortcuts). Only where every window counts
-    kh * kw inputs: no padding or count_include_pad, and ceil_mode only when it adds no window."""
+    INT8 AVERAGE_POOL_2D (DenseNet's transitions, ResNet-D shortcuts). Padding not counted
+    (count_include_pad=0: ViTamin's, CoAtNet's downsampling) multiplies by the constant map
+    (kh * kw) / count (toolkit.convert.pool_windows). ceil_mode only when it adds no window."""
     import numpy as np
 
     shape = g.shapes.get(node.input[0])
@@ -280,8 +281,6 @@ def _average_pool(g: _Graph, node) -> bool:
     dilations = list(_attr(node, "dilations", [1, 1]))
     if _attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID") or dilations != [1, 1]:
         return False
-    if any(pads) and not _attr(node, "count_include_pad", 0):
-        return False
     if _attr(node, "ceil_mode", 0):
         for i in (0, 1):
             span = (shape[2 + i] or 0) + pads[i] + pads[i + 2] - kernel[i]
@@ -289,7 +288,17 @@ def _average_pool(g: _Graph, node) -> bool:
                 return False  # ceil_mode adds a partial window: its divisor is not kh * kw
     c = int(shape[1])
     weight = g.const(np.full((c, 1, *kernel), 1.0 / (kernel[0] * kernel[1]), np.float32))
-    g.op("Conv", [node.input[0], weight], out=node.output[0], group=c, kernel_shape=kernel, strides=strides, pads=pads)
+    if not any(pads) or _attr(node, "count_include_pad", 0):
+        g.op("Conv", [node.input[0], weight], out=node.output[0], group=c, kernel_shape=kernel, strides=strides, pads=pads)
+        return True
+    if not shape[2] or not shape[3]:
+        return False
+    from toolkit.convert.pool_windows import divisor_correction
+
+    correction = divisor_correction((int(shape[2]), int(shape[3])), kernel=tuple(kernel), stride=tuple(strides),
+                                    pads_before=tuple(pads[:2]), pads_after=tuple(pads[2:]))
+    summed = g.op("Conv", [node.input[0], weight], group=c, kernel_shape=kernel, strides=strides, pads=pads)
+    g.op("Mul", [summed, g.const(correction[None, None])], out=node.output[0])
     return True
 
 
