@@ -5,7 +5,8 @@ compared with the file as the converter wrote it.
 The net sums two tiny branches and concatenates the sum with a large one: TFLite gives a
 concatenation's inputs its output's scale, so the sum is quantized on the large branch's grid and
 its inputs are ~1e5x finer (MONAI FlexibleUNet's decoder, random weights). One tiny branch is also
-read by a conv, which must keep its fine grid."""
+read by a conv, which must keep its fine grid. A constant too fine for its sum (the eps of an L2
+norm over tokens, XCiT) is requantized in place, with no op added."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from toolkit.convert.int8_add_scales import MIN_RATIO, requantize_add_inputs, requantize_in_model
 from toolkit.runtime.delegate import xnnpack_report
@@ -148,3 +150,38 @@ def test_a_file_with_nothing_to_requantize_is_left_byte_for_byte(tmp_path):
     data = q8.read_bytes()
     assert requantize_add_inputs(q8) is None
     assert q8.read_bytes() == data
+
+
+class TokenL2Norm(nn.Module):
+    """F.normalize over the tokens of each head (XCiT): onnx2tf's form sqrt(sum(x * x) + eps^2) adds a
+    constant eps^2 quantized ~1e7x finer than the sum."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.head = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 8, 1)
+
+    def forward(self, x):
+        y = self.stem(x)
+        b, c, h, w = y.shape
+        return self.head(F.normalize(y.reshape(b, 2, c // 2, h * w), dim=-1).reshape(b, c, h, w))
+
+
+def test_a_constant_too_fine_for_its_sum_is_requantized_in_place(tmp_path):
+    from toolkit.convert.onnx_rewrite import rewrites_for
+    from toolkit.convert.onnx_to_tflite import onnx_to_tflite
+    from toolkit.convert.torch_to_onnx import torch_to_onnx
+
+    torch.manual_seed(0)
+    onnx_path = torch_to_onnx(TokenL2Norm().eval(), (1, 3, 16, 16), tmp_path / "l2.onnx")
+    calib = np.random.default_rng(0).random((8, 16, 16, 3), dtype=np.float32)
+    q8 = onnx_to_tflite(onnx_path, tmp_path / "tflite", calib, (0.5,), (0.25,), int8=True, io_dtype="int8",
+                        rewrite_ops=rewrites_for("xnnpack")).int8
+    as_written = tmp_path / "as_written.tflite"
+    shutil.copyfile(q8, as_written)
+    before = xnnpack_report(q8)
+    assert before["undelegated_ops"] == {"ADD": 1}, before
+    assert requantize_add_inputs(q8) == {"requantized": 1, "partitions_before": before["partitions"],
+                                         "partitions_after": 1}
+    after = xnnpack_report(q8)
+    assert after["undelegated_ops"] == {} and after["total_ops"] == before["total_ops"]  # no op added
+    assert np.abs(_int8_outputs(as_written, calib) - _int8_outputs(q8, calib)).max() <= 1

@@ -8,13 +8,16 @@ the decoder sums of a randomly initialised U-Net whose output range is shared wi
 such ADD runs outside XNNPACK and splits the graph.
 
 Such an input carries less than a quarter of one output step over its whole int8 range, so the ADD
-may read it on a coarser grid without changing what it computes: a QUANTIZE op (int8 -> int8,
-which XNNPACK delegates up to 256x coarser, so a chain of them when the gap is wider) gives the ADD
-the input at 1/1000 of the output's scale (its rounding error is then at most about 1/2000 of an
-output step). Other readers of the input keep its fine grid; no
-other op changes. `requantize_add_inputs` keeps the edited file only when XNNPACK runs it in fewer
-partitions, and says what it changed. Measured on MONAI FlexibleUNet (onnx2tf INT8, random weights,
-64 px): 3 partitions -> 1, int8 outputs identical on a random input."""
+may read it on a coarser grid, 1/1000 of the output's scale, without changing what it computes (its
+rounding error is then at most about 1/2000 of an output step):
+- an activation is read through a QUANTIZE op (int8 -> int8, which XNNPACK delegates up to 256x
+  coarser, so a chain of them when the gap is wider); its other readers keep its fine grid;
+- a constant (an eps added to a sum of squares: XCiT's L2 norms, 24 ADDs in onnx2tf's file) is
+  read as a copy with its values on the coarse grid.
+No other op changes. `requantize_add_inputs` keeps the edited file only when XNNPACK runs it in
+fewer partitions, and says what it changed. Measured (random weights, this VM): MONAI FlexibleUNet
+onnx2tf INT8 3 partitions -> 1 with int8 outputs identical on a random input; CaiT-XXS24
+litert-torch INT8 22 -> 1; XCiT-Nano onnx2tf INT8 13 -> 1."""
 
 from __future__ import annotations
 
@@ -75,17 +78,50 @@ def _requantized_copy(model, graph, tensor: int, *, scale: float) -> int:
     return len(graph.tensors) - 1
 
 
+def _constant_values(model, graph, tensor: int):
+    """The int8 values of a constant tensor held in the file, None for an activation, False for a
+    constant stored outside the flatbuffer (left alone)."""
+    import numpy as np
+
+    buffer = model.buffers[graph.tensors[tensor].buffer]
+    if buffer.data is not None and len(buffer.data):
+        return np.asarray(buffer.data, dtype=np.uint8).view(np.int8)
+    return False if getattr(buffer, "offset", 0) else None
+
+
 def _too_fine_inputs(model, graph, op_names: list[str], op) -> list[int]:
-    """The activation inputs of a sum `op` XNNPACK refuses for their scale (constants excluded)."""
+    """The inputs of a sum `op` XNNPACK refuses for their scale."""
     if op_names[op.opcodeIndex] not in SUMS or _scale(graph, int(op.outputs[0])) is None:
         return []
     out_scale = _scale(graph, int(op.outputs[0]))
     fine = []
     for t in dict.fromkeys(int(i) for i in op.inputs if i >= 0):
-        scale, buffer = _scale(graph, t), model.buffers[graph.tensors[t].buffer]
-        if scale is not None and buffer.data is None and scale / out_scale < MIN_RATIO:
+        scale = _scale(graph, t)
+        if scale is not None and _constant_values(model, graph, t) is not False and scale / out_scale < MIN_RATIO:
             fine.append(t)
     return fine
+
+
+def _requantized_constant(model, graph, tensor: int, *, scale: float) -> int:
+    """A new constant like `tensor` with its values on the grid `scale` (same zero point): the ADD's
+    own output grid would round away what the finer grid held."""
+    import numpy as np
+
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    old = graph.tensors[tensor]
+    zero = int(old.quantization.zeroPoint[0]) if old.quantization.zeroPoint is not None else 0
+    real = (_constant_values(model, graph, tensor).astype(np.float64) - zero) * _scale(graph, tensor)
+    values = np.clip(np.round(real / scale) + zero, -128, 127).astype(np.int8)
+    new = copy.deepcopy(old)
+    new.name = (old.name or b"") + f"/requantized_{len(graph.tensors)}".encode()
+    new.quantization.scale = [scale]
+    buffer = schema.BufferT()
+    buffer.data = values.view(np.uint8)
+    model.buffers.append(buffer)
+    new.buffer = len(model.buffers) - 1
+    graph.tensors.append(new)
+    return len(graph.tensors) - 1
 
 
 def _chain_scales(fine: float, coarse: float) -> list[float]:
@@ -108,9 +144,15 @@ def requantize_in_model(model) -> int:
         while at < len(graph.operators):
             op = graph.operators[at]
             for t in _too_fine_inputs(model, graph, op_names, op):
+                target = _scale(graph, int(op.outputs[0])) * TARGET_RATIO
+                if _constant_values(model, graph, t) is not None:  # a constant (eps): its values requantized
+                    coarse = _requantized_constant(model, graph, t, scale=target)
+                    op.inputs = [coarse if int(i) == t else int(i) for i in op.inputs]
+                    requantized += 1
+                    continue
                 quantize = _opcode_index(model, schema.BuiltinOperator.QUANTIZE) if quantize is None else quantize
                 source = t
-                for scale in _chain_scales(_scale(graph, t), _scale(graph, int(op.outputs[0])) * TARGET_RATIO):
+                for scale in _chain_scales(_scale(graph, t), target):
                     step = schema.OperatorT()
                     step.opcodeIndex, step.inputs = quantize, [source]
                     source = _requantized_copy(model, graph, source, scale=scale)
