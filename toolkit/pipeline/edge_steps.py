@@ -73,11 +73,12 @@ def tflite_files(runner, family, *, edge, made: dict, job=None) -> Made:
 def full_integer(runner, path: Path) -> None:
     """An INT8 TFLite file must hold integer ops only (for XNNPACK, the float DIV/SQRT islands of
     the delegate-friendly normalisation and softmax forms excepted), with the profile's input/output
-    type, and no Flex op."""
+    type, and no Flex op; for an XNNPACK target it must load with XNNPACK."""
     from toolkit.runtime.tflite_check import XNNPACK_FLOAT_ISLAND_OPS, require_full_integer
 
-    islands = XNNPACK_FLOAT_ISLAND_OPS if runner.target.runtime.delegate == "xnnpack" else ()
-    require_full_integer(path, runner.target.quantization.io_dtype, float_ops=islands)
+    xnnpack = runner.target.runtime.delegate == "xnnpack"
+    require_full_integer(path, runner.target.quantization.io_dtype, float_ops=XNNPACK_FLOAT_ISLAND_OPS if xnnpack else ())
+    _loads_in_target(runner, path)
 
 
 def builtin_ops(runner, path: Path) -> None:
@@ -85,6 +86,15 @@ def builtin_ops(runner, path: Path) -> None:
     from toolkit.runtime.tflite_check import require_builtin_ops
 
     require_builtin_ops(path)
+    _loads_in_target(runner, path)
+
+
+def _loads_in_target(runner, path: Path) -> None:
+    """For an XNNPACK target, the file must load with XNNPACK (it can fail to prepare ops it claimed)."""
+    from toolkit.runtime.tflite_check import require_loads_with_xnnpack
+
+    if runner.target.runtime.delegate == "xnnpack":
+        require_loads_with_xnnpack(path)
 
 
 def parity_retry(runner, family, *, edge, made: dict) -> Optional[Outcome]:

@@ -39,6 +39,21 @@ def require_builtin_ops(tflite_path: str | Path) -> None:
             "`make setup-litert`) or replace the op in the model")
 
 
+def require_loads_with_xnnpack(tflite_path: str | Path) -> None:
+    """Refuse a file that LiteRT cannot prepare with XNNPACK: the delegate can claim ops and then fail
+    to build its runtime for them (onnx2tf's INT8 file of timm's vit_tiny_r_s16_p8_224: "failed to
+    create XNNPACK runtime"), and a device would fail the same way."""
+    from toolkit.runtime.tflite import make_interpreter
+
+    try:
+        make_interpreter(tflite_path, 1, xnnpack=True)
+    except (RuntimeError, ValueError) as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise EdgeShrinkError(f"{Path(tflite_path).name} does not load with XNNPACK ({(lines or [type(exc).__name__])[0][:200]}); "
+                              "convert with the other converter (tflite_converter: onnx2tf or litert-torch) or deploy "
+                              "for a target without XNNPACK") from None
+
+
 def float_compute_ops(tflite_path: str | Path) -> list[str]:
     """Names of ops (other than QUANTIZE/DEQUANTIZE) that read or write a float tensor: the file's
     own ops (no delegate applied, which would hide them inside DELEGATE nodes)."""
