@@ -45,4 +45,4 @@ def test_sums_of_too_fine_inputs_are_requantized_into_one_partition(tmp_path):
         int8 = next(a for a in manifest["artifacts"] if a["name"] == f"{family}-tflite-int8")
         assert int8["delegate"]["partitions"] == record["partitions_after"]
     report = (bundle / "report.md").read_text()
-    assert "ADD input(s) quantized over 1024x finer than their sum requantized for XNNPACK" in report
+    assert "ADD/MUL input(s) on a grid finer than XNNPACK takes requantized" in report

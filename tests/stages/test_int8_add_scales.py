@@ -185,3 +185,39 @@ def test_a_constant_too_fine_for_its_sum_is_requantized_in_place(tmp_path):
     after = xnnpack_report(q8)
     assert after["undelegated_ops"] == {} and after["total_ops"] == before["total_ops"]  # no op added
     assert np.abs(_int8_outputs(as_written, calib) - _int8_outputs(q8, calib)).max() <= 1
+
+
+class GeluOnSmallActivations(nn.Module):
+    """Exact GELU (onnx2tf's erf form: MULs of x and its powers) on |x| < 0.03: the products' scales
+    fall below 1/65536 of the outputs' and XNNPACK refuses the MULs (ViT, Visformer, FastViT)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.head = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 8, 1)
+        with torch.no_grad():
+            self.stem.weight.mul_(1e-3)
+            self.stem.bias.mul_(1e-3)
+
+    def forward(self, x):
+        return self.head(F.gelu(self.stem(x)))
+
+
+def test_muls_whose_scale_product_is_too_fine_are_requantized(tmp_path):
+    from toolkit.convert.onnx_rewrite import rewrites_for
+    from toolkit.convert.onnx_to_tflite import onnx_to_tflite
+    from toolkit.convert.torch_to_onnx import torch_to_onnx
+
+    torch.manual_seed(0)
+    onnx_path = torch_to_onnx(GeluOnSmallActivations().eval(), (1, 3, 16, 16), tmp_path / "gelu.onnx")
+    calib = np.random.default_rng(0).random((8, 16, 16, 3), dtype=np.float32)
+    q8 = onnx_to_tflite(onnx_path, tmp_path / "tflite", calib, (0.5,), (0.25,), int8=True, io_dtype="int8",
+                        rewrite_ops=rewrites_for("xnnpack")).int8
+    as_written = tmp_path / "as_written.tflite"
+    shutil.copyfile(q8, as_written)
+    before = xnnpack_report(q8)
+    assert before["undelegated_ops"].get("MUL", 0) >= 2, before
+    change = requantize_add_inputs(q8)
+    assert change is not None and change["partitions_after"] < change["partitions_before"], change
+    after = xnnpack_report(q8)
+    assert "MUL" not in after["undelegated_ops"], after
+    assert np.abs(_int8_outputs(as_written, calib) - _int8_outputs(q8, calib)).max() <= 1

@@ -1,23 +1,28 @@
-"""INT8 ADD/SUB inputs quantized finer than XNNPACK takes, requantized to a scale it takes.
+"""INT8 ADD/SUB/MUL inputs quantized finer than XNNPACK takes, requantized to a scale it takes.
 
 XNNPACK delegates an INT8 ADD or SUB only when each input's scale is at least 1/1024 of the
-output's (tflite/delegates/xnnpack, CheckTensorsInputOutputScale). Calibration breaks that where a
-branch is tiny beside the sum it joins: a residual branch behind a small layer scale (CaiT, CoaT),
-the decoder sums of a randomly initialised U-Net whose output range is shared with a concatenation
-(MONAI FlexibleUNet, onnx2tf: inputs at 3.6e-7 and 7.9e-9 into sums at 5.0e-4 and 4.4e-4). Each
-such ADD runs outside XNNPACK and splits the graph.
+output's, and a MUL only when its input scales' product is at least 1/65536 of the output's
+(tflite/delegates/xnnpack, CheckTensorsInputOutputScale; the MUL bound measured here). Calibration
+breaks that where a branch is tiny beside the sum it joins: a residual branch behind a small layer
+scale (CaiT, CoaT), the decoder sums of a randomly initialised U-Net whose output range is shared
+with a concatenation (MONAI FlexibleUNet, onnx2tf: inputs at 3.6e-7 and 7.9e-9 into sums at 5.0e-4
+and 4.4e-4), and the MULs of the exact-GELU form on small activations (ViT, Visformer). Each such op
+runs outside XNNPACK and splits the graph.
 
-Such an input carries less than a quarter of one output step over its whole int8 range, so the ADD
-may read it on a coarser grid, 1/1000 of the output's scale, without changing what it computes (its
-rounding error is then at most about 1/2000 of an output step):
+Such an input carries less than a quarter of one output step over its whole int8 range, so the op
+may read it on a coarser grid without changing what it computes: an ADD input at 1/1000 of the
+output's scale (its rounding error is then at most about 1/2000 of an output step), a MUL input so
+that the product of the scales is 1/60000 of the output's (error under 1/900 of an output step):
 - an activation is read through a QUANTIZE op (int8 -> int8, which XNNPACK delegates up to 256x
   coarser, so a chain of them when the gap is wider); its other readers keep its fine grid;
-- a constant (an eps added to a sum of squares: XCiT's L2 norms, 24 ADDs in onnx2tf's file) is
-  read as a copy with its values on the coarse grid.
+- a constant (an eps added to a sum of squares: XCiT's L2 norms, 24 ADDs in onnx2tf's file; a MUL's
+  coefficient) is read as a copy with its values on the coarse grid; a MUL prefers its constant.
 No other op changes. `requantize_add_inputs` keeps the edited file only when XNNPACK runs it in
 fewer partitions, and says what it changed. Measured (random weights, this VM): MONAI FlexibleUNet
 onnx2tf INT8 3 partitions -> 1 with int8 outputs identical on a random input; CaiT-XXS24
-litert-torch INT8 22 -> 1; XCiT-Nano onnx2tf INT8 13 -> 1."""
+litert-torch INT8 22 -> 1; XCiT-Nano onnx2tf INT8 13 -> 1; exact GELU on activations of
+|x| < 0.03 (onnx2tf) 5 -> 2, outputs identical (the erf form's SUB whose input is 720x coarser than
+its output stays: a finer grid would clip it)."""
 
 from __future__ import annotations
 
@@ -32,6 +37,8 @@ MIN_RATIO = 1.0 / 1024.0  # XNNPACK: input scale / output scale of INT8 ADD, SUB
 TARGET_RATIO = 1.0 / 1000.0  # what a requantized input gets: inside the range with a margin
 QUANTIZE_STEP = 200.0  # XNNPACK takes an int8 -> int8 QUANTIZE up to 256x coarser (measured: 255x yes, 257x no)
 SUMS = ("ADD", "SUB")
+MIN_PRODUCT = 1.0 / 65536.0  # XNNPACK: input scales' product / output scale of INT8 MUL (measured: 1/65536 x 1.01 yes, 1/70000 no)
+TARGET_PRODUCT = 1.0 / 60000.0
 
 
 def _op_names(model) -> list[str]:
@@ -89,17 +96,43 @@ def _constant_values(model, graph, tensor: int):
     return False if getattr(buffer, "offset", 0) else None
 
 
-def _too_fine_inputs(model, graph, op_names: list[str], op) -> list[int]:
-    """The inputs of a sum `op` XNNPACK refuses for their scale."""
-    if op_names[op.opcodeIndex] not in SUMS or _scale(graph, int(op.outputs[0])) is None:
-        return []
-    out_scale = _scale(graph, int(op.outputs[0]))
+def _sum_inputs(model, graph, op, out_scale: float) -> list[tuple[int, float]]:
+    """(input, coarser scale) for each input of an ADD/SUB XNNPACK refuses for its scale."""
     fine = []
     for t in dict.fromkeys(int(i) for i in op.inputs if i >= 0):
         scale = _scale(graph, t)
         if scale is not None and _constant_values(model, graph, t) is not False and scale / out_scale < MIN_RATIO:
-            fine.append(t)
+            fine.append((t, out_scale * TARGET_RATIO))
     return fine
+
+
+def _product_input(model, graph, op, out_scale: float) -> list[tuple[int, float]]:
+    """(input, coarser scale) for a MUL whose input scales' product is too fine for its output:
+    its constant input when it has one (no op added), else its first input; one input of a square
+    (both inputs the same tensor) coarsens both factors."""
+    inputs = [int(i) for i in op.inputs if i >= 0]
+    scales = [_scale(graph, t) for t in inputs]
+    if len(inputs) != 2 or None in scales or scales[0] * scales[1] / out_scale >= MIN_PRODUCT:
+        return []
+    short = TARGET_PRODUCT / (scales[0] * scales[1] / out_scale)
+    if inputs[0] == inputs[1]:
+        return [(inputs[0], scales[0] * math.sqrt(short))]
+    kinds = [_constant_values(model, graph, t) for t in inputs]
+    if False in kinds:
+        return []
+    pick = next((i for i, values in enumerate(kinds) if values is not None), 0)
+    return [(inputs[pick], scales[pick] * short)]
+
+
+def _coarser_inputs(model, graph, op_names: list[str], op) -> list[tuple[int, float]]:
+    """(input, coarser scale) for each input of `op` that XNNPACK's INT8 scale limits refuse."""
+    name = op_names[op.opcodeIndex]
+    out_scale = _scale(graph, int(op.outputs[0])) if op.outputs is not None and len(op.outputs) else None
+    if out_scale is None:
+        return []
+    if name in SUMS:
+        return _sum_inputs(model, graph, op, out_scale)
+    return _product_input(model, graph, op, out_scale) if name == "MUL" else []
 
 
 def _requantized_constant(model, graph, tensor: int, *, scale: float) -> int:
@@ -131,9 +164,9 @@ def _chain_scales(fine: float, coarse: float) -> list[float]:
 
 
 def requantize_in_model(model) -> int:
-    """Give every INT8 ADD/SUB input XNNPACK would refuse for its scale a chain of QUANTIZE ops in
-    front of that ADD/SUB, in the flatbuffer object `model` (tflite schema ModelT). Returns how many
-    inputs were requantized."""
+    """Give every INT8 ADD/SUB/MUL input XNNPACK would refuse for its scale a coarser grid, in the
+    flatbuffer object `model` (tflite schema ModelT): a chain of QUANTIZE ops in front of the op, or
+    a requantized copy of a constant. Returns how many inputs were requantized."""
     from tensorflow.lite.python import schema_py_generated as schema
 
     op_names = _op_names(model)
@@ -143,8 +176,7 @@ def requantize_in_model(model) -> int:
         at = 0
         while at < len(graph.operators):
             op = graph.operators[at]
-            for t in _too_fine_inputs(model, graph, op_names, op):
-                target = _scale(graph, int(op.outputs[0])) * TARGET_RATIO
+            for t, target in _coarser_inputs(model, graph, op_names, op):
                 if _constant_values(model, graph, t) is not None:  # a constant (eps): its values requantized
                     coarse = _requantized_constant(model, graph, t, scale=target)
                     op.inputs = [coarse if int(i) == t else int(i) for i in op.inputs]

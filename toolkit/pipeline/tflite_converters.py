@@ -107,8 +107,9 @@ def convert_tflite(runner, family, *, converter: str, int8: bool, job=None) -> M
 
 
 def _adds_requantized(runner, family, made: Made) -> Made:
-    """XNNPACK refuses an INT8 ADD/SUB whose input is quantized over 1024x finer than its output; such
-    inputs get a QUANTIZE in front when that makes fewer partitions (toolkit.convert.int8_add_scales)."""
+    """XNNPACK refuses an INT8 ADD/SUB whose input is quantized over 1024x finer than its output, and
+    a MUL whose input scales' product is 65536x finer; such inputs are requantized when that makes
+    fewer partitions (toolkit.convert.int8_add_scales)."""
     from toolkit.convert.int8_add_scales import requantize_add_inputs
 
     q8 = made.files.get("tflite-int8")
@@ -117,7 +118,7 @@ def _adds_requantized(runner, family, made: Made) -> Made:
     change = requantize_add_inputs(q8)
     if change is None:  # None drops a record an earlier file of the family left
         return Made(made.files, records={**made.records, "int8_requantized": None}, converter=made.converter)
-    _say(runner, family, f"{made.converter}'s INT8 file: {change['requantized']} ADD input(s) requantized for XNNPACK, "
+    _say(runner, family, f"{made.converter}'s INT8 file: {change['requantized']} ADD/MUL input(s) requantized for XNNPACK, "
          f"{change['partitions_before']} -> {change['partitions_after']} partitions")
     return Made(made.files, records={**made.records, "int8_requantized": {**change, "converter": made.converter}},
                 converter=made.converter)

@@ -187,12 +187,12 @@ def _litert(state: dict, entry, work: Path, *, cpu_limit_s: float) -> str:
 
 
 def _requantized(int8: Optional[Path]) -> list[str]:
-    """As a run does for an XNNPACK target: the INT8 file's too-fine ADD inputs requantized
+    """As a run does for an XNNPACK target: the INT8 file's too-fine ADD/MUL inputs requantized
     (toolkit.convert.int8_add_scales); the note says so."""
     from toolkit.convert.int8_add_scales import requantize_add_inputs
 
     change = requantize_add_inputs(int8) if int8 else None
-    return [f"INT8 ADD inputs requantized: {change['requantized']}, partitions {change['partitions_before']} -> "
+    return [f"INT8 ADD/MUL inputs requantized: {change['requantized']}, partitions {change['partitions_before']} -> "
             f"{change['partitions_after']}"] if change else []
 
 

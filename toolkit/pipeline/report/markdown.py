@@ -196,9 +196,8 @@ def converter_lines(manifest: dict) -> list[str]:
         if kept:
             lines.append(f"- {stage} INT8 TFLite file: kept {kept['kept']}'s: {kept['compared']}")
     for stage, r in (manifest.get("int8_requantized") or {}).items():
-        lines.append(f"- {stage} INT8 TFLite file ({r['converter']}): {r['requantized']} ADD input(s) quantized over "
-                     f"1024x finer than their sum requantized for XNNPACK: {r['partitions_before']} -> "
-                     f"{r['partitions_after']} partitions")
+        lines.append(f"- {stage} INT8 TFLite file ({r['converter']}): {r['requantized']} ADD/MUL input(s) on a grid finer "
+                     f"than XNNPACK takes requantized: {r['partitions_before']} -> {r['partitions_after']} partitions")
     return ["TFLite converters:", *lines, ""] if lines else []
 
 
