@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def _real_per_window(size: int, kernel: int, stride: int, before: int, after: int) -> np.ndarray:
+def _real_per_window(size: int, *, kernel: int, stride: int, before: int, after: int) -> np.ndarray:
     out = (size + before + after - kernel) // stride + 1
     starts = np.arange(out) * stride - before
     return np.minimum(starts + kernel, size) - np.maximum(starts, 0)
@@ -19,6 +19,6 @@ def divisor_correction(size: tuple[int, int], *, kernel: tuple[int, int], stride
                        pads_before: tuple[int, int], pads_after: tuple[int, int]) -> np.ndarray:
     """(out_h, out_w) float32 map of (kh * kw) / (real inputs in the window), for windows that never
     lie wholly in the padding (as torch and ONNX require of their pads)."""
-    rows = _real_per_window(size[0], kernel[0], stride[0], pads_before[0], pads_after[0])
-    cols = _real_per_window(size[1], kernel[1], stride[1], pads_before[1], pads_after[1])
+    rows = _real_per_window(size[0], kernel=kernel[0], stride=stride[0], before=pads_before[0], after=pads_after[0])
+    cols = _real_per_window(size[1], kernel=kernel[1], stride=stride[1], before=pads_before[1], after=pads_after[1])
     return (kernel[0] * kernel[1] / np.outer(rows, cols)).astype(np.float32)
