@@ -44,19 +44,29 @@ class TinySumBesideLargeBranch(nn.Module):
         return self.head(torch.cat([s, self.large(x), self.reads_tiny_b(b) * 1e5], dim=1))
 
 
-@pytest.fixture(scope="module")
-def converted(tmp_path_factory) -> dict:
+def _onnx2tf_int8(net: nn.Module, work: Path) -> tuple[Path, np.ndarray]:
+    """onnx2tf's INT8 file of `net` (seeded, 16 px, 8 calibration images, XNNPACK's ONNX rewrites)
+    and the calibration images."""
     from toolkit.convert.onnx_rewrite import rewrites_for
     from toolkit.convert.onnx_to_tflite import onnx_to_tflite
     from toolkit.convert.torch_to_onnx import torch_to_onnx
 
-    work = tmp_path_factory.mktemp("addscales")
-    torch.manual_seed(0)
-    onnx_path = torch_to_onnx(TinySumBesideLargeBranch().eval(), (1, 3, 16, 16), work / "net.onnx")
+    onnx_path = torch_to_onnx(net.eval(), (1, 3, 16, 16), work / "net.onnx")
     calib = np.random.default_rng(0).random((8, 16, 16, 3), dtype=np.float32)
     out = onnx_to_tflite(onnx_path, work / "tflite", calib, (0.5,), (0.25,), int8=True, io_dtype="int8",
                          rewrite_ops=rewrites_for("xnnpack"))
-    return {"int8": out.int8, "calib": calib}
+    return out.int8, calib
+
+
+def _seeded(cls) -> nn.Module:
+    torch.manual_seed(0)
+    return cls()
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory) -> dict:
+    q8, calib = _onnx2tf_int8(_seeded(TinySumBesideLargeBranch), tmp_path_factory.mktemp("addscales"))
+    return {"int8": q8, "calib": calib}
 
 
 def _int8_outputs(path: Path, images01: np.ndarray) -> np.ndarray:
@@ -167,17 +177,8 @@ class TokenL2Norm(nn.Module):
 
 
 def test_a_constant_too_fine_for_its_sum_is_requantized_in_place(tmp_path):
-    from toolkit.convert.onnx_rewrite import rewrites_for
-    from toolkit.convert.onnx_to_tflite import onnx_to_tflite
-    from toolkit.convert.torch_to_onnx import torch_to_onnx
-
-    torch.manual_seed(0)
-    onnx_path = torch_to_onnx(TokenL2Norm().eval(), (1, 3, 16, 16), tmp_path / "l2.onnx")
-    calib = np.random.default_rng(0).random((8, 16, 16, 3), dtype=np.float32)
-    q8 = onnx_to_tflite(onnx_path, tmp_path / "tflite", calib, (0.5,), (0.25,), int8=True, io_dtype="int8",
-                        rewrite_ops=rewrites_for("xnnpack")).int8
-    as_written = tmp_path / "as_written.tflite"
-    shutil.copyfile(q8, as_written)
+    q8, calib = _onnx2tf_int8(_seeded(TokenL2Norm), tmp_path)
+    as_written = Path(shutil.copyfile(q8, tmp_path / "as_written.tflite"))
     before = xnnpack_report(q8)
     assert before["undelegated_ops"] == {"ADD": 1}, before
     assert requantize_add_inputs(q8) == {"requantized": 1, "partitions_before": before["partitions"],
@@ -203,17 +204,8 @@ class GeluOnSmallActivations(nn.Module):
 
 
 def test_muls_whose_scale_product_is_too_fine_are_requantized(tmp_path):
-    from toolkit.convert.onnx_rewrite import rewrites_for
-    from toolkit.convert.onnx_to_tflite import onnx_to_tflite
-    from toolkit.convert.torch_to_onnx import torch_to_onnx
-
-    torch.manual_seed(0)
-    onnx_path = torch_to_onnx(GeluOnSmallActivations().eval(), (1, 3, 16, 16), tmp_path / "gelu.onnx")
-    calib = np.random.default_rng(0).random((8, 16, 16, 3), dtype=np.float32)
-    q8 = onnx_to_tflite(onnx_path, tmp_path / "tflite", calib, (0.5,), (0.25,), int8=True, io_dtype="int8",
-                        rewrite_ops=rewrites_for("xnnpack")).int8
-    as_written = tmp_path / "as_written.tflite"
-    shutil.copyfile(q8, as_written)
+    q8, calib = _onnx2tf_int8(_seeded(GeluOnSmallActivations), tmp_path)
+    as_written = Path(shutil.copyfile(q8, tmp_path / "as_written.tflite"))
     before = xnnpack_report(q8)
     assert before["undelegated_ops"].get("MUL", 0) >= 2, before
     change = requantize_add_inputs(q8)
