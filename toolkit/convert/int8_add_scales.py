@@ -72,14 +72,20 @@ def _opcode_index(model, code: int) -> int:
     return len(model.operatorCodes) - 1
 
 
-def _requantized_copy(model, graph, tensor: int, *, scale: float) -> int:
-    """A new activation tensor like `tensor` at `scale` (same zero point); returns its index."""
+def _requantized_copy(model, graph, tensor: int, *, scale: float, data=None) -> int:
+    """A new tensor like `tensor` at `scale` (same zero point), holding `data` (int8 values of a
+    constant) or none (an activation); returns its index."""
+    import numpy as np
+
     from tensorflow.lite.python import schema_py_generated as schema
 
     new = copy.deepcopy(graph.tensors[tensor])
     new.name = (graph.tensors[tensor].name or b"") + f"/requantized_{len(graph.tensors)}".encode()
     new.quantization.scale = [scale]
-    model.buffers.append(schema.BufferT())
+    buffer = schema.BufferT()
+    if data is not None:
+        buffer.data = np.asarray(data, dtype=np.int8).view(np.uint8)
+    model.buffers.append(buffer)
     new.buffer = len(model.buffers) - 1
     graph.tensors.append(new)
     return len(graph.tensors) - 1
@@ -140,21 +146,11 @@ def _requantized_constant(model, graph, tensor: int, *, scale: float) -> int:
     own output grid would round away what the finer grid held."""
     import numpy as np
 
-    from tensorflow.lite.python import schema_py_generated as schema
-
-    old = graph.tensors[tensor]
-    zero = int(old.quantization.zeroPoint[0]) if old.quantization.zeroPoint is not None else 0
+    q = graph.tensors[tensor].quantization
+    zero = int(q.zeroPoint[0]) if q.zeroPoint is not None else 0
     real = (_constant_values(model, graph, tensor).astype(np.float64) - zero) * _scale(graph, tensor)
     values = np.clip(np.round(real / scale) + zero, -128, 127).astype(np.int8)
-    new = copy.deepcopy(old)
-    new.name = (old.name or b"") + f"/requantized_{len(graph.tensors)}".encode()
-    new.quantization.scale = [scale]
-    buffer = schema.BufferT()
-    buffer.data = values.view(np.uint8)
-    model.buffers.append(buffer)
-    new.buffer = len(model.buffers) - 1
-    graph.tensors.append(new)
-    return len(graph.tensors) - 1
+    return _requantized_copy(model, graph, tensor, scale=scale, data=values)
 
 
 def _chain_scales(fine: float, coarse: float) -> list[float]:
