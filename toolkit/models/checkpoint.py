@@ -85,7 +85,7 @@ def with_metadata(state_dict: dict, metadata: dict | None):
 def save_checkpoint(path: str | Path, model, architecture: str, arguments: dict, meta: dict | None = None) -> str:
     """Write the checkpoint atomically; returns its sha256."""
 
-    from toolkit.models.reparameterize import is_reparameterized
+    from toolkit.models.reparameterize import deploy_form_record
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -94,7 +94,7 @@ def save_checkpoint(path: str | Path, model, architecture: str, arguments: dict,
         "format": FORMAT,
         "architecture": architecture,
         "arguments": dict(arguments),
-        "reparameterized": is_reparameterized(model),  # loading fuses the fresh model before the state_dict
+        **deploy_form_record(model),  # loading fuses/folds the fresh model before the state_dict
         "channel_spec": channel_spec(model),
         "state_dict": {k: v.detach().clone() for k, v in state.items()},
         "state_dict_metadata": _plain_metadata(state),
@@ -149,10 +149,9 @@ def load_checkpoint(path: str | Path, expect_sha256: str | None = None, *, facto
         model = factory(**payload["arguments"])
     else:
         model = build_stored(payload, path)
-    if payload.get("reparameterized"):
-        from toolkit.models.reparameterize import rebuild_fused
+    from toolkit.models.reparameterize import rebuild_deploy_form
 
-        model = rebuild_fused(model)
+    model = rebuild_deploy_form(model, payload)
     apply_channel_spec(model, payload["channel_spec"], payload["state_dict"])
     model.load_state_dict(with_metadata(payload["state_dict"], payload.get("state_dict_metadata")), strict=True)
     return model.eval(), payload

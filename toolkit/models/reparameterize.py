@@ -6,8 +6,11 @@ replaced by what it returns, a child with `reparameterize()` or `switch_to_deplo
 in place. Any module (timm's or a user's) offering one of those methods is fused the same way. The
 fused form is accepted only when it computes what the original computes (eval mode, a seeded random
 input, max abs difference within `rtol` of the output scale); otherwise the original is kept and the
-report says why. A model fused here carries `REPARAMETERIZED_ATTR`, which checkpoints record, so
-loading rebuilds the architecture, fuses it (`fuse_blocks`) and then loads the fused state_dict."""
+report says why. Convolutions that compute their weight in forward (weight standardisation,
+parametrizations) are folded to plain ones as well (`toolkit.models.weight_fold`). A model fused
+here carries `REPARAMETERIZED_ATTR` (and `WEIGHTS_FOLDED_ATTR` when weights were folded), which
+checkpoints record, so loading rebuilds the architecture, puts it in the same form
+(`rebuild_deploy_form`) and then loads the fused state_dict."""
 
 from __future__ import annotations
 
@@ -82,7 +85,9 @@ def reparameterize(model, *, input_shape: tuple[int, ...], count_macs: Optional[
     sake: a method that fails or changes the outputs keeps the original, and `reason` says why."""
     import torch
 
-    if not any(_method(m) for m in model.modules()):
+    from toolkit.models.weight_fold import WEIGHTS_FOLDED_ATTR, fold_weights, has_weight_transforms
+
+    if not any(_method(m) for m in model.modules()) and not has_weight_transforms(model):
         return model, {}
     was_training = model.training
     model.eval()
@@ -90,11 +95,16 @@ def reparameterize(model, *, input_shape: tuple[int, ...], count_macs: Optional[
     report: dict = {"fused": False}
     try:
         fused, blocks = fuse_blocks(copy.deepcopy(model))
+        fused, folds = fold_weights(fused)
+        if not blocks and not folds:
+            return model.train(was_training), {}
         fused.eval()
         diff, scale = _max_difference(model, fused, example)
     except Exception as exc:  # noqa: BLE001 - a user's fusing method may fail in any way; keep the original
         report["reason"] = f"fusing failed ({type(exc).__name__}: {str(exc)[:120]}); kept the unfused model"
         return model.train(was_training), report
+    report["weights_folded"] = len(folds)
+    blocks += folds
     report.update(blocks=len(blocks), methods=sorted({b.split(": ", 1)[1] for b in blocks}),
                   max_abs_diff=diff, output_scale=scale)
     if count_macs is not None:
@@ -106,6 +116,8 @@ def reparameterize(model, *, input_shape: tuple[int, ...], count_macs: Optional[
     if count_macs is not None:
         report["macs_after"] = int(count_macs(fused, example))
     setattr(fused, REPARAMETERIZED_ATTR, True)
+    if folds:
+        setattr(fused, WEIGHTS_FOLDED_ATTR, True)
     report["fused"] = True
     return fused.train(was_training), report
 
@@ -115,12 +127,32 @@ def is_reparameterized(model) -> bool:
     return bool(getattr(model, REPARAMETERIZED_ATTR, False))
 
 
-def rebuild_fused(model):
-    """A freshly built model put into the fused structure a checkpoint was saved in (its weights
-    are loaded afterwards); marks it like `reparameterize` does."""
+def weights_folded(model) -> bool:
+    """Whether `reparameterize` folded computed convolution weights of `model` (checkpoints record this)."""
+    from toolkit.models.weight_fold import WEIGHTS_FOLDED_ATTR
+
+    return bool(getattr(model, WEIGHTS_FOLDED_ATTR, False))
+
+
+def deploy_form_record(model) -> dict:
+    """What a checkpoint records so that loading can rebuild `model`'s structure."""
+    return {"reparameterized": is_reparameterized(model), "weights_folded": weights_folded(model)}
+
+
+def rebuild_deploy_form(model, payload: dict):
+    """A freshly built model put into the structure a checkpoint `payload` was saved in (its
+    weights are loaded afterwards): fused blocks, and folded weights where the payload says so
+    (checkpoints older than weight folding do not). Marks it like `reparameterize` does."""
+    if not payload.get("reparameterized"):
+        return model
+    from toolkit.models.weight_fold import WEIGHTS_FOLDED_ATTR, fold_weights
+
     model.eval()
     fused, _ = fuse_blocks(model)
     setattr(fused, REPARAMETERIZED_ATTR, True)
+    if payload.get("weights_folded"):
+        fused, _ = fold_weights(fused)
+        setattr(fused, WEIGHTS_FOLDED_ATTR, True)
     return fused
 
 
@@ -133,5 +165,9 @@ def summary(report: dict) -> str:
     macs = ""
     if report.get("macs_before") and report.get("macs_after") is not None:
         macs = f", MACs {report['macs_before'] / 1e6:.1f} M -> {report['macs_after'] / 1e6:.1f} M"
-    return (f"reparameterised {report['blocks']} block(s) ({', '.join(report['methods'])}) to the deploy-time form"
-            f"{macs}, outputs unchanged (max abs difference {report['max_abs_diff']:.2g})")
+    folds = report.get("weights_folded", 0)
+    done = (f"reparameterised {report['blocks']} block(s) ({', '.join(report['methods'])}) to the deploy-time form"
+            if folds < report["blocks"] else
+            f"folded {folds} convolution weight(s) computed in forward ({', '.join(report['methods'])}) into plain convolutions")
+    return (f"{done}{macs}, "
+            f"outputs unchanged (max abs difference {report['max_abs_diff']:.2g})")

@@ -209,10 +209,9 @@ def load_weights(source: ModelSource, path: Path, *, key: Optional[str] = None, 
     model = source.build()
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
         check_finite(payload["state_dict"], f"checkpoint {path}")
-        if payload.get("reparameterized"):  # saved in its fused deploy-time form
-            from toolkit.models.reparameterize import rebuild_fused
+        from toolkit.models.reparameterize import rebuild_deploy_form
 
-            model = rebuild_fused(model)
+        model = rebuild_deploy_form(model, payload)  # saved in its fused deploy-time form
         apply_channel_spec(model, payload["channel_spec"], payload["state_dict"])
         _restore_metadata(payload)
         fit_state_dict(model, payload["state_dict"], f"checkpoint {path}")
