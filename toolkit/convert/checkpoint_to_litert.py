@@ -105,6 +105,7 @@ def _exported_program(checkpoint: str | Path, input_shape: tuple[int, ...], work
 
     from toolkit.convert.delegate_functions import delegate_functions
     from toolkit.convert.graph_rewrite import rewrite_for_delegates
+    from toolkit.convert.resize_matrices import bicubic_as_matrices
     from toolkit.convert.rms_norm_form import rms_norm_forms
     from toolkit.convert.transposed_conv import crop_transposed_convs
     from toolkit.models.checkpoint import load_checkpoint
@@ -116,8 +117,9 @@ def _exported_program(checkpoint: str | Path, input_shape: tuple[int, ...], work
             model, _ = rewrite_for_delegates(model, shift="conv")
             model, _ = rms_norm_forms(model)
             functions = delegate_functions()
-        with torch.no_grad(), functions:
-            program = torch.export.export(model.eval(), (torch.zeros(*input_shape),))
+        example = torch.zeros(*input_shape)
+        with torch.no_grad(), bicubic_as_matrices(model.eval(), example), functions:
+            program = torch.export.export(model.eval(), (example,))
         path = work / "model.pt2"
         torch.export.save(program, str(path))
         return path

@@ -78,23 +78,26 @@ def torch_to_onnx(model, input_shape: tuple[int, ...], path: str | Path, *, opse
     import onnx
     import torch
 
+    from toolkit.convert.resize_matrices import bicubic_as_matrices
+
     path = Path(path)
     model = model.eval()
     example = torch.zeros(*input_shape)
-    if _weight_bytes(model) > _PROTOBUF_SAFE_BYTES:
-        return _export_large(model, example, path, opset=opset, input_name=input_name, output_name=output_name)
-    buffer = io.BytesIO()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, (example,), buffer, opset_version=opset, input_names=[input_name],
-                              output_names=[output_name], dynamo=False, do_constant_folding=True)
-        proto = onnx.load_from_string(buffer.getvalue())
-    except MemoryError:
-        raise
-    except Exception as refused:  # the TorchScript exporter's limits; torch.export may trace what it cannot
-        proto = _export_with_torch_export(model, example, opset=opset, input_name=input_name,
-                                          output_name=output_name, refused=refused)
+    with bicubic_as_matrices(model, example):  # ONNX's cubic Resize becomes FlexResizeBicubic in TFLite
+        if _weight_bytes(model) > _PROTOBUF_SAFE_BYTES:
+            return _export_large(model, example, path, opset=opset, input_name=input_name, output_name=output_name)
+        buffer = io.BytesIO()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(model, (example,), buffer, opset_version=opset, input_names=[input_name],
+                                  output_names=[output_name], dynamo=False, do_constant_folding=True)
+            proto = onnx.load_from_string(buffer.getvalue())
+        except MemoryError:
+            raise
+        except Exception as refused:  # the TorchScript exporter's limits; torch.export may trace what it cannot
+            proto = _export_with_torch_export(model, example, opset=opset, input_name=input_name,
+                                              output_name=output_name, refused=refused)
     if simplify:
         try:
             from onnxsim import simplify as onnxsim_simplify

@@ -1,0 +1,108 @@
+"""Bicubic resizes exported as constant matrix products (toolkit.convert.resize_matrices): torch's
+own outputs for sizes, scale factors and align_corners; other resizes and F.interpolate itself
+untouched afterwards; a net resizing bicubically converts with onnx2tf (no FlexResizeBicubic) and
+with litert-torch into files XNNPACK runs in one partition, FP32 within parity of torch."""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from toolkit.convert.resize_matrices import bicubic_as_matrices
+
+BICUBIC_NET = textwrap.dedent('''
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+
+    class BicubicNet(nn.Module):
+        """CrossViT's branch scaling (a fixed smaller size) and a 2x bicubic upsampling."""
+
+        def __init__(self):
+            super().__init__()
+            self.stem, self.mid = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+            self.head = nn.Linear(8, 4)
+
+        def forward(self, x):
+            s = F.relu(self.stem(x))
+            small = F.interpolate(s, size=(s.shape[2] - 4, s.shape[3] - 4), mode="bicubic", align_corners=False)
+            up = F.interpolate(self.mid(small), scale_factor=2, mode="bicubic", align_corners=True)
+            return self.head(up.mean((2, 3)) + s.mean((2, 3)))
+''')
+
+
+class _Resize(nn.Module):
+    def __init__(self, **options):
+        super().__init__()
+        self.options = options
+
+    def forward(self, x):
+        return F.interpolate(x, **self.options)
+
+
+@pytest.mark.parametrize("options", [dict(size=(56, 56)), dict(scale_factor=2), dict(scale_factor=1.5),
+                                     dict(size=(5, 21), align_corners=True),
+                                     dict(scale_factor=(0.7, 1.3), recompute_scale_factor=True)])
+def test_bicubic_resizes_as_matrices_are_torchs_own(options):
+    model = _Resize(mode="bicubic", **options)
+    x = torch.randn(2, 3, 60, 60, generator=torch.Generator().manual_seed(0))
+    reference = model(x)
+    with bicubic_as_matrices(model, x) as found:
+        got = model(x)
+    assert found >= 1 and got.shape == reference.shape
+    assert float((got - reference).abs().max()) <= 1e-6 * float(reference.abs().max())
+
+
+def test_other_resizes_and_torchs_function_are_untouched():
+    interpolate = F.interpolate
+    for options in (dict(mode="bilinear", size=(7, 7)), dict(mode="bicubic", size=(7, 7), antialias=True),
+                    dict(mode="nearest", scale_factor=2)):
+        model = _Resize(**options)
+        x = torch.randn(1, 2, 12, 12)
+        with bicubic_as_matrices(model, x) as found:
+            assert found == 0 and torch.equal(model(x), F.interpolate(x, **options))
+    assert F.interpolate is interpolate
+
+
+def _bicubic_net():
+    namespace: dict = {}
+    exec(compile(BICUBIC_NET, "bicubic_net.py", "exec"), namespace)  # noqa: S102 - the test's own source
+    torch.manual_seed(0)
+    return namespace["BicubicNet"]().eval()
+
+
+def test_onnx2tf_converts_bicubic_resizes_into_one_xnnpack_partition(tmp_path):
+    import onnx
+
+    from toolkit.convert.onnx_rewrite import rewrites_for
+    from toolkit.convert.onnx_to_tflite import onnx_to_tflite
+    from toolkit.convert.torch_to_onnx import torch_to_onnx
+    from toolkit.runtime.delegate import delegate_report
+    from toolkit.runtime.tflite import TFLiteRunner
+
+    model = _bicubic_net()
+    onnx_path = torch_to_onnx(model, (1, 3, 32, 32), tmp_path / "net.onnx")
+    assert "Resize" not in {n.op_type for n in onnx.load(str(onnx_path)).graph.node}
+    calibration = np.random.default_rng(0).random((8, 32, 32, 3), dtype=np.float32)
+    out = onnx_to_tflite(onnx_path, tmp_path / "tflite", calibration, (0.5,), (0.25,), int8=True, io_dtype="int8",
+                         rewrite_ops=rewrites_for("xnnpack"))
+    for path in (out.float32, out.int8):
+        report = delegate_report(path)
+        assert (report["partitions"], report["undelegated_ops"]) == (1, {}), (path.name, report)
+    x = (calibration[:2] - 0.5) / 0.25
+    with torch.no_grad():
+        reference = model(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    runner = TFLiteRunner(out.float32, threads=1)
+    got = np.concatenate([runner(x[i:i + 1].transpose(0, 3, 1, 2)) for i in range(2)])
+    assert np.abs(got - reference).max() <= 1e-4 * np.abs(reference).max()
+
+
+def test_litert_converts_bicubic_resizes_into_one_xnnpack_partition(tmp_path):
+    from tests.stages.litert_helpers import assert_litert_int8_one_partition
+
+    assert_litert_int8_one_partition(tmp_path, BICUBIC_NET, "bicubic_net.py:BicubicNet")

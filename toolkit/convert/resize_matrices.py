@@ -1,0 +1,117 @@
+"""Bicubic resizes as two matrix products with constant interpolation matrices, for export.
+
+TFLite has no bicubic resize: onnx2tf turns ONNX's cubic Resize into `FlexResizeBicubic`, which no
+device runtime here loads, and litert-torch's gathers miss torch's outputs (CrossViT's 240 -> 224
+branch scaling: relative error 1e-4, parity fails). A bicubic resize of a fixed-size image is linear
+and separable: out = A_h @ x @ A_w^T. The matrices are torch's own weights, read off by resizing
+identity matrices (a float32 re-derivation of its kernel differs by 1e-5 of the input scale).
+`bicubic_as_matrices(model, example)` runs the model once eagerly to read the matrices of every
+bicubic resize it makes, then, while active (around torch.onnx.export and torch.export),
+F.interpolate computes those resizes of 4-D float inputs (without antialias) as constant matrix
+products: transposes and FULLY_CONNECTED layers with constant weights, which XNNPACK delegates in
+FP32 and INT8. Every other resize is torch's own."""
+
+from __future__ import annotations
+
+import contextlib
+
+
+def _axis_key(size_in: int, size_out: int, factor, align_corners: bool, recompute) -> tuple:
+    return (size_in, size_out, None if factor is None else float(factor), bool(align_corners), bool(recompute))
+
+
+def _axis_matrix(interpolate, key: tuple):
+    """(size_in, size_out) float32 tensor W with v @ W = torch's 1-D bicubic resize of v, read off
+    by resizing the rows of an identity matrix (along W; H stays 1 -> 1, which bicubic keeps)."""
+    import torch
+
+    size_in, size_out, factor, align_corners, recompute = key
+    eye = torch.eye(size_in).reshape(size_in, 1, 1, size_in)
+    with torch.no_grad():
+        if factor is None:
+            rows = interpolate(eye, size=(1, size_out), mode="bicubic", align_corners=align_corners)
+        else:
+            rows = interpolate(eye, scale_factor=(1.0, factor), mode="bicubic", align_corners=align_corners,
+                               recompute_scale_factor=recompute or None)
+    return rows.reshape(size_in, size_out).contiguous()
+
+
+def _resize_keys(x, size, scale_factor, align_corners, recompute) -> tuple | None:
+    """(rows key, cols key) of a 2-D bicubic resize of 4-D `x`, or None when this form does not cover it."""
+    import math
+
+    if x.dim() != 4 or not x.is_floating_point() or (size is None) == (scale_factor is None):
+        return None
+    in_h, in_w = int(x.shape[2]), int(x.shape[3])
+    if size is not None:
+        out_h, out_w = (tuple(size) if isinstance(size, (tuple, list)) else (size, size))
+        factors = (None, None)
+    else:
+        factors = tuple(scale_factor) if isinstance(scale_factor, (tuple, list)) else (scale_factor, scale_factor)
+        out_h, out_w = (math.floor(s * float(f)) for s, f in zip((in_h, in_w), factors))
+    return (_axis_key(in_h, int(out_h), factors[0], align_corners, recompute),
+            _axis_key(in_w, int(out_w), factors[1], align_corners, recompute))
+
+
+def _by_matrices(x, rows, cols):
+    """x (N, C, H, W) resized along W with cols (W, W') and along H with rows (H, H'), as products
+    of 2-D views: onnx2tf reads a 4-D MatMul in its NHWC layout and fails; 2-D ones it keeps."""
+    n, c, h, w = x.shape
+    y = (x.reshape(n * c * h, w) @ cols.to(x.dtype)).reshape(n, c, h, -1).transpose(2, 3)  # (N, C, W', H)
+    out_w = y.shape[2]
+    z = (y.reshape(n * c * out_w, h) @ rows.to(x.dtype)).reshape(n, c, out_w, -1)  # (N, C, W', H')
+    return z.transpose(2, 3)
+
+
+@contextlib.contextmanager
+def _patched_interpolate(replacement):
+    import torch.nn.functional as F
+
+    original = F.interpolate
+    F.interpolate = replacement(original)
+    try:
+        yield
+    finally:
+        F.interpolate = original
+
+
+@contextlib.contextmanager
+def bicubic_as_matrices(model, example):
+    """Inside the block, F.interpolate computes the bicubic resizes that `model(example)` makes
+    (4-D float inputs, no antialias) as constant matrix products; restored after. Returns (yields)
+    the number of distinct resizes found."""
+    import torch
+
+    matrices: dict = {}
+
+    def keys_of(input, size, scale_factor, mode, align_corners, recompute_scale_factor, antialias):  # noqa: PLR0917 - torch's order
+        if mode != "bicubic" or antialias:
+            return None
+        return _resize_keys(input, size, scale_factor, align_corners, recompute_scale_factor)
+
+    def recording(original):
+        def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corners=None,  # noqa: PLR0917 - torch's signature
+                        recompute_scale_factor=None, antialias=False):
+            keys = keys_of(input, size, scale_factor, mode, align_corners, recompute_scale_factor, antialias)
+            for key in keys or ():
+                if key not in matrices:
+                    matrices[key] = _axis_matrix(original, key)
+            return original(input, size, scale_factor, mode, align_corners, recompute_scale_factor, antialias)
+        return interpolate
+
+    def replacing(original):
+        def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corners=None,  # noqa: PLR0917 - torch's signature
+                        recompute_scale_factor=None, antialias=False):
+            keys = keys_of(input, size, scale_factor, mode, align_corners, recompute_scale_factor, antialias)
+            if keys is None or not all(key in matrices for key in keys):
+                return original(input, size, scale_factor, mode, align_corners, recompute_scale_factor, antialias)
+            return _by_matrices(input, matrices[keys[0]], matrices[keys[1]])
+        return interpolate
+
+    with _patched_interpolate(recording), torch.no_grad():
+        model(example)
+    if not matrices:
+        yield 0
+        return
+    with _patched_interpolate(replacing):
+        yield len(matrices)
