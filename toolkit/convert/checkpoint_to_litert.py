@@ -103,6 +103,7 @@ def _exported_program(checkpoint: str | Path, input_shape: tuple[int, ...], work
 
     import torch
 
+    from toolkit.convert.constant_fold import fold_constants
     from toolkit.convert.delegate_functions import delegate_functions
     from toolkit.convert.graph_rewrite import rewrite_for_delegates
     from toolkit.convert.resize_matrices import bicubic_as_matrices
@@ -120,6 +121,7 @@ def _exported_program(checkpoint: str | Path, input_shape: tuple[int, ...], work
         example = torch.zeros(*input_shape)
         with torch.no_grad(), bicubic_as_matrices(model.eval(), example), functions:
             program = torch.export.export(model.eval(), (example,))
+        program, _ = fold_constants(program, example)  # weight-only computations (relative position biases)
         path = work / "model.pt2"
         torch.export.save(program, str(path))
         return path
