@@ -1,6 +1,7 @@
-"""Bicubic resizes exported as constant matrix products (toolkit.convert.resize_matrices): torch's
-own outputs for sizes, scale factors and align_corners; other resizes and F.interpolate itself
-untouched afterwards; a net resizing bicubically converts with onnx2tf (no FlexResizeBicubic) and
+"""Bicubic resizes and uneven adaptive average pools exported as constant matrix products
+(toolkit.convert.resize_matrices): torch's own outputs for sizes, scale factors, align_corners and
+pool windows; other resizes and F.interpolate itself untouched afterwards; a net resizing
+bicubically and pooling VGG-style (2x2 -> 7x7) converts with onnx2tf (no FlexResizeBicubic) and
 with litert-torch into files XNNPACK runs in one partition, FP32 within parity of torch."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from toolkit.convert.resize_matrices import bicubic_as_matrices
+from toolkit.convert.resize_matrices import resizes_as_matrices
 
 BICUBIC_NET = textwrap.dedent('''
     import torch.nn as nn
@@ -21,7 +22,7 @@ BICUBIC_NET = textwrap.dedent('''
 
 
     class BicubicNet(nn.Module):
-        """CrossViT's branch scaling (a fixed smaller size) and a 2x bicubic upsampling."""
+        """CrossViT's branch scaling (a fixed smaller size), a 2x bicubic upsampling, VGG's 2x2 -> 7x7 pool."""
 
         def __init__(self):
             super().__init__()
@@ -32,7 +33,8 @@ BICUBIC_NET = textwrap.dedent('''
             s = F.relu(self.stem(x))
             small = F.interpolate(s, size=(s.shape[2] - 4, s.shape[3] - 4), mode="bicubic", align_corners=False)
             up = F.interpolate(self.mid(small), scale_factor=2, mode="bicubic", align_corners=True)
-            return self.head(up.mean((2, 3)) + s.mean((2, 3)))
+            grown = F.adaptive_avg_pool2d(F.max_pool2d(s, 16), (7, 7))  # timm VGG's ConvMlp at a small input
+            return self.head(up.mean((2, 3)) + s.mean((2, 3)) + grown.mean((2, 3)))
 ''')
 
 
@@ -52,7 +54,7 @@ def test_bicubic_resizes_as_matrices_are_torchs_own(options):
     model = _Resize(mode="bicubic", **options)
     x = torch.randn(2, 3, 60, 60, generator=torch.Generator().manual_seed(0))
     reference = model(x)
-    with bicubic_as_matrices(model, x) as found:
+    with resizes_as_matrices(model, x) as found:
         got = model(x)
     assert found >= 1 and got.shape == reference.shape
     assert float((got - reference).abs().max()) <= 1e-6 * float(reference.abs().max())
@@ -64,7 +66,7 @@ def test_other_resizes_and_torchs_function_are_untouched():
                     dict(mode="nearest", scale_factor=2)):
         model = _Resize(**options)
         x = torch.randn(1, 2, 12, 12)
-        with bicubic_as_matrices(model, x) as found:
+        with resizes_as_matrices(model, x) as found:
             assert found == 0 and torch.equal(model(x), F.interpolate(x, **options))
     assert F.interpolate is interpolate
 
@@ -106,3 +108,16 @@ def test_litert_converts_bicubic_resizes_into_one_xnnpack_partition(tmp_path):
     from tests.stages.litert_helpers import assert_litert_int8_one_partition
 
     assert_litert_int8_one_partition(tmp_path, BICUBIC_NET, "bicubic_net.py:BicubicNet")
+
+
+@pytest.mark.parametrize("sizes", [((2, 2), (7, 7)), ((5, 9), (3, 4)), ((6, 6), (4, None)), ((8, 8), (4, 2))])
+def test_uneven_adaptive_average_pools_as_matrices_are_torchs_own(sizes):
+    (h, w), output_size = sizes
+    model = nn.AdaptiveAvgPool2d(output_size)
+    x = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(0))
+    reference = model(x)
+    with resizes_as_matrices(model, x) as found:
+        got = model(x)
+    assert found == (0 if (h, w) == (8, 8) else 1)  # 8 -> 4 and 8 -> 2 are even windows: torch's own pool
+    assert got.shape == reference.shape
+    assert float((got - reference).abs().max()) <= 1e-6 * float(reference.abs().max())

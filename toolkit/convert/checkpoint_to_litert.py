@@ -106,7 +106,7 @@ def _exported_program(checkpoint: str | Path, input_shape: tuple[int, ...], work
     from toolkit.convert.constant_fold import fold_constants
     from toolkit.convert.delegate_functions import delegate_functions
     from toolkit.convert.graph_rewrite import rewrite_for_delegates
-    from toolkit.convert.resize_matrices import bicubic_as_matrices
+    from toolkit.convert.resize_matrices import resizes_as_matrices
     from toolkit.convert.rms_norm_form import rms_norm_forms
     from toolkit.convert.transposed_conv import crop_transposed_convs
     from toolkit.models.checkpoint import load_checkpoint
@@ -119,7 +119,7 @@ def _exported_program(checkpoint: str | Path, input_shape: tuple[int, ...], work
             model, _ = rms_norm_forms(model)
             functions = delegate_functions()
         example = torch.zeros(*input_shape)
-        with torch.no_grad(), bicubic_as_matrices(model.eval(), example), functions:
+        with torch.no_grad(), resizes_as_matrices(model.eval(), example), functions:
             program = torch.export.export(model.eval(), (example,))
         program, _ = fold_constants(program, example)  # weight-only computations (relative position biases)
         path = work / "model.pt2"

@@ -1,15 +1,22 @@
-"""Bicubic resizes as two matrix products with constant interpolation matrices, for export.
+"""Bicubic resizes and uneven adaptive average pools as two matrix products with constant
+matrices, for export.
 
 TFLite has no bicubic resize: onnx2tf turns ONNX's cubic Resize into `FlexResizeBicubic`, which no
 device runtime here loads, and litert-torch's gathers miss torch's outputs (CrossViT's 240 -> 224
 branch scaling: relative error 1e-4, parity fails). A bicubic resize of a fixed-size image is linear
 and separable: out = A_h @ x @ A_w^T. The matrices are torch's own weights, read off by resizing
 identity matrices (a float32 re-derivation of its kernel differs by 1e-5 of the input scale).
-`bicubic_as_matrices(model, example)` runs the model once eagerly to read the matrices of every
+`resizes_as_matrices(model, example)` runs the model once eagerly to read the matrices of every
 bicubic resize it makes, then, while active (around torch.onnx.export and torch.export),
 F.interpolate computes those resizes of 4-D float inputs (without antialias) as constant matrix
 products: transposes and FULLY_CONNECTED layers with constant weights, which XNNPACK delegates in
-FP32 and INT8. Every other resize is torch's own."""
+FP32 and INT8. Every other resize is torch's own.
+
+Adaptive average pools whose output size does not divide the input's (VGG's and AlexNet's 7x7 or
+6x6 from the 2x2 map of a small input: windows that are uneven or overlap) are linear and separable
+the same way and are computed alike, with window matrices (1 / window length over each window): the
+TorchScript ONNX exporter refuses them, and litert-torch's lowering left ai-edge-quantizer an op it
+could not quantize (timm VGG-11)."""
 
 from __future__ import annotations
 
@@ -63,26 +70,52 @@ def _by_matrices(x, rows, cols):
     return z.transpose(2, 3)
 
 
+def _window_matrix(size_in: int, size_out: int):
+    """(size_in, size_out) float32 tensor W with v @ W = the 1-D adaptive average pool of v: output i
+    averages inputs floor(i * in / out) .. ceil((i + 1) * in / out) - 1 (torch's windows)."""
+    import torch
+
+    matrix = torch.zeros(size_in, size_out)
+    for i in range(size_out):
+        start, end = (i * size_in) // size_out, -((-(i + 1) * size_in) // size_out)
+        matrix[start:end, i] = 1.0 / (end - start)
+    return matrix
+
+
+def _uneven_pool_keys(x, output_size) -> tuple | None:
+    """((in_h, out_h), (in_w, out_w)) of a 4-D adaptive average pool whose windows are uneven or
+    overlap on some axis (an output size that does not divide the input's, e.g. VGG's 2x2 -> 7x7), else None."""
+    if x.dim() != 4 or not x.is_floating_point():
+        return None
+    sizes = tuple(output_size) if isinstance(output_size, (tuple, list)) else (output_size, output_size)
+    pairs = tuple((int(n), int(n) if o is None else int(o)) for n, o in zip(x.shape[2:], sizes))
+    return pairs if any(n % o for n, o in pairs) else None
+
+
 @contextlib.contextmanager
-def _patched_interpolate(replacement):
+def _patched(**replacements):
+    """torch.nn.functional's functions named by the keywords replaced by what each factory makes of the original."""
     import torch.nn.functional as F
 
-    original = F.interpolate
-    F.interpolate = replacement(original)
+    originals = {name: getattr(F, name) for name in replacements}
+    for name, factory in replacements.items():
+        setattr(F, name, factory(originals[name]))
     try:
         yield
     finally:
-        F.interpolate = original
+        for name, original in originals.items():
+            setattr(F, name, original)
 
 
 @contextlib.contextmanager
-def bicubic_as_matrices(model, example):
+def resizes_as_matrices(model, example):
     """Inside the block, F.interpolate computes the bicubic resizes that `model(example)` makes
-    (4-D float inputs, no antialias) as constant matrix products; restored after. Returns (yields)
-    the number of distinct resizes found."""
+    (4-D float inputs, no antialias) and F.adaptive_avg_pool2d its uneven adaptive average pools as
+    constant matrix products; restored after. Yields how many distinct resizes and pools were found."""
     import torch
 
     matrices: dict = {}
+    pools: dict = {}  # read off eagerly: made while tracing, they would be traced ops instead of constants
 
     def keys_of(input, size, scale_factor, mode, align_corners, recompute_scale_factor, antialias):  # noqa: PLR0917 - torch's order
         if mode != "bicubic" or antialias:
@@ -108,10 +141,27 @@ def bicubic_as_matrices(model, example):
             return _by_matrices(input, matrices[keys[0]], matrices[keys[1]])
         return interpolate
 
-    with _patched_interpolate(recording), torch.no_grad():
+    def recording_pool(original):
+        def adaptive_avg_pool2d(input, output_size):
+            keys = _uneven_pool_keys(input, output_size)
+            if keys is not None and keys not in pools:
+                pools[keys] = tuple(_window_matrix(n, o) for n, o in keys)
+            return original(input, output_size)
+        return adaptive_avg_pool2d
+
+    def replacing_pool(original):
+        def adaptive_avg_pool2d(input, output_size):
+            keys = _uneven_pool_keys(input, output_size)
+            if keys not in pools:
+                return original(input, output_size)
+            rows, cols = pools[keys]
+            return _by_matrices(input, rows, cols)
+        return adaptive_avg_pool2d
+
+    with _patched(interpolate=recording, adaptive_avg_pool2d=recording_pool), torch.no_grad():
         model(example)
-    if not matrices:
+    if not matrices and not pools:
         yield 0
         return
-    with _patched_interpolate(replacing):
-        yield len(matrices)
+    with _patched(interpolate=replacing, adaptive_avg_pool2d=replacing_pool):
+        yield len(matrices) + len(pools)

@@ -78,12 +78,12 @@ def torch_to_onnx(model, input_shape: tuple[int, ...], path: str | Path, *, opse
     import onnx
     import torch
 
-    from toolkit.convert.resize_matrices import bicubic_as_matrices
+    from toolkit.convert.resize_matrices import resizes_as_matrices
 
     path = Path(path)
     model = model.eval()
     example = torch.zeros(*input_shape)
-    with bicubic_as_matrices(model, example):  # ONNX's cubic Resize becomes FlexResizeBicubic in TFLite
+    with resizes_as_matrices(model, example):  # cubic Resize: FlexResizeBicubic in TFLite; uneven adaptive pools
         if _weight_bytes(model) > _PROTOBUF_SAFE_BYTES:
             return _export_large(model, example, path, opset=opset, input_name=input_name, output_name=output_name)
         buffer = io.BytesIO()
