@@ -108,8 +108,8 @@ def _layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5):
 
 def _gelu(x, approximate: str = "none"):
     """GELU from MUL, ADD and TANH: exact GELU with erf(z) as tanh of an odd polynomial of z clamped
-    to [-3, 3] (the ONNX rewrite's fit, toolkit.convert.onnx_rewrite; within 1.9e-5 of |x|), the clamp
-    as hardtanh(z / 3) * 3, which the converter fuses into a MUL; the tanh form as x * sigmoid(2u) (its
+    to [-ERF_CLAMP, ERF_CLAMP] (the ONNX rewrite's fit, toolkit.convert.onnx_rewrite; within 4e-7 of |x|), the clamp
+    as hardtanh(z / ERF_CLAMP) * ERF_CLAMP, which the converter fuses into a MUL; the tanh form as x * sigmoid(2u) (its
     textbook form, x * 0.5 * (1 + tanh(u)), is fused back into GELU: MobileNetV5, 31 INT8 GELUs).
     XNNPACK does not take INT8 GELU."""
     import torch
@@ -119,10 +119,12 @@ def _gelu(x, approximate: str = "none"):
 
     if approximate == "tanh":  # 0.5 (1 + tanh(u)) = sigmoid(2u); the converter fuses the textbook form back into GELU
         return x * torch.sigmoid((x + x * x * x * 0.044715) * (2.0 * math.sqrt(2.0 / math.pi)))
-    c1, c3, c5 = ERF_TANH
     z = F.hardtanh(x * (1.0 / (math.sqrt(2.0) * ERF_CLAMP))) * ERF_CLAMP
     z2 = z * z
-    return x * 0.5 * (1.0 + torch.tanh(z * (c1 + z2 * (c3 + z2 * c5))))
+    inner = ERF_TANH[-1]
+    for coefficient in reversed(ERF_TANH[:-1]):
+        inner = coefficient + z2 * inner
+    return x * 0.5 * (1.0 + torch.tanh(z * inner))
 
 
 XNNPACK_CONCAT_INPUTS = 4  # at most this many inputs per CONCATENATION (XNNPACK takes up to 5)
