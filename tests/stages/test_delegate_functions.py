@@ -2,7 +2,7 @@
 (toolkit.convert.delegate_functions): the same maths, torch's own functions back afterwards, and a
 small token net (LayerNorm, F.scaled_dot_product_attention, attention over one token, one key/value
 head shared by all query heads, one head alone, Tensor.softmax, both GELUs, a nearest upsampling, average pools,
-reflect and replicate padding, a channels-last 4-D LayerNorm) whose litert-torch
+a padded max pool, reflect and replicate padding, a channels-last 4-D LayerNorm) whose litert-torch
 INT8 file is full-integer (XNNPACK's float DIV/SQRT islands excepted) in one XNNPACK partition; a
 layer norm on a pooled 1x1 channels-last map (ConvNeXt's head) converts and keeps parity.
 Without the forms litert-torch's INT8 file keeps EXP and REDUCE_MAX float (not full-integer), and
@@ -41,6 +41,7 @@ TOKEN_NET = textwrap.dedent('''
         def forward(self, x):
             s = self.stem(x)
             s = s + F.interpolate(F.max_pool2d(s, 2), scale_factor=2)  # nearest, a whole factor
+            s = s + nn.MaxPool2d(3, 1, 1)(s)  # padded: litert-torch's PADV2 of -inf is not XNNPACK's
             s = s * torch.sigmoid(F.interpolate(nn.AvgPool2d(2)(s), scale_factor=2)) + F.avg_pool2d(s, 3, 1, 1)
             s = s + F.avg_pool2d(s, 3, 1, 1, count_include_pad=False)  # ViTamin's, CoAtNet's downsampling
             s = s + self.reflect(s) + F.pad(s, (1, 1, 2, 0), mode="replicate")[:, :, :-2, 1:-1]
@@ -76,7 +77,8 @@ def _reference_and_rewritten(fn):
                                   "sdpa_shared_kv", "nearest", "upsample", "avg_pool", "avg_pool_padded",
                                   "avg_pool_ceil", "avg_pool_partial", "reflect", "replicate", "reflect_conv",
                                   "pad_constant", "sdpa_one_head", "sdpa_one_head_3d", "sdpa_one_head_mask",
-                                  "avg_pool_uncounted", "avg_pool_uncounted_uneven"])
+                                  "avg_pool_uncounted", "avg_pool_uncounted_uneven", "max_pool_padded",
+                                  "max_pool_padded_uneven", "max_pool_ceil"])
 def test_each_form_keeps_the_maths(case):
     torch.manual_seed(0)
     x = torch.randn(2, 3, 5, 8) * 20
@@ -100,6 +102,9 @@ def test_each_form_keeps_the_maths(case):
              "avg_pool_partial": lambda: F.avg_pool2d(x, 3, 2, 1, count_include_pad=False),
              "avg_pool_uncounted": lambda: nn.AvgPool2d(3, 1, 1, count_include_pad=False)(x),
              "avg_pool_uncounted_uneven": lambda: F.avg_pool2d(x, (2, 3), (1, 2), (1, 1), count_include_pad=False),
+             "max_pool_padded": lambda: nn.MaxPool2d(3, 2, 1)(x - 100),  # every value below the zeros a pad would add
+             "max_pool_padded_uneven": lambda: F.max_pool2d(x, (2, 5), (1, 2), (1, 2)),
+             "max_pool_ceil": lambda: F.max_pool2d(x, 3, 2, 1, ceil_mode=True),
              "reflect": lambda: F.pad(x, (2, 1, 4, 3), mode="reflect"),
              "replicate": lambda: F.pad(x, (0, 6, 1, 1), mode="replicate"),
              "reflect_conv": lambda: reflect_conv(x),
@@ -113,10 +118,10 @@ def test_each_form_keeps_the_maths(case):
 
 def test_torch_functions_are_restored():
     originals = (torch.Tensor.softmax, torch.softmax, F.softmax, F.scaled_dot_product_attention, F.layer_norm, F.gelu,
-                 F.interpolate, F.avg_pool2d, F.pad)
+                 F.interpolate, F.avg_pool2d, F.pad, F.max_pool2d)
     _reference_and_rewritten(lambda: torch.ones(2).softmax(0))
     assert (torch.Tensor.softmax, torch.softmax, F.softmax, F.scaled_dot_product_attention, F.layer_norm, F.gelu,
-            F.interpolate, F.avg_pool2d, F.pad) == originals
+            F.interpolate, F.avg_pool2d, F.pad, F.max_pool2d) == originals
     assert "softmax" not in torch.Tensor.__dict__
 
 

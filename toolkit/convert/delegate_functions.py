@@ -1,5 +1,5 @@
-"""Softmax, scaled-dot-product attention, layer norm, GELU, nearest upsampling, average pooling and
-reflect / replicate padding in the forms XNNPACK takes, for litert-torch's files.
+"""Softmax, scaled-dot-product attention, layer norm, GELU, nearest upsampling, average pooling,
+padded max pooling and reflect / replicate padding in the forms XNNPACK takes, for litert-torch's files.
 
 litert-torch lowers `F.scaled_dot_product_attention` (timm's fused attention) into EXP and
 REDUCE_MAX that ai-edge-quantizer leaves float, so the INT8 file is not full-integer (MobileViT-XXS,
@@ -193,6 +193,26 @@ def _depthwise_average(x, kernel: tuple, stride: tuple, padding: tuple, *, count
     return out * torch.from_numpy(correction).to(x.dtype)
 
 
+def _padded_max_pool(x, *, kernel, stride, padding, dilation, ceil_mode: bool) -> tuple | None:
+    """(kernel, stride, (pad_h, pad_w)) of a 4-D max pool with padding that replicate padding can
+    stand in for, else None. torch pads a max pool with -inf, which litert-torch writes as PADV2,
+    which XNNPACK does not take. With dilation 1 and padding at most half the kernel (torch's own
+    rule) every window touching the padding also holds the edge value a replicated row copies, so
+    the maximum is unchanged. Ceil mode only where it adds no window."""
+    def pair(v):
+        return tuple(v) * (2 // len(v)) if isinstance(v, (tuple, list)) else (v, v)
+
+    kernel, padding, dilation = pair(kernel), pair(padding), pair(dilation)
+    stride = pair(stride if stride not in (None, [], ()) else kernel)
+    if x.dim() != 4 or not x.is_floating_point() or not any(padding) or dilation != (1, 1):
+        return None
+    if any(2 * p > k for p, k in zip(padding, kernel)):
+        return None
+    if ceil_mode and any((n + 2 * p - k) % s for n, k, s, p in zip(x.shape[-2:], kernel, stride, padding)):
+        return None
+    return kernel, stride, padding
+
+
 _MISSING = object()
 
 
@@ -222,7 +242,7 @@ def _written_out_attention(query, key, value, options: dict):
 def delegate_functions():
     """Inside the block, torch's softmax (function, method, F.softmax), F.scaled_dot_product_attention,
     F.layer_norm, F.gelu, nearest F.interpolate by whole factors, F.avg_pool2d (ceil mode adding no window)
-    (nn.AvgPool2d calls it) and reflect / replicate F.pad (so do convs with such a padding_mode)
+    (nn.AvgPool2d calls it), padded F.max_pool2d (nn.MaxPool2d calls it) and reflect / replicate F.pad (so do convs with such a padding_mode)
     compute the forms above; restored after."""
     patches = _patches()
     saved = [(owner, name, vars(owner).get(name, _MISSING)) for owner, name, _ in patches]
@@ -246,7 +266,7 @@ def _patches() -> list:
 
     originals = {"torch": torch.softmax, "F": F.softmax,
                  "sdpa": F.scaled_dot_product_attention, "layer_norm": F.layer_norm, "gelu": F.gelu,
-                 "interpolate": F.interpolate, "avg_pool2d": F.avg_pool2d, "pad": F.pad}
+                 "interpolate": F.interpolate, "avg_pool2d": F.avg_pool2d, "pad": F.pad, "max_pool2d": F.max_pool2d}
 
     def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corners=None,  # noqa: PLR0917 - torch's signature
                     recompute_scale_factor=None, antialias=False):
@@ -264,6 +284,16 @@ def _patches() -> list:
             return originals["avg_pool2d"](input, kernel_size, stride, padding, ceil_mode, count_include_pad,
                                            divisor_override)
         return _depthwise_average(input, *windows, count_include_pad=count_include_pad)
+
+    def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,  # noqa: PLR0917 - torch's signature
+                   return_indices=False):
+        windows = None if return_indices else _padded_max_pool(input, kernel=kernel_size, stride=stride, padding=padding,
+                                                                  dilation=dilation, ceil_mode=ceil_mode)
+        if windows is None:
+            return originals["max_pool2d"](input, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode,
+                                           return_indices=return_indices)
+        kernel, stride, (pad_h, pad_w) = windows
+        return originals["max_pool2d"](_edge_pad(input, (pad_w, pad_w, pad_h, pad_h), "replicate"), kernel, stride, 0)
 
     def pad(input, pad, mode="constant", value=None):
         edge = (mode in ("reflect", "replicate") and input.dim() == 4 and len(pad) in (2, 4) and input.is_floating_point()
@@ -295,4 +325,4 @@ def _patches() -> list:
 
     return [(torch.Tensor, "softmax", softmax), (torch, "softmax", softmax), (F, "softmax", softmax),
             (F, "scaled_dot_product_attention", attention), (F, "layer_norm", layer_norm), (F, "gelu", gelu),
-            (F, "interpolate", interpolate), (F, "avg_pool2d", avg_pool2d), (F, "pad", pad)]
+            (F, "interpolate", interpolate), (F, "avg_pool2d", avg_pool2d), (F, "pad", pad), (F, "max_pool2d", max_pool2d)]
