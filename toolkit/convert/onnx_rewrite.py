@@ -21,6 +21,7 @@ TensorFlow 2.19 + ai-edge-litert 2.1.0 (tests/stages/test_onnx_rewrite.py; parti
 | Concat of more than 5 inputs (DenseNet) | CONCATENATION (not even in FP32) | 2 / 2 | nested concats of at most 5 | 1 / 1 |
 | ReduceMean + eps (a hand-written RMS norm: timm's RmsNorm2d) | ADD of eps | 1 / 4 | eps by a depthwise conv's bias | 1 / 1 |
 | Div(1, Sqrt) or Reciprocal(Sqrt) (torch.rsqrt) | RSQRT | 1 / 3 | 1 / (sqrt * 2) * 2 | 1 / 1 |
+| LeakyRelu, slope under 2^-8 (TResNet's 0.001) | LEAKY_RELU | 1 / 2 | relu(x + x) * (1 - a) / 2 + a * x | 1 / 1 |
 | Relu of a tensor also read elsewhere (a residual sum kept and rectified) | a lone RELU | 1 / 2 | the fused ReLU of a depthwise 1x1 conv, weights 1 | 1 / 1 |
 
 FP32 parity of every rewritten file against torch: < 1.1e-5 of the output scale. XNNPACK takes in
@@ -38,7 +39,7 @@ from toolkit.convert.onnx_graph import Graph as _Graph
 from toolkit.convert.onnx_graph import attr as _attr
 from toolkit.convert.onnx_graph import reduce_axes as _reduce_axes
 
-REWRITE_VERSION = "9"  # part of the conversion cache key: bump when a rewrite changes what onnx2tf gets
+REWRITE_VERSION = "10"  # part of the conversion cache key: bump when a rewrite changes what onnx2tf gets
 # erf(z) ~= tanh(z * (C1 + z^2 * (C3 + z^2 * (C5 + ...)))) for |z| <= ERF_CLAMP (minimax fit of the
 # error in erf; |error| < 5.6e-7 evaluated in float32, also beyond the clamp, where erf(3.75) = 1 - 1.1e-7):
 # GELU within 4e-7 of |x| in float32. (Three terms clamped at 3 were within 3.7e-5, GELU 1.9e-5 of |x|: over the
@@ -186,6 +187,22 @@ def _prelu(g: _Graph, node) -> bool:
     slope = slope.astype(np.float32).reshape(-1)
     relu2 = g.op("Relu", [g.op("Add", [x, x])])
     g.op("Add", [_channel_scale(g, relu2, (1.0 - slope) / 2.0, rank=rank), _channel_scale(g, x, slope, rank=rank)],
+         out=node.output[0])
+    return True
+
+
+XNNPACK_MIN_LEAKY_SLOPE = 2.0 ** -8  # INT8 LEAKY_RELU slopes XNNPACK takes: 0.004, 0.01, 0.1 yes, 0.001 (TResNet) no (measured)
+
+
+def _leaky_relu(g: _Graph, node) -> bool:
+    """A LeakyRelu with a slope under XNNPACK_MIN_LEAKY_SLOPE as the per-channel PRelu form with one
+    slope a: relu(x + x) * ((1 - a) / 2) + a * x."""
+    alpha = float(_attr(node, "alpha", 0.01))
+    if not 0.0 <= alpha < XNNPACK_MIN_LEAKY_SLOPE:
+        return False
+    x = node.input[0]
+    relu2 = g.op("Relu", [g.op("Add", [x, x])])
+    g.op("Add", [g.op("Mul", [relu2, g.const((1.0 - alpha) / 2.0)]), g.op("Mul", [x, g.const(alpha)])],
          out=node.output[0])
     return True
 
@@ -391,12 +408,12 @@ def _lone_relu(g: _Graph, node) -> bool:
 REWRITES = {"Erf": _erf, "LayerNormalization": _layer_norm, "InstanceNormalization": _instance_norm,
             "PRelu": _prelu, "Resize": _resize_nearest, "Softmax": _softmax, "Clip": _l2_norm, "ReduceL2": _l2_norm,
             "Gather": _gather, "AveragePool": _average_pool, "Concat": _concat, "Add": _eps_after_mean,
-            "Reciprocal": _reciprocal_root, "Div": _reciprocal_root, "Relu": _lone_relu}
+            "Reciprocal": _reciprocal_root, "Div": _reciprocal_root, "Relu": _lone_relu, "LeakyRelu": _leaky_relu}
 FULL_INTEGER_REWRITES = ("Erf", "PRelu", "Resize", "Gather", "AveragePool", "Concat", "Add")  # INT8 files stay full-integer: for every runtime
 FLOAT_ISLAND_REWRITES = ("LayerNormalization", "InstanceNormalization", "Softmax", "Clip", "ReduceL2", "Reciprocal", "Div")  # INT8: DIV/SQRT run in float
 
 
-XNNPACK_REWRITES = ("Relu",)  # a conv more, for a delegate that takes no lone INT8 RELU
+XNNPACK_REWRITES = ("Relu", "LeakyRelu")  # a conv more, for a delegate that takes no lone INT8 RELU; small slopes
 
 
 def rewrites_for(delegate) -> tuple[str, ...]:
