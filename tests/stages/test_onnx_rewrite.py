@@ -107,7 +107,9 @@ class _SharedSumRelu(nn.Module):  # a residual sum both rectified and kept: no o
 
 OPS = {"shared_sum_relu": _SharedSumRelu, "gather": _Gather, "avg_pool": _AvgPool, "concat_many": _ConcatMany, "gelu": nn.GELU, "l2_normalize": _L2Normalize, "l2_norm": _L2Norm, "instance_norm": lambda: nn.InstanceNorm2d(C, affine=True), "group_norm": lambda: nn.GroupNorm(4, C),
        "layer_norm_2d": _LayerNorm2d, "layer_norm_tokens": _TokenLayerNormGelu, "prelu": lambda: nn.PReLU(C),
-       "prelu_one": nn.PReLU, "leaky_small": lambda: nn.LeakyReLU(1e-3), "nearest": _Nearest, "softmax": _Softmax,
+       "prelu_one": nn.PReLU, "leaky_small": lambda: nn.LeakyReLU(1e-3),
+       "reflect_conv": lambda: nn.Conv2d(C, C, 3, padding=1, padding_mode="reflect"),
+       "replicate_conv": lambda: nn.Conv2d(C, C, 3, padding=1, padding_mode="replicate"), "nearest": _Nearest, "softmax": _Softmax,
        "softmax_one": _SoftmaxOne, "rms_norm": _RmsNorm2d, "rms_norm_tokens": _TokenRmsNorm}
 
 
@@ -163,14 +165,14 @@ def test_every_op_converts_to_one_xnnpack_partition_fp32_and_int8(tmp_path):
 
     model = _net("gelu", "instance_norm", "prelu", "group_norm", "prelu_one", "layer_norm_2d", "nearest",
                  "layer_norm_tokens", "softmax", "l2_normalize", "gather", "avg_pool", "concat_many",
-                 "rms_norm", "rms_norm_tokens", "shared_sum_relu", "leaky_small")
+                 "rms_norm", "rms_norm_tokens", "shared_sum_relu", "leaky_small", "reflect_conv", "replicate_conv")
     calib = np.random.default_rng(0).random((16, 20, 20, 3), dtype=np.float32)
     onnx_path = torch_to_onnx(model, (1, 3, 20, 20), tmp_path / "all.onnx")
     out = onnx_to_tflite(onnx_path, tmp_path, calib, (0.0,) * 3, (1.0,) * 3, int8=True, io_dtype="int8",
                          rewrite_ops=rewrites_for("xnnpack"))
     assert {r.split()[0] for r in out.rewrites} == {"Erf", "InstanceNormalization", "PRelu", "LayerNormalization",
                                                      "Resize", "Softmax", "Clip", "Gather", "AveragePool",
-                                                     "Concat", "Add", "Div", "Relu", "LeakyRelu"}, out.rewrites
+                                                     "Concat", "Add", "Div", "Relu", "LeakyRelu", "Pad"}, out.rewrites
     require_full_integer(out.int8, "int8", float_ops=XNNPACK_FLOAT_ISLAND_OPS)
     for path in (out.float32, out.int8):
         report = delegate_report(path)

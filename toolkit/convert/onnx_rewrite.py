@@ -22,6 +22,7 @@ TensorFlow 2.19 + ai-edge-litert 2.1.0 (tests/stages/test_onnx_rewrite.py; parti
 | ReduceMean + eps (a hand-written RMS norm: timm's RmsNorm2d) | ADD of eps | 1 / 4 | eps by a depthwise conv's bias | 1 / 1 |
 | Div(1, Sqrt) or Reciprocal(Sqrt) (torch.rsqrt) | RSQRT | 1 / 3 | 1 / (sqrt * 2) * 2 | 1 / 1 |
 | LeakyRelu, slope under 2^-8 (TResNet's 0.001) | LEAKY_RELU | 1 / 2 | relu(x + x) * (1 - a) / 2 + a * x | 1 / 1 |
+| Pad, reflect or edge, of H and W (TResNet's blur pool) | MIRROR_PAD | 2 / 2 | one-row Slices concatenated around it | 1 / 1 |
 | Relu of a tensor also read elsewhere (a residual sum kept and rectified) | a lone RELU | 1 / 2 | the fused ReLU of a depthwise 1x1 conv, weights 1 | 1 / 1 |
 
 FP32 parity of every rewritten file against torch: < 1.1e-5 of the output scale. XNNPACK takes in
@@ -39,7 +40,7 @@ from toolkit.convert.onnx_graph import Graph as _Graph
 from toolkit.convert.onnx_graph import attr as _attr
 from toolkit.convert.onnx_graph import reduce_axes as _reduce_axes
 
-REWRITE_VERSION = "10"  # part of the conversion cache key: bump when a rewrite changes what onnx2tf gets
+REWRITE_VERSION = "11"  # part of the conversion cache key: bump when a rewrite changes what onnx2tf gets
 # erf(z) ~= tanh(z * (C1 + z^2 * (C3 + z^2 * (C5 + ...)))) for |z| <= ERF_CLAMP (minimax fit of the
 # error in erf; |error| < 5.6e-7 evaluated in float32, also beyond the clamp, where erf(3.75) = 1 - 1.1e-7):
 # GELU within 4e-7 of |x| in float32. (Three terms clamped at 3 were within 3.7e-5, GELU 1.9e-5 of |x|: over the
@@ -188,6 +189,34 @@ def _prelu(g: _Graph, node) -> bool:
     relu2 = g.op("Relu", [g.op("Add", [x, x])])
     g.op("Add", [_channel_scale(g, relu2, (1.0 - slope) / 2.0, rank=rank), _channel_scale(g, x, slope, rank=rank)],
          out=node.output[0])
+    return True
+
+
+def _edge_pad(g: _Graph, node) -> bool:
+    """A reflect or edge Pad of the last two axes of a 4-D tensor as one-row Slices concatenated
+    around it (the litert-torch form, toolkit.convert.delegate_functions): onnx2tf emits MIRROR_PAD,
+    which XNNPACK takes in neither FP32 nor INT8 (TResNet's anti-aliased downsampling)."""
+    mode = _attr(node, "mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    pads, shape = g.inits.get(node.input[1]) if len(node.input) > 1 else None, g.shapes.get(node.input[0])
+    if mode not in ("reflect", "edge") or pads is None or not shape or len(shape) != 4 or len(node.input) > 3:
+        return False
+    pads = [int(p) for p in pads.reshape(-1)]
+    if len(pads) != 8 or any(pads[i] or pads[i + 4] for i in (0, 1)) or min(pads) < 0:
+        return False
+    axes = [axis for axis in (3, 2) if pads[axis] or pads[axis + 4]]
+    if not axes or any(shape[a] is None or mode == "reflect" and max(pads[a], pads[a + 4]) >= shape[a] for a in axes):
+        return False
+    x = node.input[0]
+    for axis in axes:
+        before, after, n = pads[axis], pads[axis + 4], shape[axis]
+
+        def row(i, axis=axis, source=x):
+            return g.op("Slice", [source, g.const([i], "int64"), g.const([i + 1], "int64"), g.const([axis], "int64")])
+
+        head = [row(i) for i in range(before, 0, -1)] if mode == "reflect" else [row(0)] * before
+        tail = [row(n - 1 - i) for i in range(1, after + 1)] if mode == "reflect" else [row(n - 1)] * after
+        x = _concat_tree(g, [*head, x, *tail], axis=axis, out=node.output[0] if axis == axes[-1] else "")
     return True
 
 
@@ -408,8 +437,9 @@ def _lone_relu(g: _Graph, node) -> bool:
 REWRITES = {"Erf": _erf, "LayerNormalization": _layer_norm, "InstanceNormalization": _instance_norm,
             "PRelu": _prelu, "Resize": _resize_nearest, "Softmax": _softmax, "Clip": _l2_norm, "ReduceL2": _l2_norm,
             "Gather": _gather, "AveragePool": _average_pool, "Concat": _concat, "Add": _eps_after_mean,
-            "Reciprocal": _reciprocal_root, "Div": _reciprocal_root, "Relu": _lone_relu, "LeakyRelu": _leaky_relu}
-FULL_INTEGER_REWRITES = ("Erf", "PRelu", "Resize", "Gather", "AveragePool", "Concat", "Add")  # INT8 files stay full-integer: for every runtime
+            "Reciprocal": _reciprocal_root, "Div": _reciprocal_root, "Relu": _lone_relu, "LeakyRelu": _leaky_relu,
+            "Pad": _edge_pad}
+FULL_INTEGER_REWRITES = ("Erf", "PRelu", "Resize", "Gather", "AveragePool", "Concat", "Add", "Pad")  # INT8 files stay full-integer: for every runtime
 FLOAT_ISLAND_REWRITES = ("LayerNormalization", "InstanceNormalization", "Softmax", "Clip", "ReduceL2", "Reciprocal", "Div")  # INT8: DIV/SQRT run in float
 
 
