@@ -1,5 +1,6 @@
-"""Shared by the litert-torch delegate-form tests: a user's own net (source code beside a card)
-converted by litert-torch for an XNNPACK target, checked to be full-integer in one partition."""
+"""Shared by the delegate-form tests: a user's own net (source code beside a card) converted by
+litert-torch for an XNNPACK target, checked to be full-integer in one partition; either converter's
+files checked for one partition and FP32 parity."""
 
 from __future__ import annotations
 
@@ -14,8 +15,6 @@ def assert_litert_int8_one_partition(tmp_path, source: str, architecture: str) -
     from toolkit.convert.checkpoint_to_litert import checkpoint_to_litert
     from toolkit.models.architectures import build_model, card_code
     from toolkit.models.checkpoint import save_checkpoint
-    from toolkit.runtime.delegate import delegate_report
-    from toolkit.runtime.tflite import TFLiteRunner
     from toolkit.runtime.tflite_check import XNNPACK_FLOAT_ISLAND_OPS, require_full_integer
 
     (tmp_path / architecture.split(":")[0]).write_text(source)
@@ -27,6 +26,15 @@ def assert_litert_int8_one_partition(tmp_path, source: str, architecture: str) -
         out = checkpoint_to_litert(tmp_path / "m.pt", (1, 3, 32, 32), tmp_path / "litert", calibration,
                                    mean=(0.5,) * 3, std=(0.25,) * 3, delegate_rewrites=True)
     require_full_integer(out.int8, "int8", float_ops=XNNPACK_FLOAT_ISLAND_OPS)
+    assert_one_partition_and_parity(model, out, calibration)
+
+
+def assert_one_partition_and_parity(model, out, calibration) -> None:
+    """FP32 and INT8 files of `out` (a converter's result) one XNNPACK partition with nothing left
+    out, and the FP32 file within 1e-4 of `model` on two calibration images (mean 0.5, std 0.25)."""
+    from toolkit.runtime.delegate import delegate_report
+    from toolkit.runtime.tflite import TFLiteRunner
+
     for path in (out.float32, out.int8):
         report = delegate_report(path)
         assert (report["partitions"], report["undelegated_ops"]) == (1, {}), (path.name, report)

@@ -84,8 +84,7 @@ def test_onnx2tf_converts_bicubic_resizes_into_one_xnnpack_partition(tmp_path):
     from toolkit.convert.onnx_rewrite import rewrites_for
     from toolkit.convert.onnx_to_tflite import onnx_to_tflite
     from toolkit.convert.torch_to_onnx import torch_to_onnx
-    from toolkit.runtime.delegate import delegate_report
-    from toolkit.runtime.tflite import TFLiteRunner
+    from tests.stages.litert_helpers import assert_one_partition_and_parity
 
     model = _bicubic_net()
     onnx_path = torch_to_onnx(model, (1, 3, 32, 32), tmp_path / "net.onnx")
@@ -93,15 +92,7 @@ def test_onnx2tf_converts_bicubic_resizes_into_one_xnnpack_partition(tmp_path):
     calibration = np.random.default_rng(0).random((8, 32, 32, 3), dtype=np.float32)
     out = onnx_to_tflite(onnx_path, tmp_path / "tflite", calibration, (0.5,), (0.25,), int8=True, io_dtype="int8",
                          rewrite_ops=rewrites_for("xnnpack"))
-    for path in (out.float32, out.int8):
-        report = delegate_report(path)
-        assert (report["partitions"], report["undelegated_ops"]) == (1, {}), (path.name, report)
-    x = (calibration[:2] - 0.5) / 0.25
-    with torch.no_grad():
-        reference = model(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
-    runner = TFLiteRunner(out.float32, threads=1)
-    got = np.concatenate([runner(x[i:i + 1].transpose(0, 3, 1, 2)) for i in range(2)])
-    assert np.abs(got - reference).max() <= 1e-4 * np.abs(reference).max()
+    assert_one_partition_and_parity(model, out, calibration)
 
 
 def test_litert_converts_bicubic_resizes_into_one_xnnpack_partition(tmp_path):
