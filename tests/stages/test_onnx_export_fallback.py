@@ -1,5 +1,6 @@
 """torch_to_onnx's second exporter: a graph the TorchScript exporter refuses (an adaptive pool whose
-output is not a factor of its input; timm's HaloNet Unfold is the same case) is exported with
+output is not a factor of its input, here with the matrix form that torch_to_onnx now gives such
+pools switched off; timm's HaloNet Unfold is the same case) is exported with
 torch.export (dynamo, opset 18), keeps the maths in onnxruntime, and onnx2tf turns it into a TFLite
 file that passes parity. When both exporters fail, one error names both reasons."""
 
@@ -29,7 +30,9 @@ class _Eigenvalues(nn.Module):
         return torch.linalg.eigvals(x.flatten(2)[..., :3, :3]).real
 
 
-def test_a_graph_the_torchscript_exporter_refuses_is_exported_by_torch_export(tmp_path):
+def test_a_graph_the_torchscript_exporter_refuses_is_exported_by_torch_export(tmp_path, monkeypatch):
+    import contextlib
+
     import onnx
     import onnxruntime as ort
 
@@ -41,6 +44,8 @@ def test_a_graph_the_torchscript_exporter_refuses_is_exported_by_torch_export(tm
     model = _OddAdaptivePool().eval()
     with pytest.raises(Exception, match="factor"):  # the first exporter's own refusal
         torch.onnx.export(model, (torch.zeros(1, 3, 9, 9),), str(tmp_path / "ts.onnx"), dynamo=False)
+    monkeypatch.setattr("toolkit.convert.resize_matrices.resizes_as_matrices",
+                        lambda model, example: contextlib.nullcontext(0))  # the pool as torch writes it
     path = torch_to_onnx(model, (1, 3, 9, 9), tmp_path / "m.onnx")
     assert onnx.load(str(path)).opset_import[0].version >= 18
     x = np.random.default_rng(0).normal(size=(1, 3, 9, 9)).astype(np.float32)
@@ -64,3 +69,20 @@ def test_both_exporters_failing_give_one_error_naming_both(tmp_path):
     assert "TorchScript exporter" in message and "torch.export" in message and "eig" in message
     assert "\n" not in message and "\x1b" not in message
     assert not (tmp_path / "e.onnx").exists()
+
+
+def test_the_uneven_adaptive_pool_as_matrices_needs_no_fallback(tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    from toolkit.convert.torch_to_onnx import torch_to_onnx
+
+    torch.manual_seed(0)
+    model = _OddAdaptivePool().eval()
+    path = torch_to_onnx(model, (1, 3, 9, 9), tmp_path / "m.onnx")
+    assert onnx.load(str(path)).opset_import[0].version == 17  # the TorchScript exporter's file
+    x = np.random.default_rng(0).normal(size=(1, 3, 9, 9)).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
