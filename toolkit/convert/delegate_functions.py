@@ -157,19 +157,30 @@ def _edge_pad(x, pads: tuple, mode: str):
     return x
 
 
+def _pair(value) -> tuple:
+    """A 2-D pool argument (an int, or a sequence of one or two) as a pair."""
+    return tuple(value) * (2 // len(value)) if isinstance(value, (tuple, list)) else (value, value)
+
+
+def _pool_pairs(kernel, stride, padding) -> tuple:
+    """(kernel, stride, padding) of a 2-D pool as pairs (stride defaults to the kernel, as in torch)."""
+    kernel = _pair(kernel)
+    return kernel, _pair(stride if stride not in (None, [], ()) else kernel), _pair(padding)
+
+
+def _ceil_adds_window(x, kernel: tuple, stride: tuple, padding: tuple) -> bool:
+    """Whether ceil mode gives a pool over `x` a last window past the padded edge."""
+    return any((n + 2 * p - k) % s for n, k, s, p in zip(x.shape[-2:], kernel, stride, padding))
+
+
 def _pool_windows(x, *, kernel, stride, padding, ceil_mode: bool, divisor_override) -> tuple | None:
     """(kernel, stride, padding) as pairs of a 4-D average pool a depthwise convolution can compute
     (ceil mode only where it adds no window), else None."""
-    def pair(v):
-        return tuple(v) * (2 // len(v)) if isinstance(v, (tuple, list)) else (v, v)
-
-    kernel = pair(kernel)
-    stride = pair(stride if stride not in (None, [], ()) else kernel)
-    padding = pair(padding)
+    kernel, stride, padding = _pool_pairs(kernel, stride, padding)
     if x.dim() != 4 or divisor_override is not None:
         return None
-    if ceil_mode and any((n + 2 * p - k) % s for n, k, s, p in zip(x.shape[-2:], kernel, stride, padding)):
-        return None  # ceil mode: a last window past the padded edge
+    if ceil_mode and _ceil_adds_window(x, kernel, stride, padding):
+        return None
     return kernel, stride, padding
 
 
@@ -199,16 +210,13 @@ def _padded_max_pool(x, *, kernel, stride, padding, dilation, ceil_mode: bool) -
     which XNNPACK does not take. With dilation 1 and padding at most half the kernel (torch's own
     rule) every window touching the padding also holds the edge value a replicated row copies, so
     the maximum is unchanged. Ceil mode only where it adds no window."""
-    def pair(v):
-        return tuple(v) * (2 // len(v)) if isinstance(v, (tuple, list)) else (v, v)
-
-    kernel, padding, dilation = pair(kernel), pair(padding), pair(dilation)
-    stride = pair(stride if stride not in (None, [], ()) else kernel)
+    kernel, stride, padding = _pool_pairs(kernel, stride, padding)
+    dilation = _pair(dilation)
     if x.dim() != 4 or not x.is_floating_point() or not any(padding) or dilation != (1, 1):
         return None
     if any(2 * p > k for p, k in zip(padding, kernel)):
         return None
-    if ceil_mode and any((n + 2 * p - k) % s for n, k, s, p in zip(x.shape[-2:], kernel, stride, padding)):
+    if ceil_mode and _ceil_adds_window(x, kernel, stride, padding):
         return None
     return kernel, stride, padding
 
