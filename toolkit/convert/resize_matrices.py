@@ -117,7 +117,7 @@ def resizes_as_matrices(model, example):
     matrices: dict = {}
     pools: dict = {}  # read off eagerly: made while tracing, they would be traced ops instead of constants
 
-    def keys_of(input, size, scale_factor, mode, align_corners, recompute_scale_factor, antialias):  # noqa: PLR0917 - torch's order
+    def keys_of(input, *, size, scale_factor, mode, align_corners, recompute_scale_factor, antialias):
         if mode != "bicubic" or antialias:
             return None
         return _resize_keys(input, size, scale_factor, align_corners, recompute_scale_factor)
@@ -125,7 +125,8 @@ def resizes_as_matrices(model, example):
     def recording(original):
         def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corners=None,  # noqa: PLR0917 - torch's signature
                         recompute_scale_factor=None, antialias=False):
-            keys = keys_of(input, size, scale_factor, mode, align_corners, recompute_scale_factor, antialias)
+            keys = keys_of(input, size=size, scale_factor=scale_factor, mode=mode, align_corners=align_corners,
+                           recompute_scale_factor=recompute_scale_factor, antialias=antialias)
             for key in keys or ():
                 if key not in matrices:
                     matrices[key] = _axis_matrix(original, key)
@@ -135,7 +136,8 @@ def resizes_as_matrices(model, example):
     def replacing(original):
         def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corners=None,  # noqa: PLR0917 - torch's signature
                         recompute_scale_factor=None, antialias=False):
-            keys = keys_of(input, size, scale_factor, mode, align_corners, recompute_scale_factor, antialias)
+            keys = keys_of(input, size=size, scale_factor=scale_factor, mode=mode, align_corners=align_corners,
+                           recompute_scale_factor=recompute_scale_factor, antialias=antialias)
             if keys is None or not all(key in matrices for key in keys):
                 return original(input, size, scale_factor, mode, align_corners, recompute_scale_factor, antialias)
             return _by_matrices(input, matrices[keys[0]], matrices[keys[1]])
