@@ -85,6 +85,16 @@ class _Gather(nn.Module):  # timm's qkv[0], qkv[1] and a class-token-like x[:, 3
         return mixed + x[:, 3].unsqueeze(1)
 
 
+class _SixAxes(nn.Module):  # Twins' 6-D window qkv: split by unbind(0) (Split), indexed (Gather) and sliced (Slice)
+    def forward(self, x):  # (no two axes of one size: onnx2tf may swap such axes in a 6-D transpose)
+        b, c, h, w = x.shape
+        t = x.flatten(2).transpose(1, 2).reshape(b, h // 4, 4, w, 2, c // 2).permute(4, 0, 1, 3, 2, 5)
+        p, q = t.unbind(0)
+        first = t[:, :, :, :, :2].transpose(0, 1).reshape(b, h * w, c // 2)
+        tokens = torch.cat([(p * q + t[1]).reshape(b, h * w, c // 2), first], -1)
+        return tokens.transpose(1, 2).reshape(b, c, h, w)
+
+
 class _AvgPool(nn.Module):  # a depthwise conv; padding not counted: times a constant map of kh * kw / count
     def forward(self, x):
         return F.avg_pool2d(x, 3, 1, 1) + F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
@@ -105,7 +115,7 @@ class _SharedSumRelu(nn.Module):  # a residual sum both rectified and kept: no o
         return torch.relu(s) + s * 0.5
 
 
-OPS = {"shared_sum_relu": _SharedSumRelu, "gather": _Gather, "avg_pool": _AvgPool, "concat_many": _ConcatMany, "gelu": nn.GELU, "l2_normalize": _L2Normalize, "l2_norm": _L2Norm, "instance_norm": lambda: nn.InstanceNorm2d(C, affine=True), "group_norm": lambda: nn.GroupNorm(4, C),
+OPS = {"six_axes": _SixAxes, "shared_sum_relu": _SharedSumRelu, "gather": _Gather, "avg_pool": _AvgPool, "concat_many": _ConcatMany, "gelu": nn.GELU, "l2_normalize": _L2Normalize, "l2_norm": _L2Norm, "instance_norm": lambda: nn.InstanceNorm2d(C, affine=True), "group_norm": lambda: nn.GroupNorm(4, C),
        "layer_norm_2d": _LayerNorm2d, "layer_norm_tokens": _TokenLayerNormGelu, "prelu": lambda: nn.PReLU(C),
        "prelu_one": nn.PReLU, "leaky_small": lambda: nn.LeakyReLU(1e-3),
        "reflect_conv": lambda: nn.Conv2d(C, C, 3, padding=1, padding_mode="reflect"),
@@ -184,6 +194,32 @@ def test_every_op_converts_to_one_xnnpack_partition_fp32_and_int8(tmp_path):
     assert np.abs(fp32 - ref).max() <= 1e-4 * np.abs(ref).max()  # the runner's parity tolerance
     int8 = _tflite_outputs(out.int8, calib[:4])
     assert np.abs(int8 - ref).max() <= 0.15 * np.abs(ref).max()
+
+
+def test_a_split_slice_and_gather_of_six_axes_convert_without_flex(tmp_path):
+    """TFLite slices at most 5 axes: onnx2tf sent Twins' 6-D qkv split to FlexStridedSlice. Rewritten
+    on a copy with the uncut axes merged, the file is one XNNPACK partition in FP32 and INT8."""
+    from toolkit.convert.onnx_rewrite import rewrites_for
+    from toolkit.convert.onnx_to_tflite import onnx_to_tflite
+    from toolkit.convert.torch_to_onnx import torch_to_onnx
+    from toolkit.runtime.delegate import delegate_report
+    from toolkit.runtime.tflite_check import custom_ops, require_full_integer
+
+    model = _net("six_axes")
+    calib = np.random.default_rng(0).random((8, 20, 20, 3), dtype=np.float32)
+    onnx_path = torch_to_onnx(model, (1, 3, 20, 20), tmp_path / "six.onnx")
+    out = onnx_to_tflite(onnx_path, tmp_path, calib, (0.0,) * 3, (1.0,) * 3, int8=True, io_dtype="int8",
+                         rewrite_ops=rewrites_for("xnnpack"))
+    assert {r.split()[0] for r in out.rewrites} >= {"Split", "Slice", "Gather"}, out.rewrites
+    require_full_integer(out.int8, "int8")
+    for path in (out.float32, out.int8):
+        report = delegate_report(path)
+        assert (report["partitions"], report["undelegated_ops"]) == (1, {}), (path.name, report)
+        assert custom_ops(path) == []
+    with torch.no_grad():
+        ref = model(torch.from_numpy(calib[:4].transpose(0, 3, 1, 2).copy())).numpy()
+    fp32 = _tflite_outputs(out.float32, calib[:4])
+    assert np.abs(fp32 - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
 def test_exact_gelu_without_the_rewrite_is_refused_as_flex(tmp_path):

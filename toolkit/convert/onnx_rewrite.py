@@ -23,6 +23,7 @@ TensorFlow 2.19 + ai-edge-litert 2.1.0 (tests/stages/test_onnx_rewrite.py; parti
 | Div(1, Sqrt) or Reciprocal(Sqrt) (torch.rsqrt) | RSQRT | 1 / 3 | 1 / (sqrt * 2) * 2 | 1 / 1 |
 | LeakyRelu, slope under 2^-8 (TResNet's 0.001) | LEAKY_RELU | 1 / 2 | relu(x + x) * (1 - a) / 2 + a * x | 1 / 1 |
 | Pad, reflect or edge, of H and W (TResNet's blur pool) | MIRROR_PAD | 2 / 2 | one-row Slices concatenated around it | 1 / 1 |
+| Split / Slice / Gather of a tensor with 6 or more axes (Twins' window qkv `unbind(0)`) | FlexStridedSlice: no runtime here loads the file | - | the same slices of a copy reshaped to at most 5 axes (the uncut axes merged), reshaped back | 1 / 1 |
 | Relu of a tensor also read elsewhere (a residual sum kept and rectified) | a lone RELU | 1 / 2 | the fused ReLU of a depthwise 1x1 conv, weights 1 | 1 / 1 |
 
 FP32 parity of every rewritten file against torch: < 1.1e-5 of the output scale. XNNPACK takes in
@@ -46,9 +47,11 @@ from toolkit.convert.onnx_graph import reduce_axes as _reduce_axes
 from toolkit.convert.onnx_rewrite_layout import concat as _concat
 from toolkit.convert.onnx_rewrite_layout import edge_pad as _edge_pad
 from toolkit.convert.onnx_rewrite_layout import gather as _gather
+from toolkit.convert.onnx_rewrite_layout import high_rank_slice as _high_rank_slice
+from toolkit.convert.onnx_rewrite_layout import high_rank_split as _high_rank_split
 from toolkit.convert.onnx_rewrite_layout import resize_nearest as _resize_nearest
 
-REWRITE_VERSION = "11"  # part of the conversion cache key: bump when a rewrite changes what onnx2tf gets
+REWRITE_VERSION = "12"  # part of the conversion cache key: bump when a rewrite changes what onnx2tf gets
 # erf(z) ~= tanh(z * (C1 + z^2 * (C3 + z^2 * (C5 + ...)))) for |z| <= ERF_CLAMP (minimax fit of the
 # error in erf; |error| < 5.6e-7 evaluated in float32, also beyond the clamp, where erf(3.75) = 1 - 1.1e-7):
 # GELU within 4e-7 of |x| in float32. (Three terms clamped at 3 were within 3.7e-5, GELU 1.9e-5 of |x|: over the
@@ -336,8 +339,8 @@ REWRITES = {"Erf": _erf, "LayerNormalization": _layer_norm, "InstanceNormalizati
             "PRelu": _prelu, "Resize": _resize_nearest, "Softmax": _softmax, "Clip": _l2_norm, "ReduceL2": _l2_norm,
             "Gather": _gather, "AveragePool": _average_pool, "Concat": _concat, "Add": _eps_after_mean,
             "Reciprocal": _reciprocal_root, "Div": _reciprocal_root, "Relu": _lone_relu, "LeakyRelu": _leaky_relu,
-            "Pad": _edge_pad}
-FULL_INTEGER_REWRITES = ("Erf", "PRelu", "Resize", "Gather", "AveragePool", "Concat", "Add", "Pad")  # INT8 files stay full-integer: for every runtime
+            "Pad": _edge_pad, "Split": _high_rank_split, "Slice": _high_rank_slice}
+FULL_INTEGER_REWRITES = ("Erf", "PRelu", "Resize", "Gather", "AveragePool", "Concat", "Add", "Pad", "Split", "Slice")  # INT8 files stay full-integer: for every runtime
 FLOAT_ISLAND_REWRITES = ("LayerNormalization", "InstanceNormalization", "Softmax", "Clip", "ReduceL2", "Reciprocal", "Div")  # INT8: DIV/SQRT run in float
 
 

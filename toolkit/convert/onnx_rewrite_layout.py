@@ -1,7 +1,7 @@
 """The ONNX rewrites for onnx2tf that move, copy or pick data rather than compute (the table in
 toolkit.convert.onnx_rewrite): reflect / edge Pad as slices and concatenations, nearest Resize by
 an integer scale as copies and DepthToSpace, wide Concat as nested ones, constant-index Gather as
-Slice. Each takes (graph, node) and returns whether it rewrote the node."""
+Slice, and Split / Slice / Gather of tensors with more than five axes on a reshaped copy with fewer. Each takes (graph, node) and returns whether it rewrote the node."""
 
 from __future__ import annotations
 
@@ -107,6 +107,10 @@ def gather(g: _Graph, node) -> bool:
     first = int(flat[0] % size) if size else int(flat[0])
     if not np.array_equal(flat % size if size else flat, np.arange(first, first + flat.size)):
         return False
+    if len(shape) > TFLITE_SLICE_RANK:  # one slice of a reshaped copy, reshaped to the output (a 6-D `qkv[0]`)
+        kept = list(shape[:axis]) + ([] if index.ndim == 0 else [flat.size]) + list(shape[axis + 1:])
+        return slice_low_rank(g, node.input[0], [{axis: (first, first + flat.size, 1)}], out_shapes=[kept],
+                              outs=[node.output[0]])
     sliced = g.op("Slice", [node.input[0], g.const([first], "int64"), g.const([first + flat.size], "int64"),
                             g.const([axis], "int64")], out="" if index.ndim == 0 else node.output[0])
     if index.ndim == 1:
@@ -118,3 +122,79 @@ def gather(g: _Graph, node) -> bool:
         g.op("Squeeze", [sliced, g.const([axis], "int64")] if g.opset >= 13 else [sliced], out=node.output[0],
              **({} if g.opset >= 13 else {"axes": [axis]}))
     return True
+
+
+TFLITE_SLICE_RANK = 5  # STRIDED_SLICE's most axes: onnx2tf sends a 6-D slice or split to FlexStridedSlice
+
+
+def _merged_axes(shape, cut: set) -> list:
+    """Groups of `shape`'s axes: each axis of `cut` alone, each run of the axes between merged."""
+    groups, run = [], []
+    for axis in range(len(shape)):
+        if axis in cut:
+            groups += [run, [axis]] if run else [[axis]]
+            run = []
+        else:
+            run.append(axis)
+    return groups + ([run] if run else [])
+
+
+def slice_low_rank(g: _Graph, x: str, cuts: dict, *, out_shapes: list, outs: list) -> bool:
+    """Slices of `x` by each of `cuts` ([{axis: (start, end, step)}], one per output) as STRIDED_SLICEs
+    TFLite runs: above TFLITE_SLICE_RANK axes, on one copy of `x` with the uncut axes merged (a
+    Reshape), each slice reshaped to its `out_shapes` entry. False when the merged form still has
+    too many axes or a shape is not static."""
+    import numpy as np
+
+    shape = g.shapes.get(x)
+    axes = sorted({axis for cut in cuts for axis in cut})
+    if not shape or any(n is None for n in shape) or any(not s or any(n is None for n in s) for s in out_shapes):
+        return False
+    groups = _merged_axes(shape, set(axes))
+    if len(groups) > TFLITE_SLICE_RANK:
+        return False
+    position = {group[0]: k for k, group in enumerate(groups)}
+    merged = g.op("Reshape", [x, g.const([int(np.prod([shape[a] for a in group])) for group in groups], "int64")])
+    for cut, out_shape, out in zip(cuts, out_shapes, outs):
+        picked = sorted(cut)
+        sliced = g.op("Slice", [merged, g.const([cut[a][0] for a in picked], "int64"),
+                                g.const([cut[a][1] for a in picked], "int64"),
+                                g.const([position[a] for a in picked], "int64"),
+                                g.const([cut[a][2] for a in picked], "int64")])
+        g.op("Reshape", [sliced, g.const(list(out_shape), "int64")], out=out)
+    return True
+
+
+def high_rank_split(g: _Graph, node) -> bool:
+    """A Split of a tensor with more axes than TFLite slices (Twins' and CSATv2's 6-D window qkv,
+    `unbind(0)`) as slices of a reshaped copy with at most TFLITE_SLICE_RANK axes."""
+    shape = g.shapes.get(node.input[0])
+    if not shape or len(shape) <= TFLITE_SLICE_RANK:
+        return False
+    axis = _attr(node, "axis", 0) % len(shape)
+    out_shapes = [g.shapes.get(o) for o in node.output]
+    if any(not s or s[axis] is None for s in out_shapes):
+        return False
+    cuts, start = [], 0
+    for s in out_shapes:
+        cuts.append({axis: (start, start + s[axis], 1)})
+        start += s[axis]
+    return slice_low_rank(g, node.input[0], cuts, out_shapes=out_shapes, outs=list(node.output))
+
+
+def high_rank_slice(g: _Graph, node) -> bool:
+    """A Slice of constant starts, ends, axes and steps of a tensor with more axes than TFLite slices,
+    as one of a reshaped copy with the uncut axes merged."""
+    shape = g.shapes.get(node.input[0])
+    if not shape or len(shape) <= TFLITE_SLICE_RANK or len(node.input) < 3:
+        return False
+    values = [g.inits.get(name) if name else None for name in list(node.input[1:5]) + [""] * (5 - len(node.input))]
+    starts, ends, axes, steps = values
+    if starts is None or ends is None or len(node.input) > 3 and node.input[3] and axes is None \
+            or len(node.input) > 4 and node.input[4] and steps is None:
+        return False
+    starts, ends = starts.reshape(-1).tolist(), ends.reshape(-1).tolist()
+    axes = [a % len(shape) for a in (axes.reshape(-1).tolist() if axes is not None else range(len(starts)))]
+    steps = steps.reshape(-1).tolist() if steps is not None else [1] * len(starts)
+    cut = {axis: (int(b), int(e), int(s)) for axis, b, e, s in zip(axes, starts, ends, steps)}
+    return slice_low_rank(g, node.input[0], [cut], out_shapes=[g.shapes.get(node.output[0])], outs=[node.output[0]])
