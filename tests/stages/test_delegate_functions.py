@@ -57,6 +57,7 @@ TOKEN_NET = textwrap.dedent('''
             t = t + self.proj(F.scaled_dot_product_attention(g[0], g[1], g[2]).transpose(1, 2).reshape(b, 1, c))
             one = F.scaled_dot_product_attention(q[:, :1], k[:, :1], v[:, :1])  # one head (timm's CPUBone)
             t = t + self.proj(torch.cat([one] * self.heads, 1).transpose(1, 2).reshape(b, n, c))
+            t = t + F.normalize(t, dim=-1) + F.normalize(s, dim=1).flatten(2).transpose(1, 2)  # EdgeNeXt's XCA, SwiftFormer
             gate = (self.mix(self.norm2(t)) * 2.0).softmax(-1)
             return self.head((t * gate).mean(1))
 ''')
@@ -78,7 +79,8 @@ def _reference_and_rewritten(fn):
                                   "avg_pool_ceil", "avg_pool_partial", "reflect", "replicate", "reflect_conv",
                                   "pad_constant", "sdpa_one_head", "sdpa_one_head_3d", "sdpa_one_head_mask",
                                   "avg_pool_uncounted", "avg_pool_uncounted_uneven", "max_pool_padded",
-                                  "max_pool_padded_uneven", "max_pool_ceil"])
+                                  "max_pool_padded_uneven", "max_pool_ceil", "normalize_last", "normalize_channels",
+                                  "normalize_other"])
 def test_each_form_keeps_the_maths(case):
     torch.manual_seed(0)
     x = torch.randn(2, 3, 5, 8) * 20
@@ -109,6 +111,8 @@ def test_each_form_keeps_the_maths(case):
              "replicate": lambda: F.pad(x, (0, 6, 1, 1), mode="replicate"),
              "reflect_conv": lambda: reflect_conv(x),
              "pad_constant": lambda: F.pad(x, (1, 1), value=-1.0),
+             "normalize_last": lambda: F.normalize(x, dim=-1), "normalize_channels": lambda: F.normalize(x),
+             "normalize_other": lambda: F.normalize(x, dim=2, eps=1e-3),  # kept: torch's own
              "sdpa_one_head": lambda: F.scaled_dot_product_attention(q[:1, :1], k[:1, :1], v[:1, :1]),
              "sdpa_one_head_3d": lambda: F.scaled_dot_product_attention(q[:1, 0], k[:1, 0], v[:1, 0]),
              "sdpa_one_head_mask": lambda: F.scaled_dot_product_attention(q[:1, :1], k[:1, :1], v[:1, :1], attn_mask=mask)}
@@ -118,10 +122,10 @@ def test_each_form_keeps_the_maths(case):
 
 def test_torch_functions_are_restored():
     originals = (torch.Tensor.softmax, torch.softmax, F.softmax, F.scaled_dot_product_attention, F.layer_norm, F.gelu,
-                 F.interpolate, F.avg_pool2d, F.pad, F.max_pool2d)
+                 F.interpolate, F.avg_pool2d, F.pad, F.max_pool2d, F.normalize)
     _reference_and_rewritten(lambda: torch.ones(2).softmax(0))
     assert (torch.Tensor.softmax, torch.softmax, F.softmax, F.scaled_dot_product_attention, F.layer_norm, F.gelu,
-            F.interpolate, F.avg_pool2d, F.pad, F.max_pool2d) == originals
+            F.interpolate, F.avg_pool2d, F.pad, F.max_pool2d, F.normalize) == originals
     assert "softmax" not in torch.Tensor.__dict__
 
 

@@ -1,5 +1,5 @@
 """Softmax, scaled-dot-product attention, layer norm, GELU, nearest upsampling, average pooling,
-padded max pooling and reflect / replicate padding in the forms XNNPACK takes, for litert-torch's files.
+padded max pooling, reflect / replicate padding and L2 normalisation in the forms XNNPACK takes, for litert-torch's files.
 
 litert-torch lowers `F.scaled_dot_product_attention` (timm's fused attention) into EXP and
 REDUCE_MAX that ai-edge-quantizer leaves float, so the INT8 file is not full-integer (MobileViT-XXS,
@@ -104,6 +104,24 @@ def _layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5):
     if weight is not None:
         y = y * weight
     return y + bias if bias is not None else y
+
+
+def _l2_normalize(x, dim: int, eps: float):
+    """F.normalize (p = 2) as x / (sqrt(sum(x * x) + eps^2) * 2) * 2, the sum and eps^2 by a FULLY_CONNECTED of
+    ones with eps^2 as its bias (over the last axis) or a 1x1 convolution (over the channels of a 4-D map):
+    litert-torch emits L2_NORMALIZATION, which XNNPACK takes in neither FP32 nor INT8 and ai-edge-quantizer
+    leaves float (EdgeNeXt's cross-covariance attention). The ONNX rewrite's form (toolkit.convert.onnx_rewrite);
+    max(norm, eps) and sqrt(norm^2 + eps^2) differ only for norms below eps (1e-12 in torch)."""
+    import torch
+    import torch.nn.functional as F
+
+    n = x.shape[dim]
+    square, bias = x * x, torch.full((1,), float(eps) ** 2, dtype=x.dtype)
+    if dim == x.dim() - 1:
+        total = F.linear(square.reshape(-1, n), torch.ones((1, n), dtype=x.dtype), bias).reshape(*x.shape[:-1], 1)
+    else:
+        total = F.conv2d(square, torch.ones((1, n, 1, 1), dtype=x.dtype), bias)
+    return x / (torch.sqrt(total) * 2.0) * 2.0
 
 
 def _gelu(x, approximate: str = "none"):
@@ -250,7 +268,8 @@ def _written_out_attention(query, key, value, options: dict):
 def delegate_functions():
     """Inside the block, torch's softmax (function, method, F.softmax), F.scaled_dot_product_attention,
     F.layer_norm, F.gelu, nearest F.interpolate by whole factors, F.avg_pool2d (ceil mode adding no window)
-    (nn.AvgPool2d calls it), padded F.max_pool2d (nn.MaxPool2d calls it) and reflect / replicate F.pad (so do convs with such a padding_mode)
+    (nn.AvgPool2d calls it), padded F.max_pool2d (nn.MaxPool2d calls it), reflect / replicate F.pad (so do convs with such a padding_mode)
+    and F.normalize (p = 2, over the last axis or a 4-D map's channels)
     compute the forms above; restored after."""
     patches = _patches()
     saved = [(owner, name, vars(owner).get(name, _MISSING)) for owner, name, _ in patches]
@@ -274,7 +293,8 @@ def _patches() -> list:
 
     originals = {"torch": torch.softmax, "F": F.softmax,
                  "sdpa": F.scaled_dot_product_attention, "layer_norm": F.layer_norm, "gelu": F.gelu,
-                 "interpolate": F.interpolate, "avg_pool2d": F.avg_pool2d, "pad": F.pad, "max_pool2d": F.max_pool2d}
+                 "interpolate": F.interpolate, "avg_pool2d": F.avg_pool2d, "pad": F.pad, "max_pool2d": F.max_pool2d,
+                 "normalize": F.normalize}
 
     def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corners=None,  # noqa: PLR0917 - torch's signature
                     recompute_scale_factor=None, antialias=False):
@@ -310,6 +330,13 @@ def _patches() -> list:
             return originals["pad"](input, pad, mode, value)
         return _edge_pad(input, tuple(pad), mode)
 
+    def normalize(input, p=2.0, dim=1, eps=1e-12, out=None):  # noqa: PLR0917 - torch's signature
+        axis = dim % input.dim() if input.dim() else None
+        if p != 2 or out is not None or not input.is_floating_point() or not (
+                axis == input.dim() - 1 or axis == 1 and input.dim() == 4):
+            return originals["normalize"](input, p, dim, eps, out)
+        return _l2_normalize(input, axis, eps)
+
     def gelu(x, approximate="none"):
         return _gelu(x, approximate) if x.is_floating_point() else originals["gelu"](x, approximate=approximate)
 
@@ -333,4 +360,5 @@ def _patches() -> list:
 
     return [(torch.Tensor, "softmax", softmax), (torch, "softmax", softmax), (F, "softmax", softmax),
             (F, "scaled_dot_product_attention", attention), (F, "layer_norm", layer_norm), (F, "gelu", gelu),
-            (F, "interpolate", interpolate), (F, "avg_pool2d", avg_pool2d), (F, "pad", pad), (F, "max_pool2d", max_pool2d)]
+            (F, "interpolate", interpolate), (F, "avg_pool2d", avg_pool2d), (F, "pad", pad), (F, "max_pool2d", max_pool2d),
+            (F, "normalize", normalize)]
