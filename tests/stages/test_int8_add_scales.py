@@ -211,5 +211,35 @@ def test_muls_whose_scale_product_is_too_fine_are_requantized(tmp_path):
     change = requantize_add_inputs(q8)
     assert change is not None and change["partitions_after"] < change["partitions_before"], change
     after = xnnpack_report(q8)
-    assert "MUL" not in after["undelegated_ops"], after
+    # the erf form's relu6(z) - 3 writes a grid over 256x finer than its inputs': that SUB's output is
+    # written coarser and requantized after it
+    assert (after["partitions"], after["undelegated_ops"]) == (1, {}), after
+    assert np.abs(_int8_outputs(as_written, calib) - _int8_outputs(q8, calib)).max() <= 1
+
+
+class TinyLayerScaleBesideLargeBranch(nn.Module):
+    """A per-channel constant (a layer scale) times an activation, concatenated with a large branch:
+    the MUL's output takes the concatenation's grid, its scale product falls below 1/65536 of it, and
+    the constant input (16 values) is the one requantized."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.large, self.head = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(32, 8, 1)
+        self.gamma = nn.Parameter(torch.linspace(1e-4, 2e-4, 16).reshape(16, 1, 1))
+        with torch.no_grad():
+            self.stem.weight.mul_(1e-3)
+            self.stem.bias.mul_(1e-3)
+            self.large.weight.mul_(10.0)
+
+    def forward(self, x):
+        return self.head(torch.cat([torch.tanh(self.stem(x)) * self.gamma, self.large(x)], dim=1))
+
+
+def test_a_mul_by_a_per_channel_constant_is_requantized(tmp_path):
+    q8, calib = _onnx2tf_int8(_seeded(TinyLayerScaleBesideLargeBranch), tmp_path)
+    as_written = Path(shutil.copyfile(q8, tmp_path / "as_written.tflite"))
+    before = xnnpack_report(q8)
+    change = requantize_add_inputs(q8)  # raised ValueError (an array's truth value) before
+    after = xnnpack_report(q8)
+    assert "MUL" in before["undelegated_ops"] and "MUL" not in after["undelegated_ops"], (before, change, after)
     assert np.abs(_int8_outputs(as_written, calib) - _int8_outputs(q8, calib)).max() <= 1

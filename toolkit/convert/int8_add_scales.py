@@ -21,8 +21,14 @@ No other op changes. `requantize_add_inputs` keeps the edited file only when XNN
 fewer partitions, and says what it changed. Measured (random weights, this VM): MONAI FlexibleUNet
 onnx2tf INT8 3 partitions -> 1 with int8 outputs identical on a random input; CaiT-XXS24
 litert-torch INT8 22 -> 1; XCiT-Nano onnx2tf INT8 13 -> 1; exact GELU on activations of
-|x| < 0.03 (onnx2tf) 5 -> 2, outputs identical (the erf form's SUB whose input is 720x coarser than
-its output stays: a finer grid would clip it)."""
+|x| < 0.03 (onnx2tf) 5 -> 1, outputs identical.
+
+XNNPACK also refuses an ADD or SUB whose output grid is 256x or more finer than an input's: the
+erf form's relu6(z) - 3 on tiny activations (inputs at 1.2e-2, output at 1.8e-6, SwiftFormer-XS
+with random weights). Its values are multiples of its inputs' grids, so it writes them on a grid
+200x finer than its coarsest input and a chain of QUANTIZE ops (each at most 100x finer: XNNPACK
+takes 128x) requantizes them onto the original tensor, which its readers keep. SwiftFormer-XS
+onnx2tf INT8 at 64 px: 145 partitions -> 1, int8 outputs identical."""
 
 from __future__ import annotations
 
@@ -34,6 +40,9 @@ from pathlib import Path
 from typing import Optional
 
 MIN_RATIO = 1.0 / 1024.0  # XNNPACK: input scale / output scale of INT8 ADD, SUB
+MAX_RATIO = 256.0  # ... and below this (XNNPACK's CheckTensorsInputOutputScale)
+OUTPUT_RATIO = 200.0  # what a coarsened output gets: the coarsest input's scale / this
+UP_STEP = 100.0  # XNNPACK takes an int8 -> int8 QUANTIZE onto a grid up to 128x finer (xnn convert qs8: 2^-8 .. 2^7)
 TARGET_RATIO = 1.0 / 1000.0  # what a requantized input gets: inside the range with a margin
 QUANTIZE_STEP = 200.0  # XNNPACK takes an int8 -> int8 QUANTIZE up to 256x coarser (measured: 255x yes, 257x no)
 SUMS = ("ADD", "SUB")
@@ -124,7 +133,7 @@ def _product_input(model, graph, op, out_scale: float) -> list[tuple[int, float]
     if inputs[0] == inputs[1]:
         return [(inputs[0], scales[0] * math.sqrt(short))]
     kinds = [_constant_values(model, graph, t) for t in inputs]
-    if False in kinds:
+    if any(values is False for values in kinds):  # (`False in kinds` compares arrays elementwise)
         return []
     pick = next((i for i, values in enumerate(kinds) if values is not None), 0)
     return [(inputs[pick], scales[pick] * short)]
@@ -159,10 +168,47 @@ def _chain_scales(fine: float, coarse: float) -> list[float]:
     return [fine * (coarse / fine) ** (i / steps) for i in range(1, steps + 1)]
 
 
+def _coarser_output(model, graph, op_names: list[str], op) -> Optional[float]:
+    """A coarser output scale for an ADD/SUB whose output grid is more than MAX_RATIO times finer than
+    an input's (the erf form's relu6(z) - 3 on tiny activations: inputs at 1.2e-2, output at 1.8e-6 in
+    SwiftFormer's INT8 file); None when XNNPACK takes its scales."""
+    out = int(op.outputs[0]) if op.outputs is not None and len(op.outputs) == 1 else None
+    if op_names[op.opcodeIndex] not in SUMS or out is None or _scale(graph, out) is None:
+        return None
+    scales = [_scale(graph, int(t)) for t in op.inputs if t >= 0]
+    if None in scales or max(scales) / _scale(graph, out) < MAX_RATIO:
+        return None
+    return max(scales) / OUTPUT_RATIO
+
+
+def _requantized_output(model, graph, at: int, *, scale: float, quantize: int) -> int:
+    """Let operator `at` write its output on the grid `scale` and requantize it onto the original
+    tensor's (finer) grid by a chain of QUANTIZE ops after it, each at most UP_STEP times finer: its
+    values are multiples of its inputs' grids, so the coarse grid loses nothing the output had, and
+    the final QUANTIZE clips to the original range as before. Returns the number of ops added."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    op = graph.operators[at]
+    target = int(op.outputs[0])
+    fine = _scale(graph, target)
+    source = _requantized_copy(model, graph, target, scale=scale)
+    op.outputs = [source]
+    steps = max(1, math.ceil(math.log(scale / fine) / math.log(UP_STEP)))
+    scales = [scale * (fine / scale) ** (i / steps) for i in range(1, steps + 1)]
+    for i, step_scale in enumerate(scales):
+        step = schema.OperatorT()
+        step.opcodeIndex, step.inputs = quantize, [source]
+        source = target if i == len(scales) - 1 else _requantized_copy(model, graph, target, scale=step_scale)
+        step.outputs = [source]
+        graph.operators.insert(at + 1 + i, step)
+    return len(scales)
+
+
 def requantize_in_model(model) -> int:
     """Give every INT8 ADD/SUB/MUL input XNNPACK would refuse for its scale a coarser grid, in the
     flatbuffer object `model` (tflite schema ModelT): a chain of QUANTIZE ops in front of the op, or
-    a requantized copy of a constant. Returns how many inputs were requantized."""
+    a requantized copy of a constant; and every ADD/SUB output far finer than its inputs a coarser one,
+    requantized back after it. Returns how many inputs and outputs were requantized."""
     from tensorflow.lite.python import schema_py_generated as schema
 
     op_names = _op_names(model)
@@ -172,6 +218,12 @@ def requantize_in_model(model) -> int:
         at = 0
         while at < len(graph.operators):
             op = graph.operators[at]
+            added = 0
+            coarse_output = _coarser_output(model, graph, op_names, op)
+            if coarse_output is not None:
+                quantize = _opcode_index(model, schema.BuiltinOperator.QUANTIZE) if quantize is None else quantize
+                added = _requantized_output(model, graph, at, scale=coarse_output, quantize=quantize)
+                requantized += 1
             for t, target in _coarser_inputs(model, graph, op_names, op):
                 if _constant_values(model, graph, t) is not None:  # a constant (eps): its values requantized
                     coarse = _requantized_constant(model, graph, t, scale=target)
@@ -189,7 +241,7 @@ def requantize_in_model(model) -> int:
                     at += 1
                 op.inputs = [source if int(i) == t else int(i) for i in op.inputs]
                 requantized += 1
-            at += 1
+            at += 1 + added
     return requantized
 
 
