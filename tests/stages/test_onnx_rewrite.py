@@ -166,24 +166,20 @@ def _tflite_outputs(path, x01: np.ndarray) -> np.ndarray:
     return np.concatenate([run(x01[i:i + 1].transpose(0, 3, 1, 2)) for i in range(len(x01))])
 
 
-def test_every_op_converts_to_one_xnnpack_partition_fp32_and_int8(tmp_path):
+def _one_partition_files(model, tmp_path, *, calibration: int):
+    """onnx2tf's FP32 and INT8 files of `model` at 20 px with XNNPACK's rewrites, each checked to be one
+    XNNPACK partition with no custom op, and FP32 parity at the runner's tolerance (1e-4 of the output
+    scale). Returns (files, calibration images, torch's outputs for the first 4)."""
     from toolkit.convert.onnx_rewrite import rewrites_for
     from toolkit.convert.onnx_to_tflite import onnx_to_tflite
     from toolkit.convert.torch_to_onnx import torch_to_onnx
     from toolkit.runtime.delegate import delegate_report
-    from toolkit.runtime.tflite_check import XNNPACK_FLOAT_ISLAND_OPS, custom_ops, require_full_integer
+    from toolkit.runtime.tflite_check import custom_ops
 
-    model = _net("gelu", "instance_norm", "prelu", "group_norm", "prelu_one", "layer_norm_2d", "nearest",
-                 "layer_norm_tokens", "softmax", "l2_normalize", "gather", "avg_pool", "concat_many",
-                 "rms_norm", "rms_norm_tokens", "shared_sum_relu", "leaky_small", "reflect_conv", "replicate_conv")
-    calib = np.random.default_rng(0).random((16, 20, 20, 3), dtype=np.float32)
-    onnx_path = torch_to_onnx(model, (1, 3, 20, 20), tmp_path / "all.onnx")
+    calib = np.random.default_rng(0).random((calibration, 20, 20, 3), dtype=np.float32)
+    onnx_path = torch_to_onnx(model, (1, 3, 20, 20), tmp_path / "net.onnx")
     out = onnx_to_tflite(onnx_path, tmp_path, calib, (0.0,) * 3, (1.0,) * 3, int8=True, io_dtype="int8",
                          rewrite_ops=rewrites_for("xnnpack"))
-    assert {r.split()[0] for r in out.rewrites} == {"Erf", "InstanceNormalization", "PRelu", "LayerNormalization",
-                                                     "Resize", "Softmax", "Clip", "Gather", "AveragePool",
-                                                     "Concat", "Add", "Div", "Relu", "LeakyRelu", "Pad"}, out.rewrites
-    require_full_integer(out.int8, "int8", float_ops=XNNPACK_FLOAT_ISLAND_OPS)
     for path in (out.float32, out.int8):
         report = delegate_report(path)
         assert (report["partitions"], report["undelegated_ops"]) == (1, {}), (path.name, report)
@@ -192,6 +188,20 @@ def test_every_op_converts_to_one_xnnpack_partition_fp32_and_int8(tmp_path):
         ref = model(torch.from_numpy(calib[:4].transpose(0, 3, 1, 2).copy())).numpy()
     fp32 = _tflite_outputs(out.float32, calib[:4])
     assert np.abs(fp32 - ref).max() <= 1e-4 * np.abs(ref).max()  # the runner's parity tolerance
+    return out, calib, ref
+
+
+def test_every_op_converts_to_one_xnnpack_partition_fp32_and_int8(tmp_path):
+    from toolkit.runtime.tflite_check import XNNPACK_FLOAT_ISLAND_OPS, require_full_integer
+
+    model = _net("gelu", "instance_norm", "prelu", "group_norm", "prelu_one", "layer_norm_2d", "nearest",
+                 "layer_norm_tokens", "softmax", "l2_normalize", "gather", "avg_pool", "concat_many",
+                 "rms_norm", "rms_norm_tokens", "shared_sum_relu", "leaky_small", "reflect_conv", "replicate_conv")
+    out, calib, ref = _one_partition_files(model, tmp_path, calibration=16)
+    assert {r.split()[0] for r in out.rewrites} == {"Erf", "InstanceNormalization", "PRelu", "LayerNormalization",
+                                                     "Resize", "Softmax", "Clip", "Gather", "AveragePool",
+                                                     "Concat", "Add", "Div", "Relu", "LeakyRelu", "Pad"}, out.rewrites
+    require_full_integer(out.int8, "int8", float_ops=XNNPACK_FLOAT_ISLAND_OPS)
     int8 = _tflite_outputs(out.int8, calib[:4])
     assert np.abs(int8 - ref).max() <= 0.15 * np.abs(ref).max()
 
@@ -199,27 +209,11 @@ def test_every_op_converts_to_one_xnnpack_partition_fp32_and_int8(tmp_path):
 def test_a_split_slice_and_gather_of_six_axes_convert_without_flex(tmp_path):
     """TFLite slices at most 5 axes: onnx2tf sent Twins' 6-D qkv split to FlexStridedSlice. Rewritten
     on a copy with the uncut axes merged, the file is one XNNPACK partition in FP32 and INT8."""
-    from toolkit.convert.onnx_rewrite import rewrites_for
-    from toolkit.convert.onnx_to_tflite import onnx_to_tflite
-    from toolkit.convert.torch_to_onnx import torch_to_onnx
-    from toolkit.runtime.delegate import delegate_report
-    from toolkit.runtime.tflite_check import custom_ops, require_full_integer
+    from toolkit.runtime.tflite_check import require_full_integer
 
-    model = _net("six_axes")
-    calib = np.random.default_rng(0).random((8, 20, 20, 3), dtype=np.float32)
-    onnx_path = torch_to_onnx(model, (1, 3, 20, 20), tmp_path / "six.onnx")
-    out = onnx_to_tflite(onnx_path, tmp_path, calib, (0.0,) * 3, (1.0,) * 3, int8=True, io_dtype="int8",
-                         rewrite_ops=rewrites_for("xnnpack"))
+    out, _, _ = _one_partition_files(_net("six_axes"), tmp_path, calibration=8)
     assert {r.split()[0] for r in out.rewrites} >= {"Split", "Slice", "Gather"}, out.rewrites
     require_full_integer(out.int8, "int8")
-    for path in (out.float32, out.int8):
-        report = delegate_report(path)
-        assert (report["partitions"], report["undelegated_ops"]) == (1, {}), (path.name, report)
-        assert custom_ops(path) == []
-    with torch.no_grad():
-        ref = model(torch.from_numpy(calib[:4].transpose(0, 3, 1, 2).copy())).numpy()
-    fp32 = _tflite_outputs(out.float32, calib[:4])
-    assert np.abs(fp32 - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
 def test_exact_gelu_without_the_rewrite_is_refused_as_flex(tmp_path):
