@@ -95,6 +95,11 @@ class _SixAxes(nn.Module):  # Twins' 6-D window qkv: split by unbind(0) (Split),
         return tokens.transpose(1, 2).reshape(b, c, h, w)
 
 
+class _MaxPoolSame(nn.Module):  # timm's MaxPool2dSame: a -inf pad (TF-SAME), then an unpadded max pool
+    def forward(self, x):
+        return F.max_pool2d(F.pad(x, (1, 1, 0, 2), value=-float("inf")), 3, 1)
+
+
 class _AvgPool(nn.Module):  # a depthwise conv; padding not counted: times a constant map of kh * kw / count
     def forward(self, x):
         return F.avg_pool2d(x, 3, 1, 1) + F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
@@ -115,7 +120,7 @@ class _SharedSumRelu(nn.Module):  # a residual sum both rectified and kept: no o
         return torch.relu(s) + s * 0.5
 
 
-OPS = {"six_axes": _SixAxes, "shared_sum_relu": _SharedSumRelu, "gather": _Gather, "avg_pool": _AvgPool, "concat_many": _ConcatMany, "gelu": nn.GELU, "l2_normalize": _L2Normalize, "l2_norm": _L2Norm, "instance_norm": lambda: nn.InstanceNorm2d(C, affine=True), "group_norm": lambda: nn.GroupNorm(4, C),
+OPS = {"max_pool_same": _MaxPoolSame, "six_axes": _SixAxes, "shared_sum_relu": _SharedSumRelu, "gather": _Gather, "avg_pool": _AvgPool, "concat_many": _ConcatMany, "gelu": nn.GELU, "l2_normalize": _L2Normalize, "l2_norm": _L2Norm, "instance_norm": lambda: nn.InstanceNorm2d(C, affine=True), "group_norm": lambda: nn.GroupNorm(4, C),
        "layer_norm_2d": _LayerNorm2d, "layer_norm_tokens": _TokenLayerNormGelu, "prelu": lambda: nn.PReLU(C),
        "prelu_one": nn.PReLU, "leaky_small": lambda: nn.LeakyReLU(1e-3),
        "reflect_conv": lambda: nn.Conv2d(C, C, 3, padding=1, padding_mode="reflect"),
@@ -196,7 +201,7 @@ def test_every_op_converts_to_one_xnnpack_partition_fp32_and_int8(tmp_path):
 
     model = _net("gelu", "instance_norm", "prelu", "group_norm", "prelu_one", "layer_norm_2d", "nearest",
                  "layer_norm_tokens", "softmax", "l2_normalize", "gather", "avg_pool", "concat_many",
-                 "rms_norm", "rms_norm_tokens", "shared_sum_relu", "leaky_small", "reflect_conv", "replicate_conv")
+                 "rms_norm", "rms_norm_tokens", "shared_sum_relu", "leaky_small", "reflect_conv", "replicate_conv", "max_pool_same")
     out, calib, ref = _one_partition_files(model, tmp_path, calibration=16)
     assert {r.split()[0] for r in out.rewrites} == {"Erf", "InstanceNormalization", "PRelu", "LayerNormalization",
                                                      "Resize", "Softmax", "Clip", "Gather", "AveragePool",

@@ -23,6 +23,7 @@ TensorFlow 2.19 + ai-edge-litert 2.1.0 (tests/stages/test_onnx_rewrite.py; parti
 | Div(1, Sqrt) or Reciprocal(Sqrt) (torch.rsqrt) | RSQRT | 1 / 3 | 1 / (sqrt * 2) * 2 | 1 / 1 |
 | LeakyRelu, slope under 2^-8 (TResNet's 0.001) | LEAKY_RELU | 1 / 2 | relu(x + x) * (1 - a) / 2 + a * x | 1 / 1 |
 | Pad, reflect or edge, of H and W (TResNet's blur pool) | MIRROR_PAD | 2 / 2 | one-row Slices concatenated around it | 1 / 1 |
+| Pad of -inf read only by max pools whose windows each keep a real cell (timm's MaxPool2dSame) | PADV2 | 2 / 2 | the edge pad's slices: the same maxima | 1 / 1 |
 | Split / Slice / Gather of a tensor with 6 or more axes (Twins' window qkv `unbind(0)`) | FlexStridedSlice: no runtime here loads the file | - | the same slices of a copy reshaped to at most 5 axes (the uncut axes merged), reshaped back | 1 / 1 |
 | Relu of a tensor also read elsewhere (a residual sum kept and rectified) | a lone RELU | 1 / 2 | the fused ReLU of a depthwise 1x1 conv, weights 1 | 1 / 1 |
 
@@ -51,7 +52,7 @@ from toolkit.convert.onnx_rewrite_layout import high_rank_slice as _high_rank_sl
 from toolkit.convert.onnx_rewrite_layout import high_rank_split as _high_rank_split
 from toolkit.convert.onnx_rewrite_layout import resize_nearest as _resize_nearest
 
-REWRITE_VERSION = "12"  # part of the conversion cache key: bump when a rewrite changes what onnx2tf gets
+REWRITE_VERSION = "13"  # part of the conversion cache key: bump when a rewrite changes what onnx2tf gets
 # erf(z) ~= tanh(z * (C1 + z^2 * (C3 + z^2 * (C5 + ...)))) for |z| <= ERF_CLAMP (minimax fit of the
 # error in erf; |error| < 5.6e-7 evaluated in float32, also beyond the clamp, where erf(3.75) = 1 - 1.1e-7):
 # GELU within 4e-7 of |x| in float32. (Three terms clamped at 3 were within 3.7e-5, GELU 1.9e-5 of |x|: over the

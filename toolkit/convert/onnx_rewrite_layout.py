@@ -11,17 +11,45 @@ from toolkit.convert.onnx_graph import attr as _attr
 XNNPACK_CONCAT_INPUTS = 5  # the most inputs of one CONCATENATION that XNNPACK takes (LiteRT 2.1.0, measured)
 
 
+def _only_max_pooled(g: _Graph, node, pads: list) -> bool:
+    """Every reader of `node`'s output is a MaxPool (no padding of its own, dilation 1, floor mode) whose
+    windows each keep a cell of the unpadded map (padding under the kernel on each side): the nearest
+    edge cell is then in every window a padded cell is in, so an edge pad gives the same maxima."""
+    readers = g.readers.get(node.output[0], [])
+    for reader in readers:
+        if reader is None or reader.op_type != "MaxPool" or any(_attr(reader, "pads", [0])) \
+                or any(d != 1 for d in _attr(reader, "dilations", [1])) or _attr(reader, "ceil_mode", 0) \
+                or len(reader.output) > 1 and reader.output[1]:
+            return False
+        kernel = list(_attr(reader, "kernel_shape", []))
+        if len(kernel) != 2 or any(max(pads[2 + i], pads[6 + i]) >= kernel[i] for i in (0, 1)):
+            return False
+    return bool(readers)
+
+
 def edge_pad(g: _Graph, node) -> bool:
     """A reflect or edge Pad of the last two axes of a 4-D tensor as one-row Slices concatenated
     around it (the litert-torch form, toolkit.convert.delegate_functions): onnx2tf emits MIRROR_PAD,
-    which XNNPACK takes in neither FP32 nor INT8 (TResNet's anti-aliased downsampling)."""
+    which XNNPACK takes in neither FP32 nor INT8 (TResNet's anti-aliased downsampling). A constant pad
+    of -inf that only max pools read (timm's MaxPool2dSame, TF-SAME max pools) is an edge pad there:
+    onnx2tf emits PADV2, which XNNPACK does not take."""
+    import numpy as np
+
     mode = _attr(node, "mode", b"constant")
     mode = mode.decode() if isinstance(mode, bytes) else mode
     pads, shape = g.inits.get(node.input[1]) if len(node.input) > 1 else None, g.shapes.get(node.input[0])
-    if mode not in ("reflect", "edge") or pads is None or not shape or len(shape) != 4 or len(node.input) > 3:
+    if pads is None or not shape or len(shape) != 4 or len(node.input) > 3:
         return False
     pads = [int(p) for p in pads.reshape(-1)]
     if len(pads) != 8 or any(pads[i] or pads[i + 4] for i in (0, 1)) or min(pads) < 0:
+        return False
+    if mode == "constant":
+        value = g.inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if value is None or value.size != 1 or not float(value.reshape(-1)[0]) <= -np.finfo(np.float32).max \
+                or not _only_max_pooled(g, node, pads):
+            return False
+        mode = "edge"
+    if mode not in ("reflect", "edge"):
         return False
     axes = [axis for axis in (3, 2) if pads[axis] or pads[axis + 4]]
     if not axes or any(shape[a] is None or mode == "reflect" and max(pads[a], pads[a + 4]) >= shape[a] for a in axes):
