@@ -106,6 +106,7 @@ def _exported_program(checkpoint: str | Path, input_shape: tuple[int, ...], work
     from toolkit.convert.constant_fold import fold_constants
     from toolkit.convert.delegate_functions import delegate_functions
     from toolkit.convert.graph_rewrite import rewrite_for_delegates
+    from toolkit.convert.max_pool_pads import max_pools_on_edge_pads
     from toolkit.convert.resize_matrices import resizes_as_matrices
     from toolkit.convert.rms_norm_form import rms_norm_forms
     from toolkit.convert.transposed_conv import crop_transposed_convs
@@ -122,6 +123,8 @@ def _exported_program(checkpoint: str | Path, input_shape: tuple[int, ...], work
         with torch.no_grad(), resizes_as_matrices(model.eval(), example), functions:
             program = torch.export.export(model.eval(), (example,))
         program, _ = fold_constants(program, example)  # weight-only computations (relative position biases)
+        if delegate_rewrites:
+            program, _ = max_pools_on_edge_pads(program, example)  # TF-SAME max pools: PADV2 of -inf
         path = work / "model.pt2"
         torch.export.save(program, str(path))
         return path

@@ -175,6 +175,12 @@ def _edge_pad(x, pads: tuple, mode: str):
     return x
 
 
+def edge_padded(x, pads: tuple):
+    """Replicate padding of a 4-D map's last two axes in the form above (pads: left, right, top, bottom):
+    what toolkit.convert.max_pool_pads puts in place of a max pool's -inf pad."""
+    return _edge_pad(x, pads, "replicate")
+
+
 def _pair(value) -> tuple:
     """A 2-D pool argument (an int, or a sequence of one or two) as a pair."""
     return tuple(value) * (2 // len(value)) if isinstance(value, (tuple, list)) else (value, value)
