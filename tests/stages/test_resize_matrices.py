@@ -1,8 +1,9 @@
-"""Bicubic resizes and uneven adaptive average pools exported as constant matrix products
-(toolkit.convert.resize_matrices): torch's own outputs for sizes, scale factors, align_corners and
-pool windows; other resizes and F.interpolate itself untouched afterwards; a net resizing
-bicubically and pooling VGG-style (2x2 -> 7x7) converts with onnx2tf (no FlexResizeBicubic) and
-with litert-torch into files XNNPACK runs in one partition, FP32 within parity of torch."""
+"""Bicubic resizes and uneven adaptive average pools exported as constant matrix products, and
+unfolds as one-hot grouped convolutions (toolkit.convert.resize_matrices): torch's own outputs for
+sizes, scale factors, align_corners, pool windows and unfold geometries; other resizes and the torch
+functions themselves untouched afterwards; a net resizing bicubically, pooling VGG-style (2x2 -> 7x7)
+and unfolding TNT-style converts with onnx2tf (no FlexResizeBicubic, no GATHER) and with litert-torch
+into files XNNPACK runs in one partition, FP32 within parity of torch."""
 
 from __future__ import annotations
 
@@ -28,13 +29,15 @@ BICUBIC_NET = textwrap.dedent('''
             super().__init__()
             self.stem, self.mid = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
             self.head = nn.Linear(8, 4)
+            self.unfold = nn.Unfold(4, stride=4)  # TNT's pixel embedding
 
         def forward(self, x):
             s = F.relu(self.stem(x))
             small = F.interpolate(s, size=(s.shape[2] - 4, s.shape[3] - 4), mode="bicubic", align_corners=False)
             up = F.interpolate(self.mid(small), scale_factor=2, mode="bicubic", align_corners=True)
             grown = F.adaptive_avg_pool2d(F.max_pool2d(s, 16), (7, 7))  # timm VGG's ConvMlp at a small input
-            return self.head(up.mean((2, 3)) + s.mean((2, 3)) + grown.mean((2, 3)))
+            cells = self.unfold(s).mean(-1).reshape(s.shape[0], 8, 16).mean(-1)
+            return self.head(up.mean((2, 3)) + s.mean((2, 3)) + grown.mean((2, 3)) + cells)
 ''')
 
 
@@ -88,7 +91,7 @@ def test_onnx2tf_converts_bicubic_resizes_into_one_xnnpack_partition(tmp_path):
 
     model = _bicubic_net()
     onnx_path = torch_to_onnx(model, (1, 3, 32, 32), tmp_path / "net.onnx")
-    assert "Resize" not in {n.op_type for n in onnx.load(str(onnx_path)).graph.node}
+    assert not {"Resize", "Gather"} & {n.op_type for n in onnx.load(str(onnx_path)).graph.node}
     calibration = np.random.default_rng(0).random((8, 32, 32, 3), dtype=np.float32)
     out = onnx_to_tflite(onnx_path, tmp_path / "tflite", calibration, (0.5,), (0.25,), int8=True, io_dtype="int8",
                          rewrite_ops=rewrites_for("xnnpack"))
@@ -112,3 +115,16 @@ def test_uneven_adaptive_average_pools_as_matrices_are_torchs_own(sizes):
     assert found == (0 if (h, w) == (8, 8) else 1)  # 8 -> 4 and 8 -> 2 are even windows: torch's own pool
     assert got.shape == reference.shape
     assert float((got - reference).abs().max()) <= 1e-6 * float(reference.abs().max())
+
+
+@pytest.mark.parametrize("geometry", [dict(kernel_size=4, stride=4), dict(kernel_size=3, padding=1, stride=2),
+                                      dict(kernel_size=(2, 3), dilation=(1, 2), padding=(0, 2))])
+def test_unfolds_as_one_hot_convolutions_are_torchs_own(geometry):
+    unfold = F.unfold
+    model = nn.Unfold(**geometry)
+    x = torch.randn(2, 5, 12, 16, generator=torch.Generator().manual_seed(0))
+    reference = model(x)
+    with resizes_as_matrices(model, x) as found:
+        got = model(x)
+    assert found == 1 and torch.equal(got, reference)
+    assert F.unfold is unfold

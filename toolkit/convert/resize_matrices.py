@@ -16,7 +16,13 @@ Adaptive average pools whose output size does not divide the input's (VGG's and 
 6x6 from the 2x2 map of a small input: windows that are uneven or overlap) are linear and separable
 the same way and are computed alike, with window matrices (1 / window length over each window): the
 TorchScript ONNX exporter refuses them, and litert-torch's lowering left ai-edge-quantizer an op it
-could not quantize (timm VGG-11)."""
+could not quantize (timm VGG-11).
+
+`F.unfold` (nn.Unfold: im2col; TNT's pixel embedding, VOLO's outlook attention) of a 4-D float map is
+a grouped convolution with one-hot kernels, one output channel per (channel, kernel cell), in unfold's
+order: the TorchScript exporter writes it as GATHERs of computed indices, which XNNPACK does not take
+(TNT: GATHER 2 outside the partition). The one-hot weights are built eagerly too; the products are
+exact (each output is one input times 1 plus zeros)."""
 
 from __future__ import annotations
 
@@ -92,6 +98,32 @@ def _uneven_pool_keys(x, output_size) -> tuple | None:
     return pairs if any(n % o for n, o in pairs) else None
 
 
+def _unfold_key(x, kernel_size, dilation, padding, stride) -> tuple | None:
+    """(channels, kernel, dilation, padding, stride), each a pair, of an unfold of a 4-D float map, else None."""
+    def pair(v):
+        return tuple(int(i) for i in v) if isinstance(v, (tuple, list)) else (int(v), int(v))
+
+    if x.dim() != 4 or not x.is_floating_point():
+        return None
+    return int(x.shape[1]), pair(kernel_size), pair(dilation), pair(padding), pair(stride)
+
+
+def _one_hot_kernels(channels: int, kernel: tuple):
+    """(channels * kh * kw, 1, kh, kw) float32: output channel c * kh * kw + m picks kernel cell m of channel c."""
+    import torch
+
+    cells = kernel[0] * kernel[1]
+    return torch.eye(cells).reshape(cells, 1, *kernel).repeat(channels, 1, 1, 1)
+
+
+def _unfold_by_conv(x, key: tuple, weight):
+    import torch.nn.functional as F
+
+    channels, _, dilation, padding, stride = key
+    y = F.conv2d(x, weight.to(x.dtype), stride=stride, padding=padding, dilation=dilation, groups=channels)
+    return y.reshape(y.shape[0], y.shape[1], -1)
+
+
 @contextlib.contextmanager
 def _patched(**replacements):
     """torch.nn.functional's functions named by the keywords replaced by what each factory makes of the original."""
@@ -111,7 +143,8 @@ def _patched(**replacements):
 def resizes_as_matrices(model, example):
     """Inside the block, F.interpolate computes the bicubic resizes that `model(example)` makes
     (4-D float inputs, no antialias) and F.adaptive_avg_pool2d its uneven adaptive average pools as
-    constant matrix products; restored after. Yields how many distinct resizes and pools were found."""
+    constant matrix products, and F.unfold its unfolds as one-hot grouped convolutions; restored after.
+    Yields how many distinct resizes, pools and unfolds were found."""
     import torch
 
     matrices: dict = {}
@@ -160,10 +193,27 @@ def resizes_as_matrices(model, example):
             return _by_matrices(input, rows, cols)
         return adaptive_avg_pool2d
 
-    with _patched(interpolate=recording, adaptive_avg_pool2d=recording_pool), torch.no_grad():
+    def recording_unfold(original):
+        def unfold(input, kernel_size, dilation=1, padding=0, stride=1):  # noqa: PLR0917 - torch's signature
+            key = _unfold_key(input, kernel_size, dilation, padding, stride)
+            if key is not None and key not in unfolds:
+                unfolds[key] = _one_hot_kernels(key[0], key[1])
+            return original(input, kernel_size, dilation, padding, stride)
+        return unfold
+
+    def replacing_unfold(original):
+        def unfold(input, kernel_size, dilation=1, padding=0, stride=1):  # noqa: PLR0917 - torch's signature
+            key = _unfold_key(input, kernel_size, dilation, padding, stride)
+            if key not in unfolds:
+                return original(input, kernel_size, dilation, padding, stride)
+            return _unfold_by_conv(input, key, unfolds[key])
+        return unfold
+
+    unfolds: dict = {}
+    with _patched(interpolate=recording, adaptive_avg_pool2d=recording_pool, unfold=recording_unfold), torch.no_grad():
         model(example)
-    if not matrices and not pools:
+    if not matrices and not pools and not unfolds:
         yield 0
         return
-    with _patched(interpolate=replacing, adaptive_avg_pool2d=replacing_pool):
-        yield len(matrices) + len(pools)
+    with _patched(interpolate=replacing, adaptive_avg_pool2d=replacing_pool, unfold=replacing_unfold):
+        yield len(matrices) + len(pools) + len(unfolds)
