@@ -1,9 +1,10 @@
 """Bicubic resizes and uneven adaptive average pools exported as constant matrix products, and
-unfolds as one-hot grouped convolutions (toolkit.convert.resize_matrices): torch's own outputs for
-sizes, scale factors, align_corners, pool windows and unfold geometries; other resizes and the torch
+unfolds as one-hot grouped convolutions and folds as shifted sums (toolkit.convert.resize_matrices): torch's
+own outputs for sizes, scale factors, align_corners, pool windows and unfold / fold geometries; other resizes and the torch
 functions themselves untouched afterwards; a net resizing bicubically, pooling VGG-style (2x2 -> 7x7)
-and unfolding TNT-style converts with onnx2tf (no FlexResizeBicubic, no GATHER) and with litert-torch
-into files XNNPACK runs in one partition, FP32 within parity of torch."""
+unfolding TNT-style converts with onnx2tf (no FlexResizeBicubic, no GATHER) and with litert-torch
+into files XNNPACK runs in one partition, FP32 within parity of torch; so does VOLO's unfold -> fold
+with litert-torch (which lowered torch's fold to a scatter it could not convert)."""
 
 from __future__ import annotations
 
@@ -128,3 +129,53 @@ def test_unfolds_as_one_hot_convolutions_are_torchs_own(geometry):
         got = model(x)
     assert found == 1 and torch.equal(got, reference)
     assert F.unfold is unfold
+
+
+@pytest.mark.parametrize("geometry", [dict(kernel_size=3, padding=1, stride=2, output_size=(14, 14)),
+                                      dict(kernel_size=3, padding=1, output_size=(9, 11)),
+                                      dict(kernel_size=4, stride=4, output_size=(16, 12)),
+                                      dict(kernel_size=(2, 3), dilation=(1, 2), padding=(0, 2), stride=2, output_size=(13, 10)),
+                                      dict(kernel_size=3, padding=2, stride=3, output_size=(10, 8)),
+                                      dict(kernel_size=2, stride=3, output_size=(8, 8))])
+def test_folds_as_shifted_sums_are_torchs_own(geometry):
+    fold = F.fold
+    model = nn.Fold(**geometry)
+    options = {k: v for k, v in geometry.items() if k != "output_size"}
+    blocks = F.unfold(torch.zeros(1, 1, *geometry["output_size"]), **options).shape[-1]
+    kernel = options["kernel_size"] if isinstance(options["kernel_size"], tuple) else (options["kernel_size"],) * 2
+    cols = torch.randn(2, 5 * kernel[0] * kernel[1], blocks, generator=torch.Generator().manual_seed(0))
+    reference = model(cols)
+    with resizes_as_matrices(model, cols) as found:
+        assert found == 0 and torch.equal(model(cols), reference)  # the ONNX export keeps torch's fold
+    with resizes_as_matrices(model, cols, folds_as_sums=True) as found:
+        got = model(cols)
+    assert found == 1 and torch.allclose(got, reference, rtol=0, atol=1e-6 * float(reference.abs().max()))
+    assert F.fold is fold
+
+
+OUTLOOK_NET = textwrap.dedent('''
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+
+    class OutlookNet(nn.Module):
+        """VOLO's outlook attention in short: unfold 3x3 windows at stride 2, weight them, fold them back."""
+
+        def __init__(self):
+            super().__init__()
+            self.stem, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+            self.weights = nn.Linear(9, 9)
+
+        def forward(self, x):
+            s = F.relu(self.stem(x))
+            b, c, h, w = s.shape
+            cols = F.unfold(s, 3, padding=1, stride=2).reshape(b, c, 9, -1).transpose(2, 3)
+            cols = self.weights(cols).transpose(2, 3).reshape(b, c * 9, -1)
+            return self.head(F.fold(cols, (h, w), 3, padding=1, stride=2))
+''')
+
+
+def test_litert_converts_an_unfold_and_fold_into_one_xnnpack_partition(tmp_path):
+    from tests.stages.litert_helpers import assert_litert_int8_one_partition
+
+    assert_litert_int8_one_partition(tmp_path, OUTLOOK_NET, "outlook_net.py:OutlookNet")

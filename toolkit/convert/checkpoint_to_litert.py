@@ -120,7 +120,7 @@ def _exported_program(checkpoint: str | Path, input_shape: tuple[int, ...], work
             model, _ = rms_norm_forms(model)
             functions = delegate_functions()
         example = torch.zeros(*input_shape)
-        with torch.no_grad(), resizes_as_matrices(model.eval(), example), functions:
+        with torch.no_grad(), resizes_as_matrices(model.eval(), example, folds_as_sums=True), functions:
             program = torch.export.export(model.eval(), (example,))
         program, _ = fold_constants(program, example)  # weight-only computations (relative position biases)
         if delegate_rewrites:

@@ -22,7 +22,11 @@ could not quantize (timm VGG-11).
 a grouped convolution with one-hot kernels, one output channel per (channel, kernel cell), in unfold's
 order: the TorchScript exporter writes it as GATHERs of computed indices, which XNNPACK does not take
 (TNT: GATHER 2 outside the partition). The one-hot weights are built eagerly too; the products are
-exact (each output is one input times 1 plus zeros)."""
+exact (each output is one input times 1 plus zeros). Its inverse `F.fold` (col2im, VOLO) sums each
+kernel cell's map into the output at the cell's offset: litert-torch lowered it to a scatter it
+cannot convert. It is computed as zero pads and sums of those maps on the strided grid, one sum per
+stride phase, interleaved by a pixel shuffle (DEPTH_TO_SPACE) and cropped (equal strides only); for
+litert-torch only."""
 
 from __future__ import annotations
 
@@ -124,6 +128,55 @@ def _unfold_by_conv(x, key: tuple, weight):
     return y.reshape(y.shape[0], y.shape[1], -1)
 
 
+def _fold_geometry(cols, output_size, *, kernel_size, dilation, padding, stride) -> tuple | None:
+    """((H, W), kernel, dilation, padding, stride, (Lh, Lw)) of a fold of 3-D float columns with equal
+    strides, else None."""
+    def pair(v):
+        return tuple(int(i) for i in v) if isinstance(v, (tuple, list)) else (int(v), int(v))
+
+    size, kernel, dilation, padding, stride = (pair(v) for v in (output_size, kernel_size, dilation, padding, stride))
+    if cols.dim() != 3 or not cols.is_floating_point() or stride[0] != stride[1] or cols.shape[1] % (kernel[0] * kernel[1]):
+        return None
+    blocks = tuple((size[a] + 2 * padding[a] - dilation[a] * (kernel[a] - 1) - 1) // stride[a] + 1 for a in (0, 1))
+    if blocks[0] * blocks[1] != cols.shape[2] or min(blocks) < 1:
+        return None
+    return size, kernel, dilation, padding, stride, blocks
+
+
+def _fold_by_shifts(cols, geometry: tuple):
+    """F.fold of `cols` (B, C * kh * kw, Lh * Lw): kernel cell (i, j)'s map lands at rows ly * s + i * dh - ph;
+    with i * dh - ph = q * s + r, maps of one phase (r_h, r_w) are summed on the block grid shifted by q
+    (zero pads), the phases interleaved by a pixel shuffle, then cropped to the output."""
+    import torch
+    import torch.nn.functional as F
+
+    size, kernel, dilation, padding, stride, blocks = geometry
+    s = stride[0]
+    b = cols.shape[0]
+    channels = cols.shape[1] // (kernel[0] * kernel[1])
+    maps = cols.reshape(b, channels, kernel[0] * kernel[1], blocks[0] * blocks[1])  # 4-D: converters keep its layout
+    offsets = [[(i * dilation[a] - padding[a]) for i in range(kernel[a])] for a in (0, 1)]
+    shifts = [[o // s for o in axis] for axis in offsets]
+    low = [min(axis) for axis in shifts]
+    grid = [max(shifts[a]) - low[a] + blocks[a] for a in (0, 1)]
+    phases: dict = {}
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            top, left = shifts[0][i] - low[0], shifts[1][j] - low[1]
+            cell = maps.narrow(2, i * kernel[1] + j, 1).reshape(b, channels, blocks[0], blocks[1])  # Slice, not Gather
+            placed = F.pad(cell, (left, grid[1] - blocks[1] - left, top, grid[0] - blocks[0] - top))
+            key = (offsets[0][i] % s, offsets[1][j] % s)
+            phases[key] = placed if key not in phases else phases[key] + placed
+    zero = torch.zeros_like(next(iter(phases.values())))
+    full = torch.stack([phases.get((r, c), zero) for r in range(s) for c in range(s)], 2)
+    full = F.pixel_shuffle(full.reshape(b, channels * s * s, grid[0], grid[1]), s) if s > 1 else full[:, :, 0]
+    start = [-low[a] * s for a in (0, 1)]
+    short = [max(0, start[a] + size[a] - full.shape[2 + a]) for a in (0, 1)]
+    if any(short):
+        full = F.pad(full, (0, short[1], 0, short[0]))
+    return full[:, :, start[0]:start[0] + size[0], start[1]:start[1] + size[1]]
+
+
 @contextlib.contextmanager
 def _patched(**replacements):
     """torch.nn.functional's functions named by the keywords replaced by what each factory makes of the original."""
@@ -140,11 +193,13 @@ def _patched(**replacements):
 
 
 @contextlib.contextmanager
-def resizes_as_matrices(model, example):
+def resizes_as_matrices(model, example, *, folds_as_sums: bool = False):
     """Inside the block, F.interpolate computes the bicubic resizes that `model(example)` makes
     (4-D float inputs, no antialias) and F.adaptive_avg_pool2d its uneven adaptive average pools as
-    constant matrix products, and F.unfold its unfolds as one-hot grouped convolutions; restored after.
-    Yields how many distinct resizes, pools and unfolds were found."""
+    constant matrix products, F.unfold its unfolds as one-hot grouped convolutions and, with
+    `folds_as_sums` (litert-torch's export), F.fold its folds as shifted sums; restored after. Yields how
+    many distinct resizes, pools, unfolds and folds were found. (onnx2tf misplaces the axes of the fold
+    form's reshapes of an unfold's columns, so the ONNX export keeps torch's own fold.)"""
     import torch
 
     matrices: dict = {}
@@ -209,11 +264,32 @@ def resizes_as_matrices(model, example):
             return _unfold_by_conv(input, key, unfolds[key])
         return unfold
 
+    folds: set = set()
+
+    def recording_fold(original):
+        def fold(input, output_size, kernel_size, dilation=1, padding=0, stride=1):  # noqa: PLR0917 - torch's signature
+            geometry = _fold_geometry(input, output_size, kernel_size=kernel_size, dilation=dilation, padding=padding,
+                                      stride=stride)
+            if geometry is not None and folds_as_sums:
+                folds.add(geometry)
+            return original(input, output_size, kernel_size, dilation, padding, stride)
+        return fold
+
+    def replacing_fold(original):
+        def fold(input, output_size, kernel_size, dilation=1, padding=0, stride=1):  # noqa: PLR0917 - torch's signature
+            geometry = _fold_geometry(input, output_size, kernel_size=kernel_size, dilation=dilation, padding=padding,
+                                      stride=stride)
+            if geometry not in folds:
+                return original(input, output_size, kernel_size, dilation, padding, stride)
+            return _fold_by_shifts(input, geometry)
+        return fold
+
     unfolds: dict = {}
-    with _patched(interpolate=recording, adaptive_avg_pool2d=recording_pool, unfold=recording_unfold), torch.no_grad():
+    with _patched(interpolate=recording, adaptive_avg_pool2d=recording_pool, unfold=recording_unfold,
+                  fold=recording_fold), torch.no_grad():
         model(example)
-    if not matrices and not pools and not unfolds:
+    if not matrices and not pools and not unfolds and not folds:
         yield 0
         return
-    with _patched(interpolate=replacing, adaptive_avg_pool2d=replacing_pool, unfold=replacing_unfold):
-        yield len(matrices) + len(pools) + len(unfolds)
+    with _patched(interpolate=replacing, adaptive_avg_pool2d=replacing_pool, unfold=replacing_unfold, fold=replacing_fold):
+        yield len(matrices) + len(pools) + len(unfolds) + len(folds)
