@@ -21,6 +21,7 @@ class Pools(nn.Module):
         kept_read_elsewhere = _neg_inf(x, (1, 1, 1, 1))
         return (F.max_pool2d(_neg_inf(x, (1, 1, 0, 2)), 3, 1).sum()  # replaced
                 + nn.MaxPool2d(3, 2)(_neg_inf(x, (0, 1, 0, 1))).sum()  # replaced
+                + F.max_pool2d(F.pad(x, (1, 0, 1, 0), "constant", float("-inf")), 2, 2).sum()  # mode given: replaced
                 + kept_read_elsewhere.amax() + F.max_pool2d(kept_read_elsewhere, 3, 1).sum()
                 + F.max_pool2d(_neg_inf(x, (2, 0, 0, 0)), 2, 1).sum()  # a window of padding only: kept
                 + F.max_pool2d(_neg_inf(x, (1, 1, 1, 1)), 3, 2, ceil_mode=True).sum()  # kept
@@ -34,9 +35,9 @@ def test_qualifying_pads_become_edge_pads_and_the_maxima_stay():
     model = Pools().eval()
     program = torch.export.export(model, (x,))
     edited, replaced = max_pools_on_edge_pads(program, x)
-    assert replaced == 2
+    assert replaced == 3
     pads = [n for n in edited.module().graph.nodes if "pad" in str(n.target)]
-    assert len(pads) == 4, pads
+    assert len(pads) == 4, pads  # the four kept
     for sample in (x, torch.randn(2, 3, 8, 9) * 100 - 50):
         assert torch.equal(edited.module()(sample), model(sample))
 

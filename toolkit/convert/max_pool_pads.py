@@ -27,12 +27,12 @@ def _negative_infinity_pad(node):
     target = str(node.target)
     if node.op != "call_function" or target not in ("aten.pad.default", "aten.constant_pad_nd.default"):
         return None
-    if target == "aten.pad.default":
-        x, pads, mode, value = (list(node.args) + ["constant", None])[:4]
-        if mode != "constant":
-            return None
-    else:
-        x, pads, value = (list(node.args) + [0.0])[:3]
+    names = ("input", "pad", "mode", "value") if target == "aten.pad.default" else ("input", "pad", "value")
+    defaults = {"mode": "constant", "value": None if target == "aten.pad.default" else 0.0}
+    given = {**defaults, **dict(zip(names, node.args)), **node.kwargs}
+    x, pads, value = given.get("input"), given.get("pad"), given.get("value")
+    if given.get("mode", "constant") != "constant" or x is None or pads is None:
+        return None
     meta = getattr(x, "meta", {}).get("val")
     if value is None or not (float(value) == -math.inf) or meta is None or meta.dim() != 4 or len(pads) not in (2, 4):
         return None
