@@ -77,17 +77,24 @@ def fold_module(graph_module, *, max_elements: int = 1 << 22) -> int:
     return folded
 
 
-def fold_constants(program, example) -> tuple[object, int]:
-    """(program with weight-only computations folded into constants, how many values were folded);
-    the program itself when nothing folds."""
+def edited_program(program, example, edit) -> tuple[object, int]:
+    """(`program` exported again after `edit(module)` changed its unlifted module in place, how many
+    changes `edit` made); the program itself when it made none or anything failed: the edits are
+    optimisations, and the program as exported still converts."""
     import torch
 
     try:
         module = program.module()
-        folded = fold_module(module)
-        if not folded:
+        changed = edit(module)
+        if not changed:
             return program, 0
         with torch.no_grad():
-            return torch.export.export(module, (example,)), folded
-    except Exception:  # noqa: BLE001 - folding is an optimisation: the program as exported still converts
+            return torch.export.export(module, (example,)), changed
+    except Exception:  # noqa: BLE001 - an optimisation: the program as exported still converts
         return program, 0
+
+
+def fold_constants(program, example) -> tuple[object, int]:
+    """(program with weight-only computations folded into constants, how many values were folded);
+    the program itself when nothing folds."""
+    return edited_program(program, example, fold_module)

@@ -83,14 +83,6 @@ def edge_pads_for_max_pools(graph_module) -> int:
 
 def max_pools_on_edge_pads(program, example) -> tuple[object, int]:
     """(program with its qualifying -inf pads as edge pads, how many); the program itself when none."""
-    import torch
+    from toolkit.convert.constant_fold import edited_program
 
-    try:
-        module = program.module()
-        replaced = edge_pads_for_max_pools(module)
-        if not replaced:
-            return program, 0
-        with torch.no_grad():
-            return torch.export.export(module, (example,)), replaced
-    except Exception:  # noqa: BLE001 - an optimisation: the program as exported still converts
-        return program, 0
+    return edited_program(program, example, edge_pads_for_max_pools)
