@@ -162,10 +162,10 @@ def _requantized_constant(model, graph, tensor: int, *, scale: float) -> int:
     return _requantized_copy(model, graph, tensor, scale=scale, data=values)
 
 
-def _chain_scales(fine: float, coarse: float) -> list[float]:
-    """Scales from `fine` up to `coarse` (the last one), each at most QUANTIZE_STEP times the one before."""
-    steps = max(1, math.ceil(math.log(coarse / fine) / math.log(QUANTIZE_STEP)))
-    return [fine * (coarse / fine) ** (i / steps) for i in range(1, steps + 1)]
+def _chain_scales(start: float, end: float, *, step: float = QUANTIZE_STEP) -> list[float]:
+    """Scales from `start` to `end` (the last one), coarser or finer, each at most `step` times the one before."""
+    steps = max(1, math.ceil(abs(math.log(end / start)) / math.log(step)))
+    return [start * (end / start) ** (i / steps) for i in range(1, steps + 1)]
 
 
 def _coarser_output(model, graph, op_names: list[str], op) -> Optional[float]:
@@ -193,8 +193,7 @@ def _requantized_output(model, graph, at: int, *, scale: float, quantize: int) -
     fine = _scale(graph, target)
     source = _requantized_copy(model, graph, target, scale=scale)
     op.outputs = [source]
-    steps = max(1, math.ceil(math.log(scale / fine) / math.log(UP_STEP)))
-    scales = [scale * (fine / scale) ** (i / steps) for i in range(1, steps + 1)]
+    scales = _chain_scales(scale, fine, step=UP_STEP)
     for i, step_scale in enumerate(scales):
         step = schema.OperatorT()
         step.opcodeIndex, step.inputs = quantize, [source]

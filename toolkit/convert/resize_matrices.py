@@ -177,6 +177,54 @@ def _fold_by_shifts(cols, geometry: tuple):
     return full[:, :, start[0]:start[0] + size[0], start[1]:start[1] + size[1]]
 
 
+def _unfold_patches(unfolds: dict) -> tuple:
+    """(recording, replacing) factories for F.unfold: the eager run stores each unfold's one-hot
+    kernels in `unfolds`; the export computes those unfolds as grouped convolutions."""
+    def recording(original):
+        def unfold(input, kernel_size, dilation=1, padding=0, stride=1):  # noqa: PLR0917 - torch's signature
+            key = _unfold_key(input, kernel_size, dilation, padding, stride)
+            if key is not None and key not in unfolds:
+                unfolds[key] = _one_hot_kernels(key[0], key[1])
+            return original(input, kernel_size, dilation, padding, stride)
+        return unfold
+
+    def replacing(original):
+        def unfold(input, kernel_size, dilation=1, padding=0, stride=1):  # noqa: PLR0917 - torch's signature
+            key = _unfold_key(input, kernel_size, dilation, padding, stride)
+            if key not in unfolds:
+                return original(input, kernel_size, dilation, padding, stride)
+            return _unfold_by_conv(input, key, unfolds[key])
+        return unfold
+
+    return recording, replacing
+
+
+def _fold_patches(folds: set, *, enabled: bool) -> tuple:
+    """(recording, replacing) factories for F.fold: the eager run records each fold's geometry in
+    `folds` (when `enabled`); the export computes those folds as shifted sums."""
+    def geometry_of(input, output_size, kernel_size, dilation, padding, stride):  # noqa: PLR0917 - torch's signature
+        return _fold_geometry(input, output_size, kernel_size=kernel_size, dilation=dilation, padding=padding,
+                              stride=stride)
+
+    def recording(original):
+        def fold(input, output_size, kernel_size, dilation=1, padding=0, stride=1):  # noqa: PLR0917 - torch's signature
+            geometry = geometry_of(input, output_size, kernel_size, dilation, padding, stride)
+            if geometry is not None and enabled:
+                folds.add(geometry)
+            return original(input, output_size, kernel_size, dilation, padding, stride)
+        return fold
+
+    def replacing(original):
+        def fold(input, output_size, kernel_size, dilation=1, padding=0, stride=1):  # noqa: PLR0917 - torch's signature
+            geometry = geometry_of(input, output_size, kernel_size, dilation, padding, stride)
+            if geometry not in folds:
+                return original(input, output_size, kernel_size, dilation, padding, stride)
+            return _fold_by_shifts(input, geometry)
+        return fold
+
+    return recording, replacing
+
+
 @contextlib.contextmanager
 def _patched(**replacements):
     """torch.nn.functional's functions named by the keywords replaced by what each factory makes of the original."""
@@ -248,43 +296,10 @@ def resizes_as_matrices(model, example, *, folds_as_sums: bool = False):
             return _by_matrices(input, rows, cols)
         return adaptive_avg_pool2d
 
-    def recording_unfold(original):
-        def unfold(input, kernel_size, dilation=1, padding=0, stride=1):  # noqa: PLR0917 - torch's signature
-            key = _unfold_key(input, kernel_size, dilation, padding, stride)
-            if key is not None and key not in unfolds:
-                unfolds[key] = _one_hot_kernels(key[0], key[1])
-            return original(input, kernel_size, dilation, padding, stride)
-        return unfold
-
-    def replacing_unfold(original):
-        def unfold(input, kernel_size, dilation=1, padding=0, stride=1):  # noqa: PLR0917 - torch's signature
-            key = _unfold_key(input, kernel_size, dilation, padding, stride)
-            if key not in unfolds:
-                return original(input, kernel_size, dilation, padding, stride)
-            return _unfold_by_conv(input, key, unfolds[key])
-        return unfold
-
-    folds: set = set()
-
-    def recording_fold(original):
-        def fold(input, output_size, kernel_size, dilation=1, padding=0, stride=1):  # noqa: PLR0917 - torch's signature
-            geometry = _fold_geometry(input, output_size, kernel_size=kernel_size, dilation=dilation, padding=padding,
-                                      stride=stride)
-            if geometry is not None and folds_as_sums:
-                folds.add(geometry)
-            return original(input, output_size, kernel_size, dilation, padding, stride)
-        return fold
-
-    def replacing_fold(original):
-        def fold(input, output_size, kernel_size, dilation=1, padding=0, stride=1):  # noqa: PLR0917 - torch's signature
-            geometry = _fold_geometry(input, output_size, kernel_size=kernel_size, dilation=dilation, padding=padding,
-                                      stride=stride)
-            if geometry not in folds:
-                return original(input, output_size, kernel_size, dilation, padding, stride)
-            return _fold_by_shifts(input, geometry)
-        return fold
-
     unfolds: dict = {}
+    folds: set = set()
+    recording_unfold, replacing_unfold = _unfold_patches(unfolds)
+    recording_fold, replacing_fold = _fold_patches(folds, enabled=folds_as_sums)
     with _patched(interpolate=recording, adaptive_avg_pool2d=recording_pool, unfold=recording_unfold,
                   fold=recording_fold), torch.no_grad():
         model(example)
